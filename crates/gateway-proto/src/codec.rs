@@ -921,7 +921,19 @@ pub fn encode(
     let v5 = version == ProtocolVersion::V5;
     let props = usize::from(v5);
     match packet {
-        Packet::Publish(p) => encode_publish(p, version, out, max_remaining),
+        Packet::Publish(p) => encode_publish(
+            &PublishRef {
+                topic: &p.topic,
+                payload: &p.payload,
+                qos: p.qos,
+                dup: p.dup,
+                retain: p.retain,
+                pkid: p.pkid,
+            },
+            version,
+            out,
+            max_remaining,
+        ),
         Packet::Connect(c) => encode_connect(c, version, out, max_remaining),
         Packet::ConnAck(c) => {
             let remaining = 2 + props;
@@ -1048,14 +1060,33 @@ pub fn encode(
     }
 }
 
-/// PUBLISH: the hot path, validated then written straight into `out`.
-fn encode_publish(
-    p: &Publish,
+/// A PUBLISH to encode, borrowing its topic and payload (the client's hot path: no copy into
+/// an owned [`Publish`] first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishRef<'a> {
+    /// Topic name.
+    pub topic: &'a str,
+    /// Payload bytes.
+    pub payload: &'a [u8],
+    /// QoS 0 or 1.
+    pub qos: QoS,
+    /// DUP flag (a retransmission).
+    pub dup: bool,
+    /// RETAIN flag.
+    pub retain: bool,
+    /// Packet id; must be non-zero at QoS 1, ignored at QoS 0.
+    pub pkid: u16,
+}
+
+/// Append a PUBLISH to `out`, validated first and then written straight into `out`; on error
+/// nothing is appended. Same rules as [`encode`] with [`Packet::Publish`].
+pub fn encode_publish(
+    p: &PublishRef<'_>,
     version: ProtocolVersion,
     out: &mut BytesMut,
     max_remaining: usize,
 ) -> Result<usize, EncodeError> {
-    check_field("topic", &p.topic)?;
+    check_field("topic", p.topic)?;
     if p.topic.is_empty()
         || p.topic
             .as_bytes()
@@ -1078,7 +1109,7 @@ fn encode_publish(
     if version == ProtocolVersion::V5 {
         out.put_u8(0);
     }
-    out.extend_from_slice(&p.payload);
+    out.extend_from_slice(p.payload);
     Ok(total)
 }
 

@@ -1,9 +1,162 @@
-//! Sans-IO ThingsBoard MQTT gateway/device client core.
+//! # gateway-proto: a sans-IO ThingsBoard MQTT client core
+//!
+//! This crate holds the protocol logic of a ThingsBoard device or gateway client and nothing
+//! else: it never opens a socket, never reads a clock and never spawns a task. An adapter
+//! (tokio, async-std/smol, blocking `std::net`, or your own runtime) moves bytes, time and
+//! commands between it and the world.
+//!
+//! One [`Connection`] turns inputs into ordered outputs:
+//!
+//! * **inputs**: [`Input::TransportOpened`], [`Input::Bytes`] (split anywhere),
+//!   [`Input::TransportClosed`] and [`Input::Timeout`], each with the current [`Instant`];
+//!   and application [`Command`]s, checked synchronously;
+//! * **outputs**, drained in order with [`Connection::poll_output`]:
+//!   [`Output::Transmit`] bytes, [`Output::Event`]s for the application,
+//!   [`Output::OpenTransport`] (after a backoff) and [`Output::CloseTransport`];
+//! * **the next deadline**: [`Connection::poll_timeout`].
+//!
+//! The connection reconnects by itself: after a session ends it waits (exponential backoff
+//! with seeded jitter), asks for a new transport, resubscribes, and retransmits every
+//! unacknowledged QoS 1 publish. Every accepted publish ends in exactly one outcome event
+//! ([`Event::Delivered`], [`Event::Sent`] or [`Event::Failed`]); nothing is dropped
+//! silently, and every buffer has a bound.
+//!
+//! ## The drive loop
+//!
+//! After *one* mutation (an input, a command, a timeout), drain every output, then wait for
+//! the next thing to happen. A blocking adapter over `std::net` looks like this:
+//!
+//! ```no_run
+//! use std::io::{ErrorKind, Read, Write};
+//! use std::net::TcpStream;
+//! use std::time::{Duration, Instant};
+//!
+//! use gateway_proto::{Command, Config, Connection, Credentials, Event, Input, Output};
+//!
+//! let config = Config::new(Credentials::AccessToken("A1_TEST_TOKEN".into()));
+//! let mut conn = Connection::new(config, Instant::now()).expect("valid config");
+//! conn.command(Instant::now(), Command::publish("v1/devices/me/telemetry", r#"{"t":21.5}"#))
+//!     .expect("accepted");
+//!
+//! let mut socket: Option<TcpStream> = None;
+//! let mut buf = [0u8; 8192];
+//! loop {
+//!     // 1. Drain everything the connection wants done, in order.
+//!     while let Some(output) = conn.poll_output() {
+//!         match output {
+//!             Output::Transmit(bytes) => {
+//!                 if let Some(s) = socket.as_mut() {
+//!                     if s.write_all(&bytes).is_err() {
+//!                         socket = None;
+//!                         conn.handle_input(Instant::now(), Input::TransportClosed);
+//!                     }
+//!                 }
+//!             }
+//!             Output::OpenTransport => match TcpStream::connect("127.0.0.1:1883") {
+//!                 Ok(s) => {
+//!                     socket = Some(s);
+//!                     conn.handle_input(Instant::now(), Input::TransportOpened);
+//!                 }
+//!                 Err(_) => conn.handle_input(Instant::now(), Input::TransportClosed),
+//!             },
+//!             Output::CloseTransport => socket = None,
+//!             Output::Event(Event::Delivered(id)) => println!("{id} delivered"),
+//!             Output::Event(event) => println!("{event:?}"),
+//!             _ => {}
+//!         }
+//!     }
+//!     // 2. Wait for bytes or the next deadline, whichever comes first.
+//!     let now = Instant::now();
+//!     let wait = conn
+//!         .poll_timeout()
+//!         .map(|t| t.saturating_duration_since(now).max(Duration::from_millis(1)));
+//!     match socket.as_mut() {
+//!         Some(s) => {
+//!             s.set_read_timeout(wait).ok();
+//!             match s.read(&mut buf) {
+//!                 Ok(0) => {
+//!                     socket = None;
+//!                     conn.handle_input(Instant::now(), Input::TransportClosed);
+//!                 }
+//!                 Ok(n) => conn.handle_input(Instant::now(), Input::Bytes(&buf[..n])),
+//!                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+//!                     conn.handle_input(Instant::now(), Input::Timeout)
+//!                 }
+//!                 Err(_) => {
+//!                     socket = None;
+//!                     conn.handle_input(Instant::now(), Input::TransportClosed);
+//!                 }
+//!             }
+//!         }
+//!         None => {
+//!             std::thread::sleep(wait.unwrap_or(Duration::from_millis(100)));
+//!             conn.handle_input(Instant::now(), Input::Timeout);
+//!         }
+//!     }
+//! }
+//! ```
+//!
+//! ## Contract
+//!
+//! * Pass a monotonic `now`; the connection never reads the clock itself.
+//! * Drain [`Connection::poll_output`] until `None` after every call that feeds it, and write
+//!   [`Output::Transmit`] bytes in order before acting on a later output.
+//! * After [`Output::CloseTransport`], or after reporting [`Input::TransportClosed`], feed
+//!   nothing more from that transport. The next transport is the one the next
+//!   [`Output::OpenTransport`] asks for.
+//! * Spurious [`Input::Timeout`]s are harmless; late ones only delay timers.
+//!
+//! ## What the core guarantees
+//!
+//! * Nothing but CONNECT is sent before CONNACK; subscriptions go out right after it,
+//!   then retransmissions (with DUP) and queued publishes, in command order.
+//! * At most [`Config::max_inflight`] QoS 1 publishes await PUBACK; their packet ids are
+//!   non-zero and unique, and wrap from 65,535 to 1.
+//! * A PUBACK with an MQTT 5 failure code fails its request with the typed
+//!   [`ReasonCode`]; duplicate and unknown PUBACKs are ignored; a publish that times out is
+//!   never reported as delivered, and its packet id stays reserved so a late PUBACK
+//!   cannot complete another message.
+//! * Inbound QoS 1 PUBLISHes are acknowledged; ThingsBoard's packet id 0 is delivered
+//!   without an acknowledgement and without dropping the session. Packets above
+//!   [`Config::max_incoming_packet`] are skipped as they stream in.
+//! * Refusals that retrying cannot heal (bad credentials) wait at least
+//!   [`ReconnectPolicy::refused_delay`] between attempts.
+//! * Memory is bounded: unfinished publishes by [`Config::max_buffered_bytes`], the receive
+//!   buffer by one packet of [`Config::max_incoming_packet`] plus one input.
+
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod backoff;
 mod codec;
+mod command;
+mod config;
+mod connection;
+mod error;
+mod event;
+mod outbound;
+mod output;
+mod reason;
+mod stats;
+mod timer;
 
-/// Low-level MQTT wire layer shared with peers such as the platform emulator. The `Connection` API never needs it.
+pub use codec::{ProtocolVersion, QoS};
+pub use command::Command;
+pub use config::{
+    Config, Credentials, ReconnectPolicy, Subscription, PER_MESSAGE_OVERHEAD, PROVISION_IDENTITY,
+};
+pub use connection::{Connection, Input, State};
+pub use error::{CommandError, ConfigError, ProtocolError};
+pub use event::{DisconnectReason, Event, RequestError, RequestId, Warning};
+pub use output::Output;
+pub use reason::{ConnectRefusal, ReasonCode};
+pub use stats::Stats;
+
+/// Codec errors that appear inside [`ProtocolError`] and [`RequestError`].
+pub use codec::{DecodeError, EncodeError};
+
+/// Low-level MQTT wire layer shared with peers such as the platform emulator. The
+/// `Connection` API never needs it.
 #[cfg(feature = "wire")]
 pub mod wire {
     pub use crate::codec::*;

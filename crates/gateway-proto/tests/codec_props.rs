@@ -1,6 +1,8 @@
 //! Property tests of the MQTT wire layer: round trips, chunking invariance, robustness on
 //! arbitrary input, and `publish_size`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use bytes::{Bytes, BytesMut};
 use gateway_proto::wire::*;
 use proptest::prelude::*;

@@ -1,0 +1,390 @@
+//! Connection configuration and its validation.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::codec::{ProtocolVersion, QoS};
+use crate::error::ConfigError;
+
+/// The username and client id ThingsBoard reserves for provisioning-only sessions.
+///
+/// A CONNECT with either set to this value gets a session that can only provision, so
+/// [`Config::validate`] refuses it for a normal session.
+pub const PROVISION_IDENTITY: &str = "provision";
+
+/// How the client proves who it is.
+///
+/// `Debug` never prints secrets.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Credentials {
+    /// ThingsBoard access token: sent as the MQTT username, with no password.
+    AccessToken(String),
+    /// ThingsBoard "MQTT Basic" credentials. The client id is [`Config::client_id`].
+    Basic {
+        /// MQTT username, if the device's basic credentials set one.
+        username: Option<String>,
+        /// MQTT password, if the device's basic credentials set one.
+        password: Option<String>,
+    },
+    /// X.509 client certificate: authentication happens in the TLS handshake (the adapter's
+    /// job), so the CONNECT carries no username or password.
+    X509,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AccessToken(_) => f.write_str("AccessToken(<redacted>)"),
+            Self::Basic { username, password } => f
+                .debug_struct("Basic")
+                .field("username", username)
+                .field("password", &password.as_ref().map(|_| "<redacted>"))
+                .finish(),
+            Self::X509 => f.write_str("X509"),
+        }
+    }
+}
+
+/// A topic filter subscribed after every successful CONNACK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// The topic filter, e.g. `v1/devices/me/rpc/request/+`.
+    pub filter: String,
+    /// Requested QoS. ThingsBoard grants at most QoS 1.
+    pub qos: QoS,
+}
+
+impl Subscription {
+    /// A subscription to `filter` at `qos`.
+    pub fn new(filter: impl Into<String>, qos: QoS) -> Self {
+        Self {
+            filter: filter.into(),
+            qos,
+        }
+    }
+}
+
+/// When and how fast to reconnect after a connection ends.
+///
+/// The delay before attempt `n` (counting consecutive failures from 0) is
+/// `min(initial_delay * 2^n, max_delay)`, reduced by a random share of up to `jitter_percent`
+/// percent. The randomness comes from `seed`, so a run replays exactly. The failure count
+/// resets once a connection has stayed up for `stable_after`; a session that the server
+/// closes right after accepting it therefore still backs off instead of looping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReconnectPolicy {
+    /// Delay before the first reconnect attempt. Default 1 s.
+    pub initial_delay: Duration,
+    /// Upper bound of the exponential delay. Default 60 s.
+    pub max_delay: Duration,
+    /// Share of the delay (0–100 %) that is randomly taken off. Default 50.
+    pub jitter_percent: u8,
+    /// Seed of the jitter generator. Default 0; give each client its own to spread reconnects.
+    pub seed: u64,
+    /// Minimum delay after a refusal that retrying cannot heal (bad credentials, not
+    /// authorized, banned). Default 60 s.
+    pub refused_delay: Duration,
+    /// A connection that lasted at least this long resets the failure count. Default 30 s.
+    pub stable_after: Duration,
+}
+
+impl Default for ReconnectPolicy {
+    fn default() -> Self {
+        Self {
+            initial_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(60),
+            jitter_percent: 50,
+            seed: 0,
+            refused_delay: Duration::from_secs(60),
+            stable_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything a [`Connection`](crate::Connection) needs to know up front.
+///
+/// Build it with [`Config::new`] and adjust the public fields; [`Connection::new`]
+/// validates it.
+///
+/// [`Connection::new`]: crate::Connection::new
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Config {
+    /// MQTT client id. Default empty (ThingsBoard identifies tokens and certificates without
+    /// it); required for [`Credentials::Basic`] when the device's credentials name one.
+    pub client_id: String,
+    /// How the client authenticates.
+    pub credentials: Credentials,
+    /// MQTT 3.1.1 or 5. Default 5: only MQTT 5 tells the client *why* ThingsBoard refused a
+    /// publish (PUBACK reason codes) or closed the session (DISCONNECT reason codes).
+    pub protocol: ProtocolVersion,
+    /// Keep-alive interval sent in CONNECT; a PINGREQ goes out when nothing was sent or
+    /// received for this long. Zero disables pings. At most 65,535 s. Default 60 s.
+    pub keep_alive: Duration,
+    /// How long to wait for PINGRESP before the link is declared dead. Default 20 s.
+    pub ping_timeout: Duration,
+    /// How long from asking for a transport until CONNACK (TCP, TLS and MQTT handshakes
+    /// together). Default 15 s.
+    pub connect_timeout: Duration,
+    /// MQTT clean session / clean start. ThingsBoard keeps no session state either way.
+    /// Default true.
+    pub clean_session: bool,
+    /// QoS 1 publishes awaiting PUBACK at once (1–65,535). Default 100, ThingsBoard's
+    /// `maxInflightMessages`.
+    pub max_inflight: u16,
+    /// Bound on the bytes of publishes accepted but not yet finished (queued, in flight or
+    /// waiting for a reconnect). A command that would pass it fails with
+    /// [`CommandError::QueueFull`](crate::CommandError::QueueFull). Each publish is
+    /// accounted at its encoded size plus [`PER_MESSAGE_OVERHEAD`]. Default 16 MiB.
+    pub max_buffered_bytes: usize,
+    /// Largest PUBLISH the client will send, as MQTT remaining length. Larger commands fail
+    /// synchronously. Default 65,536: ThingsBoard's `max_payload_size`, past which it drops
+    /// the connection.
+    pub max_outgoing_packet: usize,
+    /// Largest packet accepted from the server, as MQTT remaining length. Larger packets are
+    /// skipped as they stream in (never buffered whole) and reported as a warning.
+    /// Default 1 MiB.
+    pub max_incoming_packet: usize,
+    /// A publish that is not finished this long after its command fails with
+    /// [`RequestError::Timeout`](crate::RequestError::Timeout); `None` waits forever
+    /// (bounded by `max_buffered_bytes`). Default 5 minutes.
+    pub publish_timeout: Option<Duration>,
+    /// How many times a QoS 1 publish is transmitted before a connection loss fails it with
+    /// [`RequestError::ConnectionLost`](crate::RequestError::ConnectionLost) instead of
+    /// resending it. Guards against a message that makes the server drop the connection.
+    /// Default 5, minimum 1.
+    pub max_publish_attempts: u32,
+    /// Reconnect timing.
+    pub reconnect: ReconnectPolicy,
+    /// Filters subscribed after every successful CONNACK, in one SUBSCRIBE.
+    pub subscriptions: Vec<Subscription>,
+}
+
+/// Bytes added to every buffered publish's size when checking
+/// [`Config::max_buffered_bytes`], so that many tiny messages are bounded too.
+pub const PER_MESSAGE_OVERHEAD: usize = 64;
+
+impl Config {
+    /// A configuration with the defaults documented on each field.
+    pub fn new(credentials: Credentials) -> Self {
+        Self {
+            client_id: String::new(),
+            credentials,
+            protocol: ProtocolVersion::V5,
+            keep_alive: Duration::from_secs(60),
+            ping_timeout: Duration::from_secs(20),
+            connect_timeout: Duration::from_secs(15),
+            clean_session: true,
+            max_inflight: 100,
+            max_buffered_bytes: 16 * 1024 * 1024,
+            max_outgoing_packet: 65_536,
+            max_incoming_packet: 1024 * 1024,
+            publish_timeout: Some(Duration::from_secs(300)),
+            max_publish_attempts: 5,
+            reconnect: ReconnectPolicy::default(),
+            subscriptions: Vec::new(),
+        }
+    }
+
+    /// Checks the configuration for values the protocol or ThingsBoard cannot work with.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.client_id == PROVISION_IDENTITY {
+            return Err(ConfigError::ReservedIdentity);
+        }
+        check_len("client_id", &self.client_id)?;
+        match &self.credentials {
+            Credentials::AccessToken(token) => {
+                if token.is_empty() {
+                    return Err(ConfigError::EmptyAccessToken);
+                }
+                if token == PROVISION_IDENTITY {
+                    return Err(ConfigError::ReservedIdentity);
+                }
+                check_len("access token", token)?;
+            }
+            Credentials::Basic { username, password } => {
+                if username.as_deref() == Some(PROVISION_IDENTITY) {
+                    return Err(ConfigError::ReservedIdentity);
+                }
+                if let Some(u) = username {
+                    check_len("username", u)?;
+                }
+                if let Some(p) = password {
+                    check_len("password", p)?;
+                }
+            }
+            Credentials::X509 => {}
+        }
+        if self.keep_alive.as_secs() > u64::from(u16::MAX) {
+            return Err(ConfigError::KeepAliveTooLong(self.keep_alive));
+        }
+        if self.keep_alive.subsec_nanos() != 0 {
+            return Err(ConfigError::KeepAliveNotWholeSeconds(self.keep_alive));
+        }
+        if self.max_inflight == 0 {
+            return Err(ConfigError::ZeroInflight);
+        }
+        if self.max_publish_attempts == 0 {
+            return Err(ConfigError::ZeroAttempts);
+        }
+        for (name, value) in [
+            ("max_outgoing_packet", self.max_outgoing_packet),
+            ("max_incoming_packet", self.max_incoming_packet),
+        ] {
+            if !(MIN_PACKET_LIMIT..=MAX_REMAINING_LENGTH).contains(&value) {
+                return Err(ConfigError::PacketLimitOutOfRange { name, value });
+            }
+        }
+        if self.reconnect.jitter_percent > 100 {
+            return Err(ConfigError::JitterOutOfRange(self.reconnect.jitter_percent));
+        }
+        for sub in &self.subscriptions {
+            if !valid_filter(&sub.filter) {
+                return Err(ConfigError::InvalidFilter(sub.filter.clone()));
+            }
+        }
+        // The one SUBSCRIBE sent after CONNACK must itself fit the outgoing limit.
+        let subscribe_len: usize = self
+            .subscriptions
+            .iter()
+            .map(|s| s.filter.len() + 3)
+            .sum::<usize>()
+            + 3;
+        if subscribe_len > self.max_outgoing_packet {
+            return Err(ConfigError::SubscriptionsTooLarge(subscribe_len));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn keep_alive_secs(&self) -> u16 {
+        u16::try_from(self.keep_alive.as_secs()).unwrap_or(u16::MAX)
+    }
+}
+
+/// The smallest packet limit accepted: room for a CONNECT or SUBSCRIBE of sensible size.
+const MIN_PACKET_LIMIT: usize = 128;
+/// MQTT's own ceiling on the remaining length.
+const MAX_REMAINING_LENGTH: usize = 268_435_455;
+
+fn check_len(field: &'static str, s: &str) -> Result<(), ConfigError> {
+    if s.len() > usize::from(u16::MAX) {
+        Err(ConfigError::FieldTooLong {
+            field,
+            len: s.len(),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// MQTT topic-filter rules: non-empty, no NUL, `#` only as the last whole level, `+` only
+/// as a whole level.
+pub(crate) fn valid_filter(filter: &str) -> bool {
+    if filter.is_empty() || filter.len() > usize::from(u16::MAX) || filter.contains('\0') {
+        return false;
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    let last = levels.len() - 1;
+    levels.iter().enumerate().all(|(i, level)| match *level {
+        "#" => i == last,
+        "+" => true,
+        other => !other.contains('+') && !other.contains('#'),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        assert_eq!(
+            Config::new(Credentials::AccessToken("t".into())).validate(),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn provision_identity_is_refused_for_normal_sessions() {
+        let mut c = Config::new(Credentials::AccessToken("provision".into()));
+        assert_eq!(c.validate(), Err(ConfigError::ReservedIdentity));
+        c.credentials = Credentials::AccessToken("tok".into());
+        c.client_id = "provision".into();
+        assert_eq!(c.validate(), Err(ConfigError::ReservedIdentity));
+        c.client_id = "gw".into();
+        c.credentials = Credentials::Basic {
+            username: Some("provision".into()),
+            password: None,
+        };
+        assert_eq!(c.validate(), Err(ConfigError::ReservedIdentity));
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let base = Config::new(Credentials::X509);
+        let mut c = base.clone();
+        c.keep_alive = Duration::from_secs(70_000);
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::KeepAliveTooLong(_))
+        ));
+        let mut c = base.clone();
+        c.keep_alive = Duration::from_millis(1500);
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::KeepAliveNotWholeSeconds(_))
+        ));
+        let mut c = base.clone();
+        c.max_inflight = 0;
+        assert_eq!(c.validate(), Err(ConfigError::ZeroInflight));
+        let mut c = base.clone();
+        c.max_outgoing_packet = 10;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::PacketLimitOutOfRange { .. })
+        ));
+        let mut c = base.clone();
+        c.reconnect.jitter_percent = 101;
+        assert_eq!(c.validate(), Err(ConfigError::JitterOutOfRange(101)));
+        let mut c = base.clone();
+        c.credentials = Credentials::AccessToken(String::new());
+        assert_eq!(c.validate(), Err(ConfigError::EmptyAccessToken));
+        let mut c = base;
+        c.client_id = "x".repeat(70_000);
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::FieldTooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn filters() {
+        for ok in ["a", "a/+/b", "+", "#", "a/#", "v1/devices/me/rpc/request/+"] {
+            assert!(valid_filter(ok), "{ok}");
+        }
+        for bad in ["", "a/#/b", "a+", "a/b#", "#/a", "a\0b"] {
+            assert!(!valid_filter(bad), "{bad:?}");
+        }
+        let mut c = Config::new(Credentials::X509);
+        c.subscriptions
+            .push(Subscription::new("a/#/b", QoS::AtLeastOnce));
+        assert!(matches!(c.validate(), Err(ConfigError::InvalidFilter(_))));
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let s = format!("{:?}", Credentials::AccessToken("SECRET".into()));
+        assert!(!s.contains("SECRET"));
+        let s = format!(
+            "{:?}",
+            Config::new(Credentials::Basic {
+                username: Some("user".into()),
+                password: Some("SECRET".into())
+            })
+        );
+        assert!(!s.contains("SECRET"), "{s}");
+        assert!(s.contains("user"));
+    }
+}

@@ -1,0 +1,695 @@
+//! The connection state machine: one MQTT session to ThingsBoard at a time, reconnecting
+//! for ever, with nothing lost in between.
+//!
+//! Phases: waiting for a transport → waiting for CONNACK → connected → (session ends) →
+//! waiting to reconnect → waiting for a transport … until [`Connection::close`].
+
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+
+use crate::backoff::Backoff;
+use crate::codec::{self, DecodeError, Packet, ProtocolVersion, QoS};
+use crate::command::Command;
+use crate::config::{Config, Credentials, PER_MESSAGE_OVERHEAD};
+use crate::error::{CommandError, ConfigError, ProtocolError};
+use crate::event::{DisconnectReason, Event, RequestError, RequestId, Warning};
+use crate::outbound::{Acked, Outbound, Ready};
+use crate::output::{Output, OutputQueue};
+use crate::reason::{ConnectRefusal, ReasonCode};
+use crate::stats::Stats;
+use crate::timer::{Timer, TimerTable};
+
+/// Something that happened to the transport, or the passing of time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Input<'a> {
+    /// The transport asked for by [`Output::OpenTransport`] is open (TCP connected, TLS
+    /// handshake done). The CONNECT goes out now.
+    TransportOpened,
+    /// Bytes read from the transport, split anywhere.
+    Bytes(&'a [u8]),
+    /// The transport closed or failed, or could not be opened.
+    TransportClosed,
+    /// The deadline from [`Connection::poll_timeout`] has passed. Spurious calls are
+    /// harmless.
+    Timeout,
+}
+
+/// Where the connection is, as the application sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum State {
+    /// Waiting for a transport or for CONNACK.
+    Connecting,
+    /// The session is up.
+    Connected,
+    /// The last session ended; the next attempt starts at this instant.
+    WaitingToReconnect(Instant),
+    /// [`Connection::close`] was called. Terminal.
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    AwaitTransport,
+    AwaitConnAck,
+    Connected {
+        since: Instant,
+        ping_outstanding: bool,
+    },
+    Backoff {
+        until: Instant,
+    },
+    Closed,
+}
+
+/// A ThingsBoard MQTT client connection, without I/O.
+///
+/// Feed it with [`handle_input`](Self::handle_input) and [`command`](Self::command), then
+/// drain [`poll_output`](Self::poll_output) until `None` and sleep until
+/// [`poll_timeout`](Self::poll_timeout). The crate documentation shows the loop.
+#[derive(Debug)]
+pub struct Connection {
+    config: Config,
+    phase: Phase,
+    timers: TimerTable,
+    outbound: Outbound,
+    out: OutputQueue,
+    /// Received bytes not yet forming a whole packet.
+    rx: BytesMut,
+    /// Bytes of an oversize packet still to be discarded as they arrive.
+    skip: usize,
+    backoff: Backoff,
+    next_request: u64,
+    last_tx: Instant,
+    last_rx: Instant,
+    stats: Stats,
+}
+
+impl Connection {
+    /// Creates a connection; its first output asks for a transport.
+    pub fn new(config: Config, now: Instant) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let mut conn = Self {
+            backoff: Backoff::new(config.reconnect.clone()),
+            outbound: Outbound::new(config.max_buffered_bytes),
+            config,
+            phase: Phase::AwaitTransport,
+            timers: TimerTable::default(),
+            out: OutputQueue::default(),
+            rx: BytesMut::new(),
+            skip: 0,
+            next_request: 1,
+            last_tx: now,
+            last_rx: now,
+            stats: Stats::default(),
+        };
+        conn.open_transport(now);
+        Ok(conn)
+    }
+
+    /// Feeds one input. Never fails: a server that breaks the protocol ends the session,
+    /// which shows up as [`Event::Disconnected`] followed by a reconnect.
+    ///
+    /// Drain [`poll_output`](Self::poll_output) afterwards.
+    pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
+        match input {
+            Input::TransportOpened => {
+                if matches!(self.phase, Phase::AwaitTransport) {
+                    self.send_connect(now);
+                } else {
+                    self.stats.ignored_inputs += 1;
+                }
+            }
+            Input::Bytes(data) => {
+                if self.transport_active() {
+                    self.receive(now, data);
+                } else {
+                    self.stats.ignored_inputs += 1;
+                }
+            }
+            Input::TransportClosed => {
+                if self.transport_wanted() {
+                    self.end_session(now, DisconnectReason::TransportClosed, false);
+                } else {
+                    self.stats.ignored_inputs += 1;
+                }
+            }
+            Input::Timeout => self.handle_timeout(now),
+        }
+        self.refresh_timers();
+    }
+
+    /// Accepts an application request. It is checked now, so a request that cannot work is
+    /// refused here; an accepted one ends in exactly one outcome event, identified by the
+    /// returned id. While disconnected, requests wait (bounded by
+    /// [`Config::max_buffered_bytes`]) and go out after the next CONNACK.
+    ///
+    /// Drain [`poll_output`](Self::poll_output) afterwards.
+    pub fn command(&mut self, now: Instant, command: Command) -> Result<RequestId, CommandError> {
+        if matches!(self.phase, Phase::Closed) {
+            return Err(CommandError::Closed);
+        }
+        let id = match command {
+            Command::Publish {
+                topic,
+                payload,
+                qos,
+            } => self.accept_publish(now, topic, payload, qos)?,
+        };
+        self.pump(now);
+        self.refresh_timers();
+        Ok(id)
+    }
+
+    /// Ends the connection for good: a DISCONNECT if a session is up, then
+    /// [`Output::CloseTransport`]. Unfinished requests fail with [`RequestError::Closed`].
+    /// Later commands are refused with [`CommandError::Closed`].
+    pub fn close(&mut self, now: Instant) {
+        if matches!(self.phase, Phase::Closed) {
+            return;
+        }
+        if matches!(self.phase, Phase::Connected { .. }) {
+            let disconnect = Packet::Disconnect(codec::Disconnect { code: 0 });
+            // A DISCONNECT always fits: encoding cannot fail.
+            let _ = self.send(now, &disconnect);
+        }
+        if self.transport_wanted() {
+            self.out.push(Output::CloseTransport);
+        }
+        self.phase = Phase::Closed;
+        self.timers = TimerTable::default();
+        self.rx = BytesMut::new();
+        self.skip = 0;
+        self.out.event(Event::Disconnected {
+            reason: DisconnectReason::Local,
+            reconnect_at: None,
+        });
+        for id in self.outbound.drain_all() {
+            self.fail(id, RequestError::Closed);
+        }
+    }
+
+    /// The next action for the adapter, in order; `None` when there is nothing to do until
+    /// the next input, command or timeout.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop()
+    }
+
+    /// When to call [`handle_input`](Self::handle_input) with [`Input::Timeout`] at the
+    /// latest; `None` if no timer is armed.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+
+    /// Where the connection is.
+    pub fn state(&self) -> State {
+        match self.phase {
+            Phase::AwaitTransport | Phase::AwaitConnAck => State::Connecting,
+            Phase::Connected { .. } => State::Connected,
+            Phase::Backoff { until } => State::WaitingToReconnect(until),
+            Phase::Closed => State::Closed,
+        }
+    }
+
+    /// Counters and current buffer levels.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            buffered_bytes: self.outbound.buffered_bytes(),
+            unfinished_requests: self.outbound.len(),
+            inflight: self.outbound.inflight(),
+            pending_outputs: self.out.len(),
+            receive_buffer: self.rx.len(),
+            ..self.stats.clone()
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Packet ids awaiting an answer on the current connection (for invariant checks).
+    #[doc(hidden)]
+    pub fn pkids_in_use(&self) -> Vec<u16> {
+        self.outbound.pkids_in_use().collect()
+    }
+
+    // ----- inputs -----------------------------------------------------------------------
+
+    /// A transport is open and bytes from it are expected.
+    fn transport_active(&self) -> bool {
+        matches!(self.phase, Phase::AwaitConnAck | Phase::Connected { .. })
+    }
+
+    /// A transport is open or being opened.
+    fn transport_wanted(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::AwaitTransport | Phase::AwaitConnAck | Phase::Connected { .. }
+        )
+    }
+
+    fn receive(&mut self, now: Instant, mut data: &[u8]) {
+        self.stats.bytes_received += data.len() as u64;
+        if self.skip > 0 {
+            let n = self.skip.min(data.len());
+            self.skip -= n;
+            data = &data[n..];
+        }
+        self.rx.extend_from_slice(data);
+        while self.transport_active() {
+            match codec::decode(
+                &mut self.rx,
+                self.config.protocol,
+                self.config.max_incoming_packet,
+            ) {
+                Ok(None) => break,
+                Ok(Some(packet)) => {
+                    self.last_rx = now;
+                    self.stats.packets_received += 1;
+                    self.handle_packet(now, packet);
+                }
+                Err(DecodeError::TooLarge { frame_len }) => {
+                    let n = frame_len.min(self.rx.len());
+                    self.rx.advance(n);
+                    self.skip = frame_len - n;
+                    self.stats.oversize_skipped += 1;
+                    self.out
+                        .event(Event::Warning(Warning::OversizePacketSkipped {
+                            size: frame_len,
+                        }));
+                }
+                Err(e) => {
+                    self.protocol_error(now, ProtocolError::Malformed(e));
+                    break;
+                }
+            }
+        }
+        if matches!(self.phase, Phase::Connected { .. }) {
+            // PUBACKs may have opened the window.
+            self.pump(now);
+        }
+    }
+
+    fn handle_packet(&mut self, now: Instant, packet: Packet) {
+        let connected = matches!(self.phase, Phase::Connected { .. });
+        match packet {
+            Packet::ConnAck(ack) if matches!(self.phase, Phase::AwaitConnAck) => {
+                if ack.code == 0 {
+                    self.on_connected(now, ack.session_present);
+                } else {
+                    let refusal = ConnectRefusal::new(self.config.protocol, ack.code);
+                    self.end_session(now, DisconnectReason::Refused(refusal), true);
+                }
+            }
+            Packet::Disconnect(d) => {
+                let reason = DisconnectReason::ServerDisconnect(ReasonCode::from_u8(d.code));
+                self.end_session(now, reason, true);
+            }
+            Packet::PubAck(ack) if connected => self.on_puback(ack.pkid, ack.code),
+            Packet::Publish(publish) if connected => self.on_publish(now, publish),
+            Packet::SubAck(ack) if connected => self.on_suback(ack.pkid, &ack.codes),
+            Packet::UnsubAck(_) if connected => self.stats.unexpected_acks += 1,
+            Packet::PingResp if connected => {
+                if let Phase::Connected {
+                    ping_outstanding, ..
+                } = &mut self.phase
+                {
+                    *ping_outstanding = false;
+                }
+                self.timers.clear(Timer::PingResponse);
+            }
+            other => {
+                let what = match other {
+                    Packet::ConnAck(_) => "CONNACK after the session started",
+                    Packet::Connect(_) => "CONNECT",
+                    Packet::Subscribe(_) => "SUBSCRIBE",
+                    Packet::Unsubscribe(_) => "UNSUBSCRIBE",
+                    Packet::PingReq => "PINGREQ",
+                    _ => "packet before CONNACK",
+                };
+                self.protocol_error(now, ProtocolError::UnexpectedPacket(what));
+            }
+        }
+    }
+
+    fn on_connected(&mut self, now: Instant, session_present: bool) {
+        self.phase = Phase::Connected {
+            since: now,
+            ping_outstanding: false,
+        };
+        self.timers.clear(Timer::Connect);
+        self.stats.connections += 1;
+        self.out.event(Event::Connected { session_present });
+        if !self.config.subscriptions.is_empty() {
+            let filters: Vec<String> = self
+                .config
+                .subscriptions
+                .iter()
+                .map(|s| s.filter.clone())
+                .collect();
+            let Some(pkid) = self.outbound.reserve_subscribe(filters) else {
+                // Unreachable: a fresh connection has every packet id free.
+                return;
+            };
+            let subscribe = Packet::Subscribe(codec::Subscribe {
+                pkid,
+                filters: self
+                    .config
+                    .subscriptions
+                    .iter()
+                    .map(|s| (s.filter.clone(), s.qos))
+                    .collect(),
+            });
+            if let Err(e) = self.send(now, &subscribe) {
+                // Validated in `Config::validate`; kept as a session error, not a panic.
+                self.protocol_error(now, ProtocolError::Encode(e));
+                return;
+            }
+        }
+        self.pump(now);
+    }
+
+    fn on_puback(&mut self, pkid: u16, code: u8) {
+        match self.outbound.ack(pkid) {
+            Acked::Publish(id) => {
+                let reason = ReasonCode::from_u8(code);
+                if reason.is_success() {
+                    self.stats.delivered += 1;
+                    self.out.event(Event::Delivered(RequestId(id)));
+                } else {
+                    self.fail(id, RequestError::Rejected(reason));
+                }
+            }
+            Acked::TimedOut => self.stats.late_acks += 1,
+            Acked::Unknown | Acked::WrongKind => self.stats.unexpected_acks += 1,
+        }
+    }
+
+    fn on_publish(&mut self, now: Instant, publish: codec::Publish) {
+        if publish.qos == QoS::AtLeastOnce {
+            if publish.pkid == 0 {
+                // ThingsBoard's packet id counter never wraps: every 65,536th message has
+                // id 0. Deliver it; a PUBACK with id 0 would be invalid.
+                self.stats.inbound_packet_id_zero += 1;
+            } else {
+                let ack = Packet::PubAck(codec::PubAck {
+                    pkid: publish.pkid,
+                    code: 0,
+                });
+                // A PUBACK always fits: encoding cannot fail.
+                let _ = self.send(now, &ack);
+            }
+        }
+        self.stats.messages_received += 1;
+        self.out.event(Event::Message {
+            topic: publish.topic,
+            payload: publish.payload,
+        });
+    }
+
+    fn on_suback(&mut self, pkid: u16, codes: &[u8]) {
+        let Some(filters) = self.outbound.take_subscribe(pkid) else {
+            self.stats.unexpected_acks += 1;
+            return;
+        };
+        for (filter, &code) in filters.into_iter().zip(codes) {
+            if code >= 0x80 {
+                self.out
+                    .event(Event::Warning(Warning::SubscriptionRejected {
+                        filter,
+                        code,
+                    }));
+            }
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        for timer in Timer::ALL {
+            if !self.timers.is_expired(timer, now) {
+                continue;
+            }
+            self.timers.clear(timer);
+            match timer {
+                Timer::Connect => {
+                    if matches!(self.phase, Phase::AwaitTransport | Phase::AwaitConnAck) {
+                        self.end_session(now, DisconnectReason::ConnectTimeout, true);
+                    }
+                }
+                Timer::PingResponse => {
+                    if matches!(self.phase, Phase::Connected { .. }) {
+                        self.end_session(now, DisconnectReason::PingTimeout, true);
+                    }
+                }
+                Timer::KeepAlive => self.send_ping(now),
+                Timer::PublishDeadline => {
+                    for id in self.outbound.expire(now, self.config.publish_timeout) {
+                        self.fail(id, RequestError::Timeout);
+                    }
+                }
+                Timer::Reconnect => {
+                    if matches!(self.phase, Phase::Backoff { .. }) {
+                        self.open_transport(now);
+                    }
+                }
+            }
+        }
+    }
+
+    // ----- commands ---------------------------------------------------------------------
+
+    fn accept_publish(
+        &mut self,
+        now: Instant,
+        topic: String,
+        payload: bytes::Bytes,
+        qos: QoS,
+    ) -> Result<RequestId, CommandError> {
+        if !valid_topic_name(&topic) {
+            return Err(CommandError::InvalidTopic(topic));
+        }
+        let remaining = publish_remaining_len(self.config.protocol, &topic, payload.len(), qos);
+        if remaining > self.config.max_outgoing_packet {
+            return Err(CommandError::TooLarge {
+                size: remaining,
+                max: self.config.max_outgoing_packet,
+            });
+        }
+        let cost = codec::publish_size(self.config.protocol, topic.len(), payload.len(), qos)
+            + PER_MESSAGE_OVERHEAD;
+        let id = self.next_request;
+        self.outbound.admit(id, topic, payload, qos, now, cost)?;
+        self.next_request += 1;
+        self.stats.requests += 1;
+        Ok(RequestId(id))
+    }
+
+    // ----- outputs ----------------------------------------------------------------------
+
+    fn open_transport(&mut self, now: Instant) {
+        self.phase = Phase::AwaitTransport;
+        self.timers.clear(Timer::Reconnect);
+        self.timers
+            .set(Timer::Connect, now + self.config.connect_timeout);
+        self.stats.connect_attempts += 1;
+        self.out.push(Output::OpenTransport);
+    }
+
+    fn send_connect(&mut self, now: Instant) {
+        let (username, password) = match &self.config.credentials {
+            Credentials::AccessToken(token) => (Some(token.clone()), None),
+            Credentials::Basic { username, password } => (username.clone(), password.clone()),
+            Credentials::X509 => (None, None),
+        };
+        let connect = Packet::Connect(codec::Connect {
+            client_id: self.config.client_id.clone(),
+            keep_alive: self.config.keep_alive_secs(),
+            clean_session: self.config.clean_session,
+            username,
+            password,
+        });
+        self.phase = Phase::AwaitConnAck;
+        self.last_rx = now;
+        if let Err(e) = self.send(now, &connect) {
+            self.protocol_error(now, ProtocolError::Encode(e));
+        }
+    }
+
+    fn send_ping(&mut self, now: Instant) {
+        if let Phase::Connected {
+            ping_outstanding, ..
+        } = &mut self.phase
+        {
+            if *ping_outstanding {
+                return;
+            }
+            *ping_outstanding = true;
+            self.timers
+                .set(Timer::PingResponse, now + self.config.ping_timeout);
+            // A PINGREQ always fits: encoding cannot fail.
+            let _ = self.send(now, &Packet::PingReq);
+        }
+    }
+
+    /// Moves queued publishes onto the wire as far as the in-flight window allows.
+    fn pump(&mut self, now: Instant) {
+        if !matches!(self.phase, Phase::Connected { .. }) {
+            return;
+        }
+        let window = usize::from(self.config.max_inflight);
+        let protocol = self.config.protocol;
+        let max = self.config.max_outgoing_packet;
+        while let Some(ready) = self.outbound.next_ready(window) {
+            let (entry, qos, dup, pkid) = match &ready {
+                Ready::AtMostOnce(_, entry) => (entry, QoS::AtMostOnce, false, 0),
+                Ready::AtLeastOnce { id, pkid, dup } => match self.outbound.get(*id) {
+                    Some(entry) => (entry, QoS::AtLeastOnce, *dup, *pkid),
+                    None => continue,
+                },
+            };
+            let publish = codec::PublishRef {
+                topic: &entry.topic,
+                payload: &entry.payload,
+                qos,
+                dup,
+                retain: false,
+                pkid,
+            };
+            let result = codec::encode_publish(&publish, protocol, self.out.transmit_buffer(), max);
+            match (result, ready) {
+                (Ok(n), Ready::AtMostOnce(id, _)) => {
+                    self.count_sent(now, n);
+                    self.stats.sent_qos0 += 1;
+                    self.out.event(Event::Sent(RequestId(id)));
+                }
+                (Ok(n), Ready::AtLeastOnce { dup, .. }) => {
+                    self.count_sent(now, n);
+                    if dup {
+                        self.stats.retransmitted += 1;
+                    }
+                }
+                (Err(e), Ready::AtMostOnce(id, _)) => self.fail(id, RequestError::Encode(e)),
+                (Err(e), Ready::AtLeastOnce { id, pkid, .. }) => {
+                    // Checked when the command was accepted, so not expected; the request
+                    // still gets its one outcome.
+                    self.outbound.ack(pkid);
+                    self.fail(id, RequestError::Encode(e));
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, now: Instant, packet: &Packet) -> Result<(), codec::EncodeError> {
+        let n = codec::encode(
+            packet,
+            self.config.protocol,
+            self.out.transmit_buffer(),
+            self.config.max_outgoing_packet,
+        )?;
+        self.count_sent(now, n);
+        Ok(())
+    }
+
+    fn count_sent(&mut self, now: Instant, bytes: usize) {
+        self.last_tx = now;
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += bytes as u64;
+    }
+
+    fn fail(&mut self, id: u64, error: RequestError) {
+        self.stats.failed += 1;
+        self.out.event(Event::Failed {
+            request: RequestId(id),
+            error,
+        });
+    }
+
+    // ----- session end ------------------------------------------------------------------
+
+    fn protocol_error(&mut self, now: Instant, error: ProtocolError) {
+        if self.config.protocol == ProtocolVersion::V5 && self.transport_active() {
+            let code = match error {
+                ProtocolError::Malformed(_) => ReasonCode::MalformedPacket,
+                _ => ReasonCode::ProtocolError,
+            };
+            let disconnect = Packet::Disconnect(codec::Disconnect { code: code.code() });
+            let _ = self.send(now, &disconnect);
+        }
+        self.stats.protocol_errors += 1;
+        self.end_session(now, DisconnectReason::Protocol(error), true);
+    }
+
+    /// Ends the current attempt or session and schedules the next one.
+    fn end_session(&mut self, now: Instant, reason: DisconnectReason, close_transport: bool) {
+        let lasted = match self.phase {
+            Phase::Connected { since, .. } => now.saturating_duration_since(since),
+            _ => Duration::ZERO,
+        };
+        if close_transport {
+            self.out.push(Output::CloseTransport);
+        }
+        self.rx = BytesMut::new();
+        self.skip = 0;
+        self.timers.clear(Timer::Connect);
+        self.timers.clear(Timer::KeepAlive);
+        self.timers.clear(Timer::PingResponse);
+        let permanent = matches!(&reason, DisconnectReason::Refused(r) if r.is_permanent());
+        let delay = self.backoff.next_delay(lasted, permanent);
+        let until = now + delay;
+        self.phase = Phase::Backoff { until };
+        self.timers.set(Timer::Reconnect, until);
+        self.stats.disconnects += 1;
+        self.out.event(Event::Disconnected {
+            reason,
+            reconnect_at: Some(until),
+        });
+        for id in self
+            .outbound
+            .connection_lost(self.config.max_publish_attempts)
+        {
+            self.fail(id, RequestError::ConnectionLost);
+        }
+    }
+
+    /// Re-arms the timers that follow from the current state.
+    fn refresh_timers(&mut self) {
+        let keep_alive = match self.phase {
+            Phase::Connected {
+                ping_outstanding: false,
+                ..
+            } if !self.config.keep_alive.is_zero() => {
+                Some(self.last_tx.min(self.last_rx) + self.config.keep_alive)
+            }
+            _ => None,
+        };
+        self.timers.set_or_clear(Timer::KeepAlive, keep_alive);
+        let deadline = self.outbound.next_deadline(self.config.publish_timeout);
+        self.timers.set_or_clear(Timer::PublishDeadline, deadline);
+    }
+}
+
+/// MQTT topic-name rules plus ThingsBoard's: non-empty, no wildcards, no NUL, fits a
+/// 16-bit length.
+fn valid_topic_name(topic: &str) -> bool {
+    !topic.is_empty() && topic.len() <= usize::from(u16::MAX) && !topic.contains(['+', '#', '\0'])
+}
+
+/// MQTT remaining length of a PUBLISH (what packet-size limits measure).
+fn publish_remaining_len(
+    protocol: ProtocolVersion,
+    topic: &str,
+    payload: usize,
+    qos: QoS,
+) -> usize {
+    let pkid = if qos == QoS::AtLeastOnce { 2 } else { 0 };
+    let properties = if protocol == ProtocolVersion::V5 {
+        1
+    } else {
+        0
+    };
+    2 + topic.len() + pkid + properties + payload
+}

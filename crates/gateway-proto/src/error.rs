@@ -1,0 +1,156 @@
+//! Errors returned synchronously by the core: configuration and command validation, and the
+//! protocol violations that end a session.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::codec::{DecodeError, EncodeError};
+
+/// A [`Config`](crate::Config) value the protocol or ThingsBoard cannot work with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// Client id or username is `provision`: ThingsBoard would open a provisioning-only
+    /// session.
+    ReservedIdentity,
+    /// An access token must not be empty.
+    EmptyAccessToken,
+    /// A string field is longer than MQTT's 65,535-byte limit.
+    FieldTooLong {
+        /// Which field.
+        field: &'static str,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// Keep-alive does not fit MQTT's 16-bit seconds field.
+    KeepAliveTooLong(Duration),
+    /// Keep-alive travels in whole seconds.
+    KeepAliveNotWholeSeconds(Duration),
+    /// `max_inflight` must be at least 1.
+    ZeroInflight,
+    /// `max_publish_attempts` must be at least 1.
+    ZeroAttempts,
+    /// A packet-size limit is outside 128..=268,435,455.
+    PacketLimitOutOfRange {
+        /// Which limit.
+        name: &'static str,
+        /// The value given.
+        value: usize,
+    },
+    /// `jitter_percent` is above 100.
+    JitterOutOfRange(u8),
+    /// A subscription filter breaks MQTT's topic-filter rules.
+    InvalidFilter(String),
+    /// The SUBSCRIBE for all configured filters would exceed `max_outgoing_packet`.
+    SubscriptionsTooLarge(usize),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ReservedIdentity => f.write_str(
+                "client id or username \"provision\" is reserved by ThingsBoard for provisioning sessions",
+            ),
+            Self::EmptyAccessToken => f.write_str("access token is empty"),
+            Self::FieldTooLong { field, len } => {
+                write!(f, "{field} is {len} bytes long; MQTT allows at most 65535")
+            }
+            Self::KeepAliveTooLong(d) => write!(f, "keep-alive {d:?} exceeds 65535 s"),
+            Self::KeepAliveNotWholeSeconds(d) => {
+                write!(f, "keep-alive {d:?} is not a whole number of seconds")
+            }
+            Self::ZeroInflight => f.write_str("max_inflight must be at least 1"),
+            Self::ZeroAttempts => f.write_str("max_publish_attempts must be at least 1"),
+            Self::PacketLimitOutOfRange { name, value } => {
+                write!(f, "{name} = {value} is outside 128..=268435455")
+            }
+            Self::JitterOutOfRange(p) => write!(f, "jitter_percent {p} is above 100"),
+            Self::InvalidFilter(filter) => write!(f, "invalid topic filter {filter:?}"),
+            Self::SubscriptionsTooLarge(len) => write!(
+                f,
+                "the SUBSCRIBE for all configured filters needs {len} bytes, above max_outgoing_packet"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Why a command was refused. Nothing was queued or sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// Accepting it would pass [`Config::max_buffered_bytes`](crate::Config::max_buffered_bytes).
+    /// Retry after some outcomes have arrived.
+    QueueFull {
+        /// Bytes the command would add.
+        needed: usize,
+        /// Bytes still free.
+        available: usize,
+    },
+    /// The encoded PUBLISH would exceed [`Config::max_outgoing_packet`](crate::Config::max_outgoing_packet).
+    TooLarge {
+        /// Its remaining length.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The topic is empty, contains `+`, `#` or NUL, or is longer than 65,535 bytes.
+    InvalidTopic(String),
+    /// The connection was closed with [`Connection::close`](crate::Connection::close).
+    Closed,
+}
+
+impl fmt::Display for CommandError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::QueueFull { needed, available } => write!(
+                f,
+                "send buffer full: command needs {needed} bytes, {available} free"
+            ),
+            Self::TooLarge { size, max } => {
+                write!(
+                    f,
+                    "message of {size} bytes exceeds the {max}-byte packet limit"
+                )
+            }
+            Self::InvalidTopic(topic) => write!(f, "invalid topic {topic:?}"),
+            Self::Closed => f.write_str("connection is closed"),
+        }
+    }
+}
+
+impl std::error::Error for CommandError {}
+
+/// A protocol violation by the server. It ends the session (the client reconnects).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// A packet could not be decoded.
+    Malformed(DecodeError),
+    /// A packet a server must not send, or one out of order (e.g. a second CONNACK).
+    UnexpectedPacket(&'static str),
+    /// The client could not encode a packet it had to send (a bug or an impossible
+    /// configuration).
+    Encode(EncodeError),
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Malformed(e) => write!(f, "malformed packet from server: {e}"),
+            Self::UnexpectedPacket(what) => write!(f, "unexpected packet from server: {what}"),
+            Self::Encode(e) => write!(f, "could not encode a packet: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ProtocolError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Malformed(e) => Some(e),
+            Self::Encode(e) => Some(e),
+            Self::UnexpectedPacket(_) => None,
+        }
+    }
+}

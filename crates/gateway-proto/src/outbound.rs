@@ -1,0 +1,467 @@
+//! Publishes the application asked for and that have not finished yet.
+//!
+//! Every accepted publish lives in `entries`, keyed by its request id, from the command until
+//! its outcome. Ids grow monotonically and the queue is FIFO, so the oldest entry always has
+//! the earliest deadline and every in-flight entry is older than every queued one. That keeps
+//! timeouts O(1) per expired message and lets a reconnect rebuild the send order from the
+//! map alone.
+//!
+//! Packet ids are unique among the PUBLISHes and SUBSCRIBEs awaiting an answer on the current
+//! connection. A publish that timed out while in flight leaves a tombstone on its packet id
+//! until the PUBACK arrives or the connection ends, so a late PUBACK can never complete a
+//! newer message that reused the id.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::codec::QoS;
+use crate::error::CommandError;
+
+/// One unfinished publish.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) topic: String,
+    pub(crate) payload: Bytes,
+    pub(crate) qos: QoS,
+    pub(crate) accepted_at: Instant,
+    /// Transmissions so far (a retransmission after reconnect carries DUP).
+    pub(crate) attempts: u32,
+    /// Bytes charged against the buffer bound.
+    cost: usize,
+    /// Packet id while in flight on the current connection.
+    pkid: Option<u16>,
+}
+
+/// What a packet id awaiting an answer belongs to.
+#[derive(Debug)]
+enum Slot {
+    Publish(u64),
+    /// The publish timed out while in flight; the id stays reserved until its PUBACK.
+    TimedOut,
+    /// A SUBSCRIBE for these filters.
+    Subscribe(Vec<String>),
+}
+
+/// What a PUBACK's packet id referred to.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Acked {
+    /// This publish finished; its entry is removed.
+    Publish(u64),
+    /// A publish already reported as timed out.
+    TimedOut,
+    /// Nothing in flight has this id (a duplicate PUBACK, or from an old server that sends
+    /// one per device entry).
+    Unknown,
+    /// The id belongs to a SUBSCRIBE, not a PUBLISH.
+    WrongKind,
+}
+
+/// The next publish to transmit.
+#[derive(Debug)]
+pub(crate) enum Ready {
+    /// QoS 0: removed from the store; report `Sent` once encoded.
+    AtMostOnce(u64, Entry),
+    /// QoS 1: stays in the store, in flight with this packet id. `dup` when retransmitted.
+    AtLeastOnce { id: u64, pkid: u16, dup: bool },
+}
+
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    entries: BTreeMap<u64, Entry>,
+    /// Ids waiting for transmission, oldest first. May hold ids that already finished
+    /// (timed out); they are skipped, and the queue is compacted when they pile up.
+    queue: VecDeque<u64>,
+    stale_in_queue: usize,
+    slots: HashMap<u16, Slot>,
+    /// Publishes in flight plus tombstones: what the window limits.
+    inflight: usize,
+    next_pkid: u16,
+    buffered: usize,
+    max_buffered: usize,
+}
+
+impl Outbound {
+    pub(crate) fn new(max_buffered: usize) -> Self {
+        Self {
+            entries: BTreeMap::new(),
+            queue: VecDeque::new(),
+            stale_in_queue: 0,
+            slots: HashMap::new(),
+            inflight: 0,
+            next_pkid: 0,
+            buffered: 0,
+            max_buffered,
+        }
+    }
+
+    /// Accepts a publish if it fits the buffer bound.
+    pub(crate) fn admit(
+        &mut self,
+        id: u64,
+        topic: String,
+        payload: Bytes,
+        qos: QoS,
+        now: Instant,
+        cost: usize,
+    ) -> Result<(), CommandError> {
+        let available = self.max_buffered.saturating_sub(self.buffered);
+        if cost > available {
+            return Err(CommandError::QueueFull {
+                needed: cost,
+                available,
+            });
+        }
+        self.buffered += cost;
+        self.entries.insert(
+            id,
+            Entry {
+                topic,
+                payload,
+                qos,
+                accepted_at: now,
+                attempts: 0,
+                cost,
+                pkid: None,
+            },
+        );
+        self.queue.push_back(id);
+        Ok(())
+    }
+
+    pub(crate) fn get(&self, id: u64) -> Option<&Entry> {
+        self.entries.get(&id)
+    }
+
+    /// Takes the next publish off the queue, if the window allows. QoS 0 messages wait
+    /// behind a QoS 1 message that waits for the window, so order is kept.
+    pub(crate) fn next_ready(&mut self, max_inflight: usize) -> Option<Ready> {
+        loop {
+            let id = *self.queue.front()?;
+            let Some(entry) = self.entries.get_mut(&id) else {
+                self.queue.pop_front();
+                self.stale_in_queue = self.stale_in_queue.saturating_sub(1);
+                continue;
+            };
+            match entry.qos {
+                QoS::AtMostOnce => {
+                    self.queue.pop_front();
+                    let entry = self.entries.remove(&id)?;
+                    self.buffered -= entry.cost;
+                    return Some(Ready::AtMostOnce(id, entry));
+                }
+                QoS::AtLeastOnce => {
+                    if self.inflight >= max_inflight {
+                        return None;
+                    }
+                    let pkid = allocate_pkid(&mut self.next_pkid, &self.slots)?;
+                    self.queue.pop_front();
+                    let dup = entry.attempts > 0;
+                    entry.attempts += 1;
+                    entry.pkid = Some(pkid);
+                    self.slots.insert(pkid, Slot::Publish(id));
+                    self.inflight += 1;
+                    return Some(Ready::AtLeastOnce { id, pkid, dup });
+                }
+            }
+        }
+    }
+
+    /// Reserves a packet id for a SUBSCRIBE of `filters`.
+    pub(crate) fn reserve_subscribe(&mut self, filters: Vec<String>) -> Option<u16> {
+        let pkid = allocate_pkid(&mut self.next_pkid, &self.slots)?;
+        self.slots.insert(pkid, Slot::Subscribe(filters));
+        Some(pkid)
+    }
+
+    /// Resolves a SUBACK's packet id to the filters it answers.
+    pub(crate) fn take_subscribe(&mut self, pkid: u16) -> Option<Vec<String>> {
+        match self.slots.remove(&pkid) {
+            Some(Slot::Subscribe(filters)) => Some(filters),
+            Some(other) => {
+                self.slots.insert(pkid, other);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Resolves a PUBACK.
+    pub(crate) fn ack(&mut self, pkid: u16) -> Acked {
+        match self.slots.remove(&pkid) {
+            Some(Slot::Publish(id)) => {
+                self.inflight -= 1;
+                if let Some(entry) = self.entries.remove(&id) {
+                    self.buffered -= entry.cost;
+                }
+                Acked::Publish(id)
+            }
+            Some(Slot::TimedOut) => {
+                self.inflight -= 1;
+                Acked::TimedOut
+            }
+            Some(sub @ Slot::Subscribe(_)) => {
+                self.slots.insert(pkid, sub);
+                Acked::WrongKind
+            }
+            None => Acked::Unknown,
+        }
+    }
+
+    /// When the oldest unfinished publish times out.
+    pub(crate) fn next_deadline(&self, timeout: Option<Duration>) -> Option<Instant> {
+        let timeout = timeout?;
+        let (_, oldest) = self.entries.first_key_value()?;
+        oldest.accepted_at.checked_add(timeout)
+    }
+
+    /// Removes every publish whose deadline has passed and returns their ids, oldest first.
+    pub(crate) fn expire(&mut self, now: Instant, timeout: Option<Duration>) -> Vec<u64> {
+        let mut expired = Vec::new();
+        while let Some(deadline) = self.next_deadline(timeout) {
+            if deadline > now {
+                break;
+            }
+            let Some((id, entry)) = self.entries.pop_first() else {
+                break;
+            };
+            self.buffered -= entry.cost;
+            match entry.pkid {
+                Some(pkid) => {
+                    self.slots.insert(pkid, Slot::TimedOut);
+                }
+                None => self.stale_in_queue += 1,
+            }
+            expired.push(id);
+        }
+        if self.stale_in_queue > 64 && self.stale_in_queue > self.queue.len() / 2 {
+            let entries = &self.entries;
+            self.queue.retain(|id| entries.contains_key(id));
+            self.stale_in_queue = 0;
+        }
+        expired
+    }
+
+    /// The connection ended: every in-flight publish goes back to the queue for a DUP
+    /// retransmission, unless it used up its attempts, in which case its id is returned as
+    /// failed. Packet ids start afresh on the next connection.
+    pub(crate) fn connection_lost(&mut self, max_attempts: u32) -> Vec<u64> {
+        self.slots.clear();
+        self.inflight = 0;
+        let mut failed = Vec::new();
+        self.entries.retain(|&id, entry| {
+            if entry.pkid.take().is_some() && entry.attempts >= max_attempts {
+                failed.push(id);
+                false
+            } else {
+                true
+            }
+        });
+        self.recount();
+        self.queue = self.entries.keys().copied().collect();
+        self.stale_in_queue = 0;
+        failed
+    }
+
+    /// Removes everything (the application closed the connection); returns the ids.
+    pub(crate) fn drain_all(&mut self) -> Vec<u64> {
+        let ids = self.entries.keys().copied().collect();
+        self.entries.clear();
+        self.queue.clear();
+        self.slots.clear();
+        self.stale_in_queue = 0;
+        self.inflight = 0;
+        self.buffered = 0;
+        ids
+    }
+
+    fn recount(&mut self) {
+        self.buffered = self.entries.values().map(|e| e.cost).sum();
+    }
+
+    /// Bytes charged against the buffer bound.
+    pub(crate) fn buffered_bytes(&self) -> usize {
+        self.buffered
+    }
+
+    /// Unfinished publishes.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Publishes and tombstones awaiting a PUBACK.
+    pub(crate) fn inflight(&self) -> usize {
+        self.inflight
+    }
+
+    /// Packet ids awaiting an answer (publishes, tombstones, subscribes).
+    pub(crate) fn pkids_in_use(&self) -> impl Iterator<Item = u16> + '_ {
+        self.slots.keys().copied()
+    }
+}
+
+/// The next free packet id after `next`, wrapping 65,535 → 1 and never 0.
+fn allocate_pkid(next: &mut u16, slots: &HashMap<u16, Slot>) -> Option<u16> {
+    for _ in 0..u16::MAX {
+        *next = if *next == u16::MAX { 1 } else { *next + 1 };
+        if !slots.contains_key(next) {
+            return Some(*next);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admit(o: &mut Outbound, id: u64, qos: QoS, now: Instant) {
+        o.admit(id, "t".into(), Bytes::from_static(b"x"), qos, now, 100)
+            .unwrap_or_else(|e| panic!("admit {id}: {e}"));
+    }
+
+    fn pkid_of(r: Option<Ready>) -> u16 {
+        match r {
+            Some(Ready::AtLeastOnce { pkid, .. }) => pkid,
+            other => panic!("expected a QoS 1 publish, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn buffer_bound_refuses_without_side_effects() {
+        let now = Instant::now();
+        let mut o = Outbound::new(250);
+        admit(&mut o, 1, QoS::AtLeastOnce, now);
+        admit(&mut o, 2, QoS::AtLeastOnce, now);
+        let err = o
+            .admit(3, "t".into(), Bytes::new(), QoS::AtLeastOnce, now, 100)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            CommandError::QueueFull {
+                needed: 100,
+                available: 50
+            }
+        );
+        assert_eq!(o.len(), 2);
+        assert_eq!(o.buffered_bytes(), 200);
+    }
+
+    #[test]
+    fn window_limits_inflight_and_acks_free_it() {
+        let now = Instant::now();
+        let mut o = Outbound::new(10_000);
+        for id in 1..=3 {
+            admit(&mut o, id, QoS::AtLeastOnce, now);
+        }
+        let a = pkid_of(o.next_ready(2));
+        let b = pkid_of(o.next_ready(2));
+        assert!(o.next_ready(2).is_none(), "window of 2 is full");
+        assert_ne!(a, b);
+        assert_eq!(o.ack(a), Acked::Publish(1));
+        assert_eq!(o.ack(a), Acked::Unknown, "duplicate PUBACK is harmless");
+        let c = pkid_of(o.next_ready(2));
+        assert!(c != 0 && c != b);
+        assert_eq!(o.len(), 2);
+    }
+
+    #[test]
+    fn pkids_wrap_and_skip_ids_in_use() {
+        let now = Instant::now();
+        let mut o = Outbound::new(usize::MAX);
+        o.next_pkid = u16::MAX - 1;
+        admit(&mut o, 1, QoS::AtLeastOnce, now);
+        admit(&mut o, 2, QoS::AtLeastOnce, now);
+        admit(&mut o, 3, QoS::AtLeastOnce, now);
+        assert_eq!(pkid_of(o.next_ready(10)), u16::MAX);
+        assert_eq!(pkid_of(o.next_ready(10)), 1, "wraps past 0");
+        // Force the counter back so the next candidate (1) is taken.
+        o.next_pkid = 0;
+        assert_eq!(pkid_of(o.next_ready(10)), 2, "skips the id still in flight");
+    }
+
+    #[test]
+    fn timeout_in_flight_leaves_a_tombstone_until_the_late_puback() {
+        let t0 = Instant::now();
+        let timeout = Some(Duration::from_secs(10));
+        let mut o = Outbound::new(10_000);
+        admit(&mut o, 1, QoS::AtLeastOnce, t0);
+        admit(&mut o, 2, QoS::AtLeastOnce, t0 + Duration::from_secs(5));
+        let p1 = pkid_of(o.next_ready(1));
+        assert_eq!(o.next_deadline(timeout), Some(t0 + Duration::from_secs(10)));
+        assert_eq!(o.expire(t0 + Duration::from_secs(10), timeout), vec![1]);
+        // The tombstone still occupies the window of 1.
+        assert!(o.next_ready(1).is_none());
+        assert_eq!(o.ack(p1), Acked::TimedOut);
+        let p2 = pkid_of(o.next_ready(1));
+        assert_eq!(o.ack(p2), Acked::Publish(2));
+        assert_eq!(o.buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn expiry_of_queued_messages_compacts_the_queue() {
+        let t0 = Instant::now();
+        let timeout = Some(Duration::from_secs(1));
+        let mut o = Outbound::new(usize::MAX);
+        for id in 0..1000 {
+            admit(&mut o, id, QoS::AtLeastOnce, t0);
+        }
+        assert_eq!(o.expire(t0 + Duration::from_secs(1), timeout).len(), 1000);
+        assert!(o.queue.is_empty(), "stale ids are compacted");
+        assert_eq!(o.len(), 0);
+        assert!(o.next_ready(10).is_none());
+    }
+
+    #[test]
+    fn connection_loss_requeues_in_order_with_dup_and_gives_up_after_max_attempts() {
+        let now = Instant::now();
+        let mut o = Outbound::new(10_000);
+        for id in 1..=4 {
+            admit(&mut o, id, QoS::AtLeastOnce, now);
+        }
+        pkid_of(o.next_ready(2));
+        pkid_of(o.next_ready(2));
+        assert_eq!(o.connection_lost(2), Vec::<u64>::new());
+        let order: Vec<(u64, bool)> = std::iter::from_fn(|| match o.next_ready(10) {
+            Some(Ready::AtLeastOnce { id, dup, .. }) => Some((id, dup)),
+            _ => None,
+        })
+        .collect();
+        assert_eq!(order, [(1, true), (2, true), (3, false), (4, false)]);
+        // 1 and 2 have now been sent twice: a second loss fails them.
+        assert_eq!(o.connection_lost(2), vec![1, 2]);
+        assert_eq!(o.len(), 2);
+        assert_eq!(o.buffered_bytes(), 200);
+    }
+
+    #[test]
+    fn qos0_waits_behind_a_blocked_qos1_to_keep_order() {
+        let now = Instant::now();
+        let mut o = Outbound::new(10_000);
+        admit(&mut o, 1, QoS::AtLeastOnce, now);
+        admit(&mut o, 2, QoS::AtLeastOnce, now);
+        admit(&mut o, 3, QoS::AtMostOnce, now);
+        assert_eq!(pkid_of(o.next_ready(1)), 1);
+        // 2 waits for the window, and 3 must not overtake it.
+        assert!(o.next_ready(1).is_none());
+        assert_eq!(o.ack(1), Acked::Publish(1));
+        assert_eq!(pkid_of(o.next_ready(1)), 2);
+        // Once 2 is on the wire, 3 follows it without waiting for 2's PUBACK.
+        assert!(matches!(o.next_ready(1), Some(Ready::AtMostOnce(3, _))));
+        assert_eq!(o.buffered_bytes(), 100);
+    }
+
+    #[test]
+    fn subscribe_ids_share_the_space_and_are_not_pubacks() {
+        let now = Instant::now();
+        let mut o = Outbound::new(10_000);
+        let s = o.reserve_subscribe(vec!["a".into()]).unwrap_or(0);
+        assert_ne!(s, 0);
+        admit(&mut o, 1, QoS::AtLeastOnce, now);
+        assert_ne!(pkid_of(o.next_ready(10)), s);
+        assert_eq!(o.ack(s), Acked::WrongKind);
+        assert_eq!(o.take_subscribe(s), Some(vec!["a".to_string()]));
+        assert_eq!(o.take_subscribe(s), None);
+    }
+}

@@ -21,6 +21,9 @@
 //! ([`Event::Delivered`], [`Event::Sent`] or [`Event::Failed`]); nothing is dropped
 //! silently, and every buffer has a bound.
 //!
+//! ThingsBoard's topics and payloads, in both directions (client and server), live in
+//! [`topic`] and [`payload`]; the platform emulator uses the same definitions.
+//!
 //! ## The drive loop
 //!
 //! After *one* mutation (an input, a command, a timeout), drain every output, then wait for
@@ -136,9 +139,11 @@ mod error;
 mod event;
 mod outbound;
 mod output;
+pub mod payload;
 mod reason;
 mod stats;
 mod timer;
+pub mod topic;
 
 pub use codec::{ProtocolVersion, QoS};
 pub use command::Command;

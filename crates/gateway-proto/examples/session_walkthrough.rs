@@ -7,6 +7,8 @@
 //!
 //! Run with `cargo run -p gateway-proto --example session_walkthrough`.
 
+#![allow(clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};

@@ -8,7 +8,7 @@
 //! One [`Connection`] turns inputs into ordered outputs:
 //!
 //! * **inputs**: [`Input::TransportOpened`], [`Input::Bytes`] (split anywhere),
-//!   [`Input::TransportClosed`] and [`Input::Timeout`], each with the current [`Instant`];
+//!   [`Input::TransportClosed`] and [`Input::Timeout`], each with the current [`Instant`](std::time::Instant);
 //!   and application [`Command`]s, checked synchronously;
 //! * **outputs**, drained in order with [`Connection::poll_output`]:
 //!   [`Output::Transmit`] bytes, [`Output::Event`]s for the application,

@@ -289,10 +289,8 @@ impl Connection {
                 }
             }
         }
-        if matches!(self.phase, Phase::Connected { .. }) {
-            // PUBACKs may have opened the window.
-            self.pump(now);
-        }
+        // PUBACKs may have opened the window.
+        self.pump(now);
     }
 
     fn handle_packet(&mut self, now: Instant, packet: Packet) {

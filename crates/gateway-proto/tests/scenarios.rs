@@ -311,6 +311,22 @@ fn traffic_postpones_the_ping() {
 }
 
 #[test]
+fn a_silent_server_is_pinged_even_while_the_client_keeps_sending() {
+    // QoS 0 traffic gets no answer: a half-open link would go unnoticed if only the client's
+    // own sends counted as activity.
+    let mut h = Harness::new(config(V3));
+    h.connect();
+    for _ in 0..2 {
+        h.advance(Duration::from_secs(25));
+        publish(&mut h, "t", b"x", QoS::AtMostOnce);
+        assert_eq!(publishes(&h.client_packets()).len(), 1);
+    }
+    // 60 s after the CONNACK, the last thing received.
+    assert_eq!(h.advance_to_timeout(), Duration::from_secs(10));
+    assert_eq!(h.client_packets(), vec![Packet::PingReq]);
+}
+
+#[test]
 fn zero_keep_alive_never_pings() {
     let mut c = config(V3);
     c.keep_alive = Duration::ZERO;
@@ -441,6 +457,7 @@ fn timeout_is_never_reported_as_success_and_late_puback_is_ignored() {
     let mut c = config(V5);
     c.publish_timeout = Some(Duration::from_secs(10));
     c.keep_alive = Duration::ZERO;
+    c.max_inflight = 1;
     let mut h = Harness::new(c);
     h.connect();
     let id = publish(&mut h, "t", b"x", QoS::AtLeastOnce);
@@ -453,13 +470,17 @@ fn timeout_is_never_reported_as_success_and_late_puback_is_ignored() {
             error: RequestError::Timeout
         }]
     );
-    // The packet id stays reserved: the next publish must not reuse it.
+    // The packet id stays reserved (and holds its window slot) until the late PUBACK: with a
+    // window of 1 the next publish waits, so the late PUBACK cannot complete it.
     let id2 = publish(&mut h, "t", b"y", QoS::AtLeastOnce);
-    let p2 = publishes(&h.client_packets())[0].pkid;
-    assert_ne!(p2, p);
+    assert!(
+        publishes(&h.client_packets()).is_empty(),
+        "window held by the tombstone"
+    );
     puback(&mut h, p, 0);
     assert!(h.take_events().is_empty(), "late PUBACK completes nothing");
     assert_eq!(h.conn.stats().late_acks, 1);
+    let p2 = publishes(&h.client_packets())[0].pkid;
     puback(&mut h, p2, 0);
     assert_eq!(h.take_events(), vec![Event::Delivered(id2)]);
 }

@@ -28,6 +28,10 @@ pub enum Output {
 
 /// Outputs in order. Bytes queued back to back are merged into one `Transmit`: they
 /// collect in `tail` until a non-transmit output is pushed or the queue is drained.
+///
+/// Bound: the adapter drains it after every call (the crate's contract), so it holds what one
+/// call produces: for a command or timeout at most the buffered publishes
+/// (`max_buffered_bytes`), for received bytes a few outputs per packet in that input.
 #[derive(Debug, Default)]
 pub(crate) struct OutputQueue {
     queue: VecDeque<Output>,

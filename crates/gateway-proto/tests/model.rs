@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::Harness;
+use common::{server_publish, Harness};
 use gateway_proto::wire::{self, Packet, ProtocolVersion};
 use gateway_proto::{Command, Config, Credentials, Event, Input, QoS, RequestId, Subscription};
 use proptest::prelude::*;
@@ -256,18 +256,11 @@ impl Model {
                 }
             }
             Op::Publish2Client { qos1, pkid, len } if open && self.wire.connack_sent => {
-                self.h.send(Packet::Publish(wire::Publish {
-                    topic: "v1/devices/me/rpc/request/1".into(),
-                    payload: Bytes::from(vec![b'{'; len]),
-                    qos: if qos1 {
-                        wire::QoS::AtLeastOnce
-                    } else {
-                        wire::QoS::AtMostOnce
-                    },
-                    dup: false,
-                    retain: false,
-                    pkid: if qos1 { pkid } else { 0 },
-                }));
+                self.h.send(server_publish(
+                    "v1/devices/me/rpc/request/1",
+                    vec![b'{'; len],
+                    qos1.then_some(pkid),
+                ));
             }
             Op::PingResp if open && self.wire.connack_sent => self.h.send(Packet::PingResp),
             Op::Disconnect(code) if open && self.wire.connack_sent => {
@@ -368,18 +361,11 @@ fn server_packet() -> impl Strategy<Value = Packet> {
             1u16..20,
             proptest::collection::vec(any::<u8>(), 0..300)
         )
-            .prop_map(|(qos1, pkid, payload)| Packet::Publish(wire::Publish {
-                topic: "v1/gateway/attributes".into(),
-                payload: Bytes::from(payload),
-                qos: if qos1 {
-                    wire::QoS::AtLeastOnce
-                } else {
-                    wire::QoS::AtMostOnce
-                },
-                dup: false,
-                retain: false,
-                pkid: if qos1 { pkid } else { 0 },
-            })),
+            .prop_map(|(qos1, pkid, payload)| server_publish(
+                "v1/gateway/attributes",
+                payload,
+                qos1.then_some(pkid)
+            )),
         (1u16..40, prop_oneof![Just(0u8), Just(0x97)])
             .prop_map(|(pkid, code)| Packet::PubAck(wire::PubAck { pkid, code })),
         Just(Packet::PingResp),

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{config, publishes, Harness};
+use common::{config, publishes, server_publish, Harness};
 use gateway_proto::wire::{self, Packet, ProtocolVersion};
 use gateway_proto::{
     Command, CommandError, Config, ConnectRefusal, Credentials, DisconnectReason, Event, Input,
@@ -728,14 +728,11 @@ fn inbound_qos1_publish_is_acknowledged_and_delivered() {
     let mut h = Harness::new(config(V3));
     h.connect();
     h.take_events();
-    h.send(Packet::Publish(wire::Publish {
-        topic: "v1/gateway/rpc".into(),
-        payload: Bytes::from_static(b"{\"device\":\"D\",\"data\":{\"id\":0}}"),
-        qos: wire::QoS::AtLeastOnce,
-        dup: false,
-        retain: false,
-        pkid: 7,
-    }));
+    h.send(server_publish(
+        "v1/gateway/rpc",
+        Bytes::from_static(b"{\"device\":\"D\",\"data\":{\"id\":0}}"),
+        Some(7),
+    ));
     assert_eq!(
         h.take_events(),
         vec![Event::Message {
@@ -783,22 +780,16 @@ fn oversize_packets_are_skipped_as_they_stream_in() {
     let mut h = Harness::new(c);
     h.connect();
     h.take_events();
-    let big = h.encode(&Packet::Publish(wire::Publish {
-        topic: "v1/devices/me/attributes".into(),
-        payload: Bytes::from(vec![b'x'; 5000]),
-        qos: wire::QoS::AtMostOnce,
-        dup: false,
-        retain: false,
-        pkid: 0,
-    }));
-    let small = h.encode(&Packet::Publish(wire::Publish {
-        topic: "v1/devices/me/attributes".into(),
-        payload: Bytes::from_static(b"{\"ok\":1}"),
-        qos: wire::QoS::AtMostOnce,
-        dup: false,
-        retain: false,
-        pkid: 0,
-    }));
+    let big = h.encode(&server_publish(
+        "v1/devices/me/attributes",
+        vec![b'x'; 5000],
+        None,
+    ));
+    let small = h.encode(&server_publish(
+        "v1/devices/me/attributes",
+        Bytes::from_static(b"{\"ok\":1}"),
+        None,
+    ));
     let mut stream = big.to_vec();
     stream.extend_from_slice(&small);
     for chunk in stream.chunks(300) {

@@ -221,3 +221,20 @@ pub fn publishes(packets: &[Packet]) -> Vec<&wire::Publish> {
         })
         .collect()
 }
+
+/// A PUBLISH from the broker: QoS 1 with `pkid`, or QoS 0 (packet id ignored) when `pkid` is
+/// `None`.
+pub fn server_publish(topic: &str, payload: impl Into<Bytes>, pkid: Option<u16>) -> Packet {
+    Packet::Publish(wire::Publish {
+        topic: topic.into(),
+        payload: payload.into(),
+        qos: if pkid.is_some() {
+            wire::QoS::AtLeastOnce
+        } else {
+            wire::QoS::AtMostOnce
+        },
+        dup: false,
+        retain: false,
+        pkid: pkid.unwrap_or(0),
+    })
+}

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::codec::{ProtocolVersion, QoS};
 use crate::error::ConfigError;
+use crate::topic;
 
 /// The username and client id ThingsBoard reserves for provisioning-only sessions.
 ///
@@ -158,9 +159,61 @@ pub struct Config {
     pub max_publish_attempts: u32,
     /// Reconnect timing.
     pub reconnect: ReconnectPolicy,
-    /// Filters subscribed after every successful CONNACK, in one SUBSCRIBE.
+    /// Filters subscribed after every successful CONNACK, in one SUBSCRIBE, after the API's
+    /// own filters (see [`Config::subscribe_api`]).
     pub subscriptions: Vec<Subscription>,
+    /// Whether this connection is a gateway (Gateway API allowed) or a plain device.
+    /// Default [`Role::Gateway`].
+    pub role: Role,
+    /// Subscribe, after every CONNACK, to the Device API downlinks (shared attribute updates,
+    /// attribute responses, server RPC requests, client RPC responses) and, for a gateway, to
+    /// the Gateway API downlinks. ThingsBoard pushes gateway downlinks even without a
+    /// subscription, but device downlinks only after one. Default true.
+    pub subscribe_api: bool,
+    /// QoS of telemetry and client attributes (gateway and device). Default 1. ThingsBoard
+    /// processes QoS 0 gateway uplinks but never acknowledges them, so QoS 0 means no
+    /// delivery feedback at all. Every other API message is sent at QoS 1.
+    pub telemetry_qos: QoS,
+    /// Bound on tracked sub-devices (explicitly connected or implicitly, by sending data for
+    /// them). A command that would add one more fails with
+    /// [`CommandError::TooManyDevices`](crate::CommandError::TooManyDevices). Default 10,000.
+    pub max_sub_devices: usize,
+    /// Keep silent sub-devices alive: a sub-device that sent nothing for this long gets a
+    /// keep-alive (an attribute request for [`KEEPALIVE_KEY`], which the server counts as
+    /// activity; a repeated connect does not). ThingsBoard drops child sessions after
+    /// 10 minutes of inactivity, after which RPCs and attribute updates for the child stop
+    /// until its next message. `None` disables it. Default 8 minutes; checked with a
+    /// granularity of 1/16 of the interval.
+    pub sub_device_keepalive: Option<Duration>,
+    /// How long an attribute request may wait for its response. Default 30 s.
+    pub attribute_request_timeout: Duration,
+    /// How long a client-side RPC may wait for its response. Default 75 s, longer than
+    /// ThingsBoard's own 60 s after which it answers `{"error":"timeout"}`.
+    pub rpc_timeout: Duration,
+    /// Bound on attribute requests and client-side RPCs awaiting a response. Past it, the
+    /// command fails with [`CommandError::TooManyRequests`](crate::CommandError::TooManyRequests).
+    /// Default 1,024.
+    pub max_pending_requests: usize,
+    /// Bound on server-side RPCs received and not yet replied to. When it is reached, the
+    /// oldest is forgotten (a later reply to it is refused) and a
+    /// [`Warning::ServerRpcForgotten`](crate::Warning::ServerRpcForgotten) reported.
+    /// Default 1,024.
+    pub max_pending_server_rpcs: usize,
 }
+
+/// What the connection authenticates as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Role {
+    /// A device: Device API only.
+    Device,
+    /// A gateway: Device API for itself plus the Gateway API for its sub-devices.
+    Gateway,
+}
+
+/// The attribute key that sub-device keep-alives request (client scope). Nothing needs to
+/// exist under it: the response is expected to be empty and is consumed by the connection.
+pub const KEEPALIVE_KEY: &str = "tbgw.keepalive";
 
 /// Bytes added to every buffered publish's size when checking
 /// [`Config::max_buffered_bytes`], so that many tiny messages are bounded too.
@@ -185,7 +238,49 @@ impl Config {
             max_publish_attempts: 5,
             reconnect: ReconnectPolicy::default(),
             subscriptions: Vec::new(),
+            role: Role::Gateway,
+            subscribe_api: true,
+            telemetry_qos: QoS::AtLeastOnce,
+            max_sub_devices: 10_000,
+            sub_device_keepalive: Some(Duration::from_secs(480)),
+            attribute_request_timeout: Duration::from_secs(30),
+            rpc_timeout: Duration::from_secs(75),
+            max_pending_requests: 1024,
+            max_pending_server_rpcs: 1024,
         }
+    }
+
+    /// The filters subscribed after every CONNACK: the API's own (if
+    /// [`subscribe_api`](Self::subscribe_api)) followed by [`subscriptions`](Self::subscriptions).
+    pub fn effective_subscriptions(&self) -> Vec<Subscription> {
+        let mut subs = Vec::new();
+        if self.subscribe_api {
+            let device = [
+                topic::DEVICE_ATTRIBUTES,
+                topic::DEVICE_ATTRIBUTES_RESPONSE_SUB,
+                topic::DEVICE_RPC_REQUEST_SUB,
+                topic::DEVICE_RPC_RESPONSE_SUB,
+            ];
+            let gateway = [
+                topic::GATEWAY_ATTRIBUTES,
+                topic::GATEWAY_ATTRIBUTES_RESPONSE,
+                topic::GATEWAY_RPC,
+            ];
+            subs.extend(
+                device
+                    .iter()
+                    .map(|f| Subscription::new(*f, QoS::AtLeastOnce)),
+            );
+            if self.role == Role::Gateway {
+                subs.extend(
+                    gateway
+                        .iter()
+                        .map(|f| Subscription::new(*f, QoS::AtLeastOnce)),
+                );
+            }
+        }
+        subs.extend(self.subscriptions.iter().cloned());
+        subs
     }
 
     /// Checks the configuration for values the protocol or ThingsBoard cannot work with.
@@ -240,6 +335,17 @@ impl Config {
         if self.reconnect.jitter_percent > 100 {
             return Err(ConfigError::JitterOutOfRange(self.reconnect.jitter_percent));
         }
+        if self.sub_device_keepalive.is_some_and(|d| d.is_zero()) {
+            return Err(ConfigError::ZeroDuration("sub_device_keepalive"));
+        }
+        for (name, d) in [
+            ("attribute_request_timeout", self.attribute_request_timeout),
+            ("rpc_timeout", self.rpc_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::ZeroDuration(name));
+            }
+        }
         for sub in &self.subscriptions {
             if !valid_filter(&sub.filter) {
                 return Err(ConfigError::InvalidFilter(sub.filter.clone()));
@@ -247,7 +353,7 @@ impl Config {
         }
         // The one SUBSCRIBE sent after CONNACK must itself fit the outgoing limit.
         let subscribe_len: usize = self
-            .subscriptions
+            .effective_subscriptions()
             .iter()
             .map(|s| s.filter.len() + 3)
             .sum::<usize>()

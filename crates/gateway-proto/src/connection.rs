@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 
+use crate::api::{Api, Prepared};
 use crate::backoff::Backoff;
 use crate::codec::{self, DecodeError, Packet, ProtocolVersion, QoS};
 use crate::command::Command;
 use crate::config::{Config, Credentials, PER_MESSAGE_OVERHEAD};
 use crate::error::{CommandError, ConfigError, ProtocolError};
 use crate::event::{DisconnectReason, Event, RequestError, RequestId, Warning};
-use crate::outbound::{Acked, Outbound, Ready};
+use crate::outbound::{Acked, ControlTag, Outbound, Ready};
 use crate::output::{Output, OutputQueue};
 use crate::reason::{ConnectRefusal, ReasonCode};
 use crate::stats::Stats;
@@ -81,6 +82,10 @@ pub struct Connection {
     /// Bytes of an oversize packet still to be discarded as they arrive.
     skip: usize,
     backoff: Backoff,
+    /// The ThingsBoard APIs: sub-devices, pending requests, typed downlinks.
+    api: Api,
+    /// Reused buffer for connection-made payloads.
+    scratch: Vec<u8>,
     next_request: u64,
     last_tx: Instant,
     last_rx: Instant,
@@ -93,6 +98,8 @@ impl Connection {
         config.validate()?;
         let mut conn = Self {
             backoff: Backoff::new(config.reconnect.clone()),
+            api: Api::new(&config),
+            scratch: Vec::new(),
             outbound: Outbound::new(config.max_buffered_bytes),
             config,
             phase: Phase::AwaitTransport,
@@ -151,13 +158,14 @@ impl Connection {
         if matches!(self.phase, Phase::Closed) {
             return Err(CommandError::Closed);
         }
-        let id = match command {
-            Command::Publish {
-                topic,
-                payload,
-                qos,
-            } => self.accept_publish(now, topic, payload, qos)?,
-        };
+        let Prepared {
+            topic,
+            payload,
+            qos,
+            commit,
+        } = self.api.prepare(command, self.config.telemetry_qos)?;
+        let id = self.accept_publish(now, topic, payload, qos)?;
+        self.api.commit(now, id.0, commit);
         self.pump(now);
         self.refresh_timers();
         Ok(id)
@@ -189,6 +197,9 @@ impl Connection {
         for id in self.outbound.drain_all() {
             self.fail(id, RequestError::Closed);
         }
+        for id in self.api.on_close() {
+            self.fail(id, RequestError::Closed);
+        }
     }
 
     /// The next action for the adapter, in order; `None` when there is nothing to do until
@@ -217,14 +228,16 @@ impl Connection {
 
     /// Counters and current buffer levels.
     pub fn stats(&self) -> Stats {
-        Stats {
+        let mut stats = Stats {
             buffered_bytes: self.outbound.buffered_bytes(),
             unfinished_requests: self.outbound.len(),
             inflight: self.outbound.inflight(),
             pending_outputs: self.out.len(),
             receive_buffer: self.rx.len(),
             ..self.stats.clone()
-        }
+        };
+        self.api.fill_stats(&mut stats);
+        stats
     }
 
     /// The configuration in force.
@@ -236,6 +249,12 @@ impl Connection {
     #[doc(hidden)]
     pub fn pkids_in_use(&self) -> Vec<u16> {
         self.outbound.pkids_in_use().collect()
+    }
+
+    /// Whether a sub-device is tracked for re-announcing (for invariant checks).
+    #[doc(hidden)]
+    pub fn is_sub_device_registered(&self, device: &str) -> bool {
+        self.api.is_registered(device)
     }
 
     // ----- inputs -----------------------------------------------------------------------
@@ -343,24 +362,19 @@ impl Connection {
         self.timers.clear(Timer::Connect);
         self.stats.connections += 1;
         self.out.event(Event::Connected { session_present });
-        if !self.config.subscriptions.is_empty() {
-            let filters: Vec<String> = self
-                .config
-                .subscriptions
-                .iter()
-                .map(|s| s.filter.clone())
-                .collect();
+        self.api.on_connected(now);
+        let subscriptions = self.config.effective_subscriptions();
+        if !subscriptions.is_empty() {
+            let filters: Vec<String> = subscriptions.iter().map(|s| s.filter.clone()).collect();
             let Some(pkid) = self.outbound.reserve_subscribe(filters) else {
                 // Unreachable: a fresh connection has every packet id free.
                 return;
             };
             let subscribe = Packet::Subscribe(codec::Subscribe {
                 pkid,
-                filters: self
-                    .config
-                    .subscriptions
-                    .iter()
-                    .map(|s| (s.filter.clone(), s.qos))
+                filters: subscriptions
+                    .into_iter()
+                    .map(|s| (s.filter, s.qos))
                     .collect(),
             });
             if let Err(e) = self.send(now, &subscribe) {
@@ -373,16 +387,17 @@ impl Connection {
     }
 
     fn on_puback(&mut self, pkid: u16, code: u8) {
+        let reason = ReasonCode::from_u8(code);
         match self.outbound.ack(pkid) {
             Acked::Publish(id) => {
-                let reason = ReasonCode::from_u8(code);
-                if reason.is_success() {
+                if !reason.is_success() {
+                    self.fail(id, RequestError::Rejected(reason));
+                } else if self.api.on_outcome(id, Ok(())) {
                     self.stats.delivered += 1;
                     self.out.event(Event::Delivered(RequestId(id)));
-                } else {
-                    self.fail(id, RequestError::Rejected(reason));
                 }
             }
+            Acked::Control(tag) => self.api.on_control_ack(tag, reason, &mut self.out),
             Acked::TimedOut => self.stats.late_acks += 1,
             Acked::Unknown | Acked::WrongKind => self.stats.unexpected_acks += 1,
         }
@@ -404,10 +419,13 @@ impl Connection {
             }
         }
         self.stats.messages_received += 1;
-        self.out.event(Event::Message {
-            topic: publish.topic,
-            payload: publish.payload,
-        });
+        if let Some(answered) = self
+            .api
+            .on_message(publish.topic, publish.payload, &mut self.out)
+        {
+            // The answer overtook the request's PUBACK: the request is finished.
+            self.outbound.cancel(answered);
+        }
     }
 
     fn on_suback(&mut self, pkid: u16, codes: &[u8]) {
@@ -448,6 +466,16 @@ impl Connection {
                     for id in self.outbound.expire(now, self.config.publish_timeout) {
                         self.fail(id, RequestError::Timeout);
                     }
+                }
+                Timer::ResponseDeadline => {
+                    for id in self.api.expire(now) {
+                        self.outbound.cancel(id);
+                        self.fail(id, RequestError::Timeout);
+                    }
+                }
+                Timer::SubDeviceSweep => {
+                    self.api.sweep(now);
+                    self.pump(now);
                 }
                 Timer::Reconnect => {
                     if matches!(self.phase, Phase::Backoff { .. }) {
@@ -541,6 +569,43 @@ impl Connection {
         let window = usize::from(self.config.max_inflight);
         let protocol = self.config.protocol;
         let max = self.config.max_outgoing_packet;
+        // Connection-made publishes (re-announces, keep-alives) go first: after a reconnect
+        // every sub-device is connected again before any queued data for it.
+        while self.api.lane_pending() && self.outbound.window_open(window) {
+            let Some((topic, tag)) = self.api.next_lane(now, &mut self.scratch) else {
+                break;
+            };
+            let Some(pkid) = self.outbound.reserve_control(window, tag.clone()) else {
+                // Every packet id is taken: wait for acknowledgements.
+                self.api.unpop_lane(tag);
+                break;
+            };
+            let publish = codec::PublishRef {
+                topic,
+                payload: &self.scratch,
+                qos: QoS::AtLeastOnce,
+                dup: false,
+                retain: false,
+                pkid,
+            };
+            match codec::encode_publish(&publish, protocol, self.out.transmit_buffer(), max) {
+                Ok(n) => {
+                    self.count_sent(now, n);
+                    match tag {
+                        ControlTag::Announce(_) => self.stats.reannounced += 1,
+                        ControlTag::Keepalive(_) => self.stats.keepalives_sent += 1,
+                    }
+                }
+                Err(_) => {
+                    // Only a device name near the packet limit gets here; the application's
+                    // own commands for it are refused the same way.
+                    self.outbound.ack(pkid);
+                }
+            }
+        }
+        if self.api.lane_pending() {
+            return;
+        }
         while let Some(ready) = self.outbound.next_ready(window) {
             let (entry, qos, dup, pkid) = match &ready {
                 Ready::AtMostOnce(_, entry) => (entry, QoS::AtMostOnce, false, 0),
@@ -562,7 +627,9 @@ impl Connection {
                 (Ok(n), Ready::AtMostOnce(id, _)) => {
                     self.count_sent(now, n);
                     self.stats.sent_qos0 += 1;
-                    self.out.event(Event::Sent(RequestId(id)));
+                    if self.api.on_outcome(id, Ok(())) {
+                        self.out.event(Event::Sent(RequestId(id)));
+                    }
                 }
                 (Ok(n), Ready::AtLeastOnce { dup, .. }) => {
                     self.count_sent(now, n);
@@ -599,6 +666,7 @@ impl Connection {
     }
 
     fn fail(&mut self, id: u64, error: RequestError) {
+        self.api.on_outcome(id, Err(&error));
         self.stats.failed += 1;
         self.out.event(Event::Failed {
             request: RequestId(id),
@@ -651,6 +719,9 @@ impl Connection {
         {
             self.fail(id, RequestError::ConnectionLost);
         }
+        for id in self.api.on_connection_lost() {
+            self.fail(id, RequestError::ConnectionLost);
+        }
     }
 
     /// Re-arms the timers that follow from the current state.
@@ -667,6 +738,13 @@ impl Connection {
         self.timers.set_or_clear(Timer::KeepAlive, keep_alive);
         let deadline = self.outbound.next_deadline(self.config.publish_timeout);
         self.timers.set_or_clear(Timer::PublishDeadline, deadline);
+        self.timers
+            .set_or_clear(Timer::ResponseDeadline, self.api.next_deadline());
+        let sweep = match self.phase {
+            Phase::Connected { .. } => self.api.next_sweep(),
+            _ => None,
+        };
+        self.timers.set_or_clear(Timer::SubDeviceSweep, sweep);
     }
 }
 

@@ -5,6 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::codec::{DecodeError, EncodeError};
+use crate::payload::PayloadError;
 
 /// A [`Config`](crate::Config) value the protocol or ThingsBoard cannot work with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +44,8 @@ pub enum ConfigError {
     InvalidFilter(String),
     /// The SUBSCRIBE for all configured filters would exceed `max_outgoing_packet`.
     SubscriptionsTooLarge(usize),
+    /// A duration that must be positive is zero.
+    ZeroDuration(&'static str),
 }
 
 impl fmt::Display for ConfigError {
@@ -70,6 +73,7 @@ impl fmt::Display for ConfigError {
                 f,
                 "the SUBSCRIBE for all configured filters needs {len} bytes, above max_outgoing_packet"
             ),
+            Self::ZeroDuration(name) => write!(f, "{name} must be longer than zero"),
         }
     }
 }
@@ -99,6 +103,33 @@ pub enum CommandError {
     InvalidTopic(String),
     /// The connection was closed with [`Connection::close`](crate::Connection::close).
     Closed,
+    /// A Gateway API command on a connection configured as [`Role::Device`](crate::Role::Device).
+    NotAGateway,
+    /// A sub-device name is empty (ThingsBoard rejects it and closes the session).
+    EmptyDeviceName,
+    /// The command would track one more sub-device than
+    /// [`Config::max_sub_devices`](crate::Config::max_sub_devices) allows.
+    TooManyDevices {
+        /// The bound.
+        max: usize,
+    },
+    /// [`Config::max_pending_requests`](crate::Config::max_pending_requests) attribute
+    /// requests and client RPCs already await a response.
+    TooManyRequests {
+        /// The bound.
+        max: usize,
+    },
+    /// A reply to a server-side RPC that was not received, was already answered, or was
+    /// forgotten (see [`Config::max_pending_server_rpcs`](crate::Config::max_pending_server_rpcs)).
+    UnknownRpc {
+        /// The sub-device it was addressed to (`None`: the connection's own device).
+        device: Option<String>,
+        /// The RPC id.
+        id: u64,
+    },
+    /// The payload cannot be built (e.g. an attribute key with a comma in a device
+    /// attribute request).
+    Payload(PayloadError),
 }
 
 impl fmt::Display for CommandError {
@@ -116,11 +147,30 @@ impl fmt::Display for CommandError {
             }
             Self::InvalidTopic(topic) => write!(f, "invalid topic {topic:?}"),
             Self::Closed => f.write_str("connection is closed"),
+            Self::NotAGateway => f.write_str("Gateway API command on a device connection"),
+            Self::EmptyDeviceName => f.write_str("empty sub-device name"),
+            Self::TooManyDevices { max } => write!(f, "more than {max} sub-devices"),
+            Self::TooManyRequests { max } => {
+                write!(f, "{max} requests already await a response")
+            }
+            Self::UnknownRpc {
+                device: Some(device),
+                id,
+            } => write!(f, "no pending RPC {id} for sub-device {device:?}"),
+            Self::UnknownRpc { device: None, id } => write!(f, "no pending RPC {id}"),
+            Self::Payload(e) => write!(f, "cannot build the payload: {e}"),
         }
     }
 }
 
-impl std::error::Error for CommandError {}
+impl std::error::Error for CommandError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Payload(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// A protocol violation by the server. It ends the session (the client reconnects).
 #[derive(Debug, Clone, PartialEq, Eq)]

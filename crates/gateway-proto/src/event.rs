@@ -4,9 +4,11 @@ use std::fmt;
 use std::time::Instant;
 
 use bytes::Bytes;
+use serde_json::{Map, Value};
 
 use crate::codec::EncodeError;
 use crate::error::ProtocolError;
+use crate::payload::{ClientRpcResponse, PayloadError};
 use crate::reason::{ConnectRefusal, ReasonCode};
 
 /// Identifies an accepted command. Ids grow monotonically and are never reused, not even
@@ -28,7 +30,7 @@ impl fmt::Display for RequestId {
 }
 
 /// Something the application should know about, in the order it happened.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Event {
     /// The server accepted the CONNECT. Subscriptions, then queued and retransmitted
@@ -67,6 +69,75 @@ pub enum Event {
     },
     /// Something odd the connection survived.
     Warning(Warning),
+    /// The answer to an attribute request
+    /// ([`GatewayCommand::RequestAttributes`](crate::GatewayCommand::RequestAttributes) or
+    /// [`DeviceCommand::RequestAttributes`](crate::DeviceCommand::RequestAttributes)): its
+    /// outcome. Keys that do not exist are simply absent.
+    AttributeResponse {
+        /// Which request.
+        request: RequestId,
+        /// The sub-device (`None`: the connection's own device).
+        device: Option<String>,
+        /// Client-scope attributes found.
+        client: Map<String, Value>,
+        /// Shared attributes found.
+        shared: Map<String, Value>,
+    },
+    /// Shared attributes changed on the server (pushed whether or not anything was asked).
+    AttributeUpdate {
+        /// The sub-device (`None`: the connection's own device).
+        device: Option<String>,
+        /// New values.
+        values: Map<String, Value>,
+        /// Names of deleted attributes.
+        deleted: Vec<String>,
+    },
+    /// A server-side RPC. Reply with
+    /// [`Command::device_rpc_reply`](crate::Command::device_rpc_reply) (sub-device) or
+    /// [`Command::rpc_reply`](crate::Command::rpc_reply) (own device) if it is two-way;
+    /// ThingsBoard ignores replies to one-way RPCs.
+    RpcRequest {
+        /// The sub-device (`None`: the connection's own device).
+        device: Option<String>,
+        /// RPC id: per device, starting at 0, so only (device, id) is unique.
+        id: u64,
+        /// Method name.
+        method: String,
+        /// Parameters (any JSON).
+        params: Value,
+    },
+    /// The answer to a client-side RPC ([`DeviceCommand::Rpc`](crate::DeviceCommand::Rpc)): its
+    /// outcome. ThingsBoard's own timeout arrives as `ClientRpcResponse::Error("timeout")`.
+    RpcResponse {
+        /// Which request.
+        request: RequestId,
+        /// The result or the server's error.
+        response: ClientRpcResponse,
+    },
+    /// The server dropped a sub-device's session (`v1/gateway/disconnect`, MQTT 5 only):
+    /// its downlinks stop until it is announced again, which happens on the next reconnect
+    /// or with the next command for it. Usually followed by the close of the whole
+    /// connection.
+    SubDeviceDisconnected {
+        /// Device name.
+        device: String,
+        /// Why: 0x96 (150) = message rate too high, 0x80 = unspecified error.
+        reason: ReasonCode,
+    },
+    /// A sub-device this gateway connected was deleted on the server; it is forgotten
+    /// (pending RPCs included).
+    SubDeviceDeleted {
+        /// Device name.
+        device: String,
+    },
+    /// A sub-device this gateway connected was renamed on the server; it is tracked under
+    /// the new name, with its pending RPCs and requests.
+    SubDeviceRenamed {
+        /// Previous name.
+        old_name: String,
+        /// New name.
+        new_name: String,
+    },
 }
 
 /// Why a connection attempt or session ended.
@@ -156,4 +227,73 @@ pub enum Warning {
         /// The SUBACK code (0x80 on MQTT 3.1.1; 0x8F etc. on MQTT 5).
         code: u8,
     },
+    /// A message on a ThingsBoard API topic could not be understood (invalid JSON, wrong
+    /// shape, bad id in the topic). It was dropped.
+    InvalidMessage {
+        /// Topic it arrived on.
+        topic: String,
+        /// What was wrong.
+        error: PayloadError,
+    },
+    /// A response matched no pending request: unknown id, already answered, timed out, or
+    /// addressed to a different device than the request. It was dropped.
+    UnmatchedResponse {
+        /// Topic it arrived on.
+        topic: String,
+        /// The id it carried.
+        id: u64,
+    },
+    /// The server refused to re-announce a sub-device (MQTT 5 PUBACK failure code, e.g.
+    /// 0x97 when the tenant's device limit is reached). The device is forgotten.
+    ReannounceRejected {
+        /// Device name.
+        device: String,
+        /// The PUBACK reason code.
+        code: ReasonCode,
+    },
+    /// [`Config::max_pending_server_rpcs`](crate::Config::max_pending_server_rpcs) was
+    /// reached: the oldest pending server RPC was forgotten and can no longer be replied to.
+    ServerRpcForgotten {
+        /// Its device (`None`: the connection's own device).
+        device: Option<String>,
+        /// Its id.
+        id: u64,
+    },
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::OversizePacketSkipped { size } => {
+                write!(f, "skipped a {size}-byte packet over the size limit")
+            }
+            Self::SubscriptionRejected { filter, code } => {
+                write!(f, "subscription {filter:?} refused with code {code:#04x}")
+            }
+            Self::InvalidMessage { topic, error } => {
+                write!(f, "dropped message on {topic}: {error}")
+            }
+            Self::UnmatchedResponse { topic, id } => {
+                write!(
+                    f,
+                    "dropped response {id} on {topic}: no such pending request"
+                )
+            }
+            Self::ReannounceRejected { device, code } => {
+                write!(f, "re-announce of sub-device {device:?} refused: {code}")
+            }
+            Self::ServerRpcForgotten {
+                device: Some(d),
+                id,
+            } => {
+                write!(
+                    f,
+                    "forgot pending RPC {id} of sub-device {d:?} (table full)"
+                )
+            }
+            Self::ServerRpcForgotten { device: None, id } => {
+                write!(f, "forgot pending RPC {id} (table full)")
+            }
+        }
+    }
 }

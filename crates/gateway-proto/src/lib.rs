@@ -130,25 +130,29 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod api;
 mod backoff;
 mod codec;
 mod command;
 mod config;
 mod connection;
+mod correlation;
 mod error;
 mod event;
 mod outbound;
 mod output;
 pub mod payload;
 mod reason;
+mod registry;
 mod stats;
 mod timer;
 pub mod topic;
 
 pub use codec::{ProtocolVersion, QoS};
-pub use command::Command;
+pub use command::{AttributeScope, Command, DeviceCommand, GatewayCommand};
 pub use config::{
-    Config, Credentials, ReconnectPolicy, Subscription, PER_MESSAGE_OVERHEAD, PROVISION_IDENTITY,
+    Config, Credentials, ReconnectPolicy, Role, Subscription, KEEPALIVE_KEY, PER_MESSAGE_OVERHEAD,
+    PROVISION_IDENTITY,
 };
 pub use connection::{Connection, Input, State};
 pub use error::{CommandError, ConfigError, ProtocolError};

@@ -42,6 +42,17 @@ enum Slot {
     TimedOut,
     /// A SUBSCRIBE for these filters.
     Subscribe(Vec<String>),
+    /// A publish the connection made on its own (not an application request).
+    Control(ControlTag),
+}
+
+/// What a connection-made publish was for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ControlTag {
+    /// Re-announce of a sub-device (`v1/gateway/connect`).
+    Announce(String),
+    /// Keep-alive attribute request with this wire id.
+    Keepalive(u32),
 }
 
 /// What a PUBACK's packet id referred to.
@@ -56,6 +67,8 @@ pub(crate) enum Acked {
     Unknown,
     /// The id belongs to a SUBSCRIBE, not a PUBLISH.
     WrongKind,
+    /// A publish the connection made on its own.
+    Control(ControlTag),
 }
 
 /// The next publish to transmit.
@@ -201,12 +214,50 @@ impl Outbound {
                 self.inflight -= 1;
                 Acked::TimedOut
             }
+            Some(Slot::Control(tag)) => {
+                self.inflight -= 1;
+                Acked::Control(tag)
+            }
             Some(sub @ Slot::Subscribe(_)) => {
                 self.slots.insert(pkid, sub);
                 Acked::WrongKind
             }
             None => Acked::Unknown,
         }
+    }
+
+    /// Reserves a packet id for a connection-made publish, if the window allows.
+    pub(crate) fn reserve_control(&mut self, max_inflight: usize, tag: ControlTag) -> Option<u16> {
+        if self.inflight >= max_inflight {
+            return None;
+        }
+        let pkid = allocate_pkid(&mut self.next_pkid, &self.slots)?;
+        self.slots.insert(pkid, Slot::Control(tag));
+        self.inflight += 1;
+        Some(pkid)
+    }
+
+    /// Whether the window has room for one more QoS 1 publish.
+    pub(crate) fn window_open(&self, max_inflight: usize) -> bool {
+        self.inflight < max_inflight
+    }
+
+    /// Finishes publish `id` without an acknowledgement (its answer arrived first, or its
+    /// response deadline passed). In flight, its packet id stays reserved as a tombstone
+    /// until the PUBACK. Returns whether it was unfinished.
+    pub(crate) fn cancel(&mut self, id: u64) -> bool {
+        let Some(entry) = self.entries.remove(&id) else {
+            return false;
+        };
+        self.buffered -= entry.cost;
+        match entry.pkid {
+            Some(pkid) => {
+                self.slots.insert(pkid, Slot::TimedOut);
+            }
+            None => self.stale_in_queue += 1,
+        }
+        self.compact();
+        true
     }
 
     /// When the oldest unfinished publish times out.
@@ -223,24 +274,25 @@ impl Outbound {
             if deadline > now {
                 break;
             }
-            let Some((id, entry)) = self.entries.pop_first() else {
+            let Some(&id) = self.entries.keys().next() else {
                 break;
             };
-            self.buffered -= entry.cost;
-            match entry.pkid {
-                Some(pkid) => {
-                    self.slots.insert(pkid, Slot::TimedOut);
-                }
-                None => self.stale_in_queue += 1,
-            }
+            self.cancel(id);
             expired.push(id);
         }
-        if self.stale_in_queue > 64 && self.stale_in_queue > self.queue.len() / 2 {
+        expired
+    }
+
+    /// Drops finished ids from the queue once they make up most of it.
+    fn compact(&mut self) {
+        if self.entries.is_empty() {
+            self.queue.clear();
+            self.stale_in_queue = 0;
+        } else if self.stale_in_queue > 64 && self.stale_in_queue > self.queue.len() / 2 {
             let entries = &self.entries;
             self.queue.retain(|id| entries.contains_key(id));
             self.stale_in_queue = 0;
         }
-        expired
     }
 
     /// The connection ended: every in-flight publish goes back to the queue for a DUP

@@ -9,7 +9,7 @@ use crate::event::Event;
 /// One action for the adapter, in order. Drain them with
 /// [`Connection::poll_output`](crate::Connection::poll_output) after every call that feeds
 /// the connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Output {
     /// Write these bytes to the transport, in order, before acting on any later output.

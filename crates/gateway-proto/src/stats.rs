@@ -53,4 +53,14 @@ pub struct Stats {
     pub pending_outputs: usize,
     /// Bytes of a partial packet waiting for the rest.
     pub receive_buffer: usize,
+    /// Sub-devices re-announced after a (re)connect.
+    pub reannounced: u64,
+    /// Keep-alives sent for silent sub-devices.
+    pub keepalives_sent: u64,
+    /// Sub-devices tracked.
+    pub sub_devices: usize,
+    /// Attribute requests and client RPCs awaiting an answer.
+    pub pending_requests: usize,
+    /// Server-side RPCs awaiting the application's reply.
+    pub pending_server_rpcs: usize,
 }

@@ -17,6 +17,10 @@ pub(crate) enum Timer {
     PingResponse,
     /// When the oldest unfinished publish times out.
     PublishDeadline,
+    /// When the earliest attribute request or client RPC stops waiting for its answer.
+    ResponseDeadline,
+    /// When to look for sub-devices that need a keep-alive.
+    SubDeviceSweep,
     /// When to ask for a new transport after a disconnect.
     Reconnect,
 }
@@ -24,11 +28,13 @@ pub(crate) enum Timer {
 impl Timer {
     /// Firing order when several expire at once: the session-ending ones first, so a
     /// publish deadline that coincides with a dead link still sees the link as dead.
-    pub(crate) const ALL: [Timer; 5] = [
+    pub(crate) const ALL: [Timer; 7] = [
         Timer::Connect,
         Timer::PingResponse,
         Timer::KeepAlive,
         Timer::PublishDeadline,
+        Timer::ResponseDeadline,
+        Timer::SubDeviceSweep,
         Timer::Reconnect,
     ];
 
@@ -39,6 +45,8 @@ impl Timer {
             Timer::PingResponse => 2,
             Timer::PublishDeadline => 3,
             Timer::Reconnect => 4,
+            Timer::ResponseDeadline => 5,
+            Timer::SubDeviceSweep => 6,
         }
     }
 }
@@ -46,7 +54,7 @@ impl Timer {
 /// One optional deadline per [`Timer`].
 #[derive(Debug, Default, Clone)]
 pub(crate) struct TimerTable {
-    slots: [Option<Instant>; 5],
+    slots: [Option<Instant>; 7],
 }
 
 impl TimerTable {

@@ -331,6 +331,7 @@ fn zero_keep_alive_never_pings() {
     let mut c = config(V3);
     c.keep_alive = Duration::ZERO;
     c.publish_timeout = None;
+    c.sub_device_keepalive = None;
     let mut h = Harness::new(c);
     h.connect();
     assert_eq!(h.conn.poll_timeout(), None);
@@ -729,14 +730,14 @@ fn inbound_qos1_publish_is_acknowledged_and_delivered() {
     h.connect();
     h.take_events();
     h.send(server_publish(
-        "v1/gateway/rpc",
+        "example/downlink",
         Bytes::from_static(b"{\"device\":\"D\",\"data\":{\"id\":0}}"),
         Some(7),
     ));
     assert_eq!(
         h.take_events(),
         vec![Event::Message {
-            topic: "v1/gateway/rpc".into(),
+            topic: "example/downlink".into(),
             payload: Bytes::from_static(b"{\"device\":\"D\",\"data\":{\"id\":0}}"),
         }]
     );
@@ -780,13 +781,9 @@ fn oversize_packets_are_skipped_as_they_stream_in() {
     let mut h = Harness::new(c);
     h.connect();
     h.take_events();
-    let big = h.encode(&server_publish(
-        "v1/devices/me/attributes",
-        vec![b'x'; 5000],
-        None,
-    ));
+    let big = h.encode(&server_publish("example/downlink", vec![b'x'; 5000], None));
     let small = h.encode(&server_publish(
-        "v1/devices/me/attributes",
+        "example/downlink",
         Bytes::from_static(b"{\"ok\":1}"),
         None,
     ));
@@ -801,7 +798,7 @@ fn oversize_packets_are_skipped_as_they_stream_in() {
         vec![
             Event::Warning(Warning::OversizePacketSkipped { size: big.len() }),
             Event::Message {
-                topic: "v1/devices/me/attributes".into(),
+                topic: "example/downlink".into(),
                 payload: Bytes::from_static(b"{\"ok\":1}")
             }
         ]

@@ -205,6 +205,25 @@ impl Payload for GatewayAttributes {
     }
 }
 
+/// Appends one device's client attributes `{"Dev":{..}}` to `out`, serializing straight from
+/// `values` (no per-device map is built).
+pub fn write_gateway_attributes<S: JsonSink + ?Sized>(
+    out: &mut S,
+    device: &str,
+    values: &Map<String, Value>,
+) {
+    let mut o = ObjWriter::open(out);
+    o.field(device, values);
+    o.close();
+}
+
+/// Appends one device's claim `{"Dev":{"secretKey":..,"durationMs":..}}` to `out`.
+pub fn write_gateway_claim<S: JsonSink + ?Sized>(out: &mut S, device: &str, claim: &Claim) {
+    let mut o = ObjWriter::open(out);
+    claim.write(o.key(device));
+    o.close();
+}
+
 /// `v1/gateway/claim`: `{"Dev":{"secretKey":"..","durationMs":..}}`; both fields optional and
 /// omitted when `None`. No response message, only a PUBACK.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -605,6 +624,24 @@ impl GatewayNotification {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn single_device_writers_match_the_map_forms() {
+        let mut values = Map::new();
+        values.insert("k".into(), Value::from(1));
+        let mut out = Vec::new();
+        write_gateway_attributes(&mut out, "D \"1\"", &values);
+        let mut devices = BTreeMap::new();
+        devices.insert("D \"1\"".to_owned(), values);
+        assert_eq!(out, GatewayAttributes { devices }.to_vec());
+        let claim = Claim {
+            secret_key: Some("s".into()),
+            duration_ms: None,
+        };
+        let mut out = Vec::new();
+        write_gateway_claim(&mut out, "D", &claim);
+        assert_eq!(out, br#"{"D":{"secretKey":"s"}}"#);
+    }
     use serde_json::json;
 
     fn map(v: Value) -> Map<String, Value> {

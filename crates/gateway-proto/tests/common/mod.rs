@@ -34,6 +34,8 @@ pub fn config(version: ProtocolVersion) -> Config {
     c.protocol = version;
     c.client_id = "gw-1".into();
     c.reconnect.jitter_percent = 0;
+    // MQTT-level scenarios script their own SUBSCRIBEs; the API tests turn this back on.
+    c.subscribe_api = false;
     c
 }
 

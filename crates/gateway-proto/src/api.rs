@@ -1,0 +1,908 @@
+//! ThingsBoard's Device and Gateway APIs on top of the MQTT session: commands become
+//! publishes, server publishes become typed events, and everything that must be remembered
+//! between the two (sub-devices, pending requests, pending server RPCs) lives here.
+//!
+//! The [`Connection`](crate::Connection) owns one [`Api`] and calls it at four points: when
+//! a command is accepted ([`Api::prepare`] then [`Api::commit`]), when a publish ends
+//! ([`Api::on_outcome`]), when a server PUBLISH arrives ([`Api::on_message`]), and around the
+//! session's life (connect, loss, close, timers).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use serde_json::{Map, Value};
+
+use crate::codec::QoS;
+use crate::command::{AttributeScope, Command, DeviceCommand, GatewayCommand};
+use crate::config::{Config, Role, KEEPALIVE_KEY};
+use crate::correlation::{Expect, Pending, PendingRequests, ServerRpcs};
+use crate::error::CommandError;
+use crate::event::{Event, RequestError, RequestId, Warning};
+use crate::output::OutputQueue;
+use crate::payload::device::write_device_telemetry;
+use crate::payload::gateway::{
+    write_gateway_attributes, write_gateway_claim, write_gateway_telemetry_entries,
+};
+use crate::payload::{
+    AttributeResult, AttributeUpdate, ClientAttributes, ClientRpcResponse, Connect,
+    DeviceAttributeRequest, DeviceAttributeResponse, Disconnect, DisconnectNotice,
+    GatewayAttributeRequest, GatewayAttributeResponse, GatewayAttributeUpdate, GatewayNotification,
+    GatewayRpcRequest, GatewayRpcResponse, Payload, PayloadError, RequestedKeys, RpcRequest,
+    TelemetryEntry,
+};
+use crate::reason::ReasonCode;
+use crate::registry::Registry;
+use crate::stats::Stats;
+use crate::topic::{self, InboundTopic, TopicFamily};
+
+/// A command turned into a publish, with what to remember once it is accepted.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub(crate) topic: String,
+    pub(crate) payload: Bytes,
+    pub(crate) qos: QoS,
+    pub(crate) commit: Commit,
+}
+
+/// Bookkeeping deferred until the publish is admitted, so a refused command changes nothing.
+#[derive(Debug)]
+pub(crate) enum Commit {
+    Nothing,
+    /// Data for these sub-devices: track them, record the uplink.
+    Touch(Vec<String>),
+    Connect {
+        device: String,
+        device_type: Option<String>,
+    },
+    Disconnect(String),
+    Request {
+        wire: u32,
+        expect: Expect,
+        timeout: Duration,
+        /// Sub-device whose uplink this is.
+        device: Option<String>,
+    },
+    RpcReply {
+        device: Option<String>,
+        id: u64,
+    },
+}
+
+/// A publish the connection makes on its own, served before the application's queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LaneItem {
+    /// `v1/gateway/connect` after a (re)connect.
+    Announce(String),
+    /// An attribute request that counts as activity for a silent sub-device.
+    Keepalive(String),
+}
+
+#[derive(Debug)]
+pub(crate) struct Api {
+    role: Role,
+    registry: Registry,
+    requests: PendingRequests,
+    server_rpcs: ServerRpcs,
+    /// Announces and keep-alives waiting for the in-flight window.
+    lane: VecDeque<LaneItem>,
+    /// Application connect commands not finished yet: request id → device.
+    connects: HashMap<u64, String>,
+    keepalive_after: Option<Duration>,
+    attribute_timeout: Duration,
+    rpc_timeout: Duration,
+    /// When the next idle sweep is due (while connected).
+    next_sweep: Option<Instant>,
+}
+
+impl Api {
+    pub(crate) fn new(config: &Config) -> Self {
+        Self {
+            role: config.role,
+            registry: Registry::new(config.max_sub_devices),
+            requests: PendingRequests::new(config.max_pending_requests),
+            server_rpcs: ServerRpcs::new(config.max_pending_server_rpcs),
+            lane: VecDeque::new(),
+            connects: HashMap::new(),
+            keepalive_after: config.sub_device_keepalive,
+            attribute_timeout: config.attribute_request_timeout,
+            rpc_timeout: config.rpc_timeout,
+            next_sweep: None,
+        }
+    }
+
+    pub(crate) fn fill_stats(&self, stats: &mut Stats) {
+        stats.sub_devices = self.registry.len();
+        stats.pending_requests = self.requests.len();
+        stats.pending_server_rpcs = self.server_rpcs.len();
+    }
+
+    /// Whether `device` is tracked (for tests and invariant checks).
+    pub(crate) fn is_registered(&self, device: &str) -> bool {
+        self.registry.contains(device)
+    }
+
+    // ----- commands ---------------------------------------------------------------------
+
+    /// Validates a command and builds its publish. Changes nothing but the wire-id counter.
+    pub(crate) fn prepare(
+        &mut self,
+        command: Command,
+        telemetry_qos: QoS,
+    ) -> Result<Prepared, CommandError> {
+        match command {
+            Command::Publish {
+                topic,
+                payload,
+                qos,
+            } => Ok(Prepared {
+                topic,
+                payload,
+                qos,
+                commit: Commit::Nothing,
+            }),
+            Command::Gateway(cmd) => {
+                if self.role != Role::Gateway {
+                    return Err(CommandError::NotAGateway);
+                }
+                self.prepare_gateway(cmd, telemetry_qos)
+            }
+            Command::Device(cmd) => self.prepare_device(cmd, telemetry_qos),
+        }
+    }
+
+    fn prepare_gateway(
+        &mut self,
+        cmd: GatewayCommand,
+        telemetry_qos: QoS,
+    ) -> Result<Prepared, CommandError> {
+        let qos1 = QoS::AtLeastOnce;
+        let mut buf = BytesMut::new();
+        let (topic, qos, commit) = match cmd {
+            GatewayCommand::Connect {
+                device,
+                device_type,
+            } => {
+                self.registry.check([device.as_str()])?;
+                Connect {
+                    device: device.clone(),
+                    device_type: device_type.clone(),
+                }
+                .encode_into(&mut buf);
+                (
+                    topic::GATEWAY_CONNECT,
+                    qos1,
+                    Commit::Connect {
+                        device,
+                        device_type,
+                    },
+                )
+            }
+            GatewayCommand::Disconnect { device } => {
+                if device.is_empty() {
+                    return Err(CommandError::EmptyDeviceName);
+                }
+                Disconnect {
+                    device: device.clone(),
+                }
+                .encode_into(&mut buf);
+                (topic::GATEWAY_DISCONNECT, qos1, Commit::Disconnect(device))
+            }
+            GatewayCommand::Telemetry { device, entries } => {
+                self.registry.check([device.as_str()])?;
+                check_entries(&entries)?;
+                write_gateway_telemetry_entries(&mut buf, &device, &entries);
+                (
+                    topic::GATEWAY_TELEMETRY,
+                    telemetry_qos,
+                    Commit::Touch(vec![device]),
+                )
+            }
+            GatewayCommand::TelemetryBatch(batch) => {
+                if batch.devices.is_empty() {
+                    return Err(CommandError::Payload(PayloadError::NoDeviceEntries));
+                }
+                self.registry
+                    .check(batch.devices.keys().map(String::as_str))?;
+                for entries in batch.devices.values() {
+                    check_entries(entries)?;
+                }
+                batch.encode_into(&mut buf);
+                let devices = batch.devices.into_keys().collect();
+                (
+                    topic::GATEWAY_TELEMETRY,
+                    telemetry_qos,
+                    Commit::Touch(devices),
+                )
+            }
+            GatewayCommand::Attributes { device, values } => {
+                self.registry.check([device.as_str()])?;
+                write_gateway_attributes(&mut buf, &device, &values);
+                (
+                    topic::GATEWAY_ATTRIBUTES,
+                    telemetry_qos,
+                    Commit::Touch(vec![device]),
+                )
+            }
+            GatewayCommand::Claim { device, claim } => {
+                self.registry.check([device.as_str()])?;
+                write_gateway_claim(&mut buf, &device, &claim);
+                (topic::GATEWAY_CLAIM, qos1, Commit::Touch(vec![device]))
+            }
+            GatewayCommand::RequestAttributes {
+                device,
+                scope,
+                keys,
+            } => {
+                self.registry.check([device.as_str()])?;
+                if keys.is_empty() {
+                    return Err(CommandError::Payload(PayloadError::MissingField("keys")));
+                }
+                if !self.requests.has_room() {
+                    return Err(CommandError::TooManyRequests {
+                        max: self.requests.capacity(),
+                    });
+                }
+                let wire = self.requests.allocate();
+                let single_key = match keys.as_slice() {
+                    [one] => Some(one.clone()),
+                    _ => None,
+                };
+                let request = GatewayAttributeRequest {
+                    id: u64::from(wire),
+                    device: device.clone(),
+                    client: scope == AttributeScope::Client,
+                    keys: match &single_key {
+                        Some(k) => RequestedKeys::Key(k.clone()),
+                        None => RequestedKeys::Keys(keys),
+                    },
+                };
+                request.encode_into(&mut buf);
+                (
+                    topic::GATEWAY_ATTRIBUTES_REQUEST,
+                    qos1,
+                    Commit::Request {
+                        wire,
+                        expect: Expect::GatewayAttributes {
+                            device: device.clone(),
+                            scope,
+                            single_key,
+                        },
+                        timeout: self.attribute_timeout,
+                        device: Some(device),
+                    },
+                )
+            }
+            GatewayCommand::RpcReply { device, id, data } => {
+                if !self.server_rpcs.contains(Some(&device), id) {
+                    return Err(CommandError::UnknownRpc {
+                        device: Some(device),
+                        id,
+                    });
+                }
+                GatewayRpcResponse {
+                    device: device.clone(),
+                    id,
+                    data,
+                }
+                .encode_into(&mut buf);
+                (
+                    topic::GATEWAY_RPC,
+                    qos1,
+                    Commit::RpcReply {
+                        device: Some(device),
+                        id,
+                    },
+                )
+            }
+        };
+        Ok(Prepared {
+            topic: topic.to_owned(),
+            payload: buf.freeze(),
+            qos,
+            commit,
+        })
+    }
+
+    fn prepare_device(
+        &mut self,
+        cmd: DeviceCommand,
+        telemetry_qos: QoS,
+    ) -> Result<Prepared, CommandError> {
+        let qos1 = QoS::AtLeastOnce;
+        let mut buf = BytesMut::new();
+        let (topic, qos, commit) = match cmd {
+            DeviceCommand::Telemetry(entries) => {
+                check_entries(&entries)?;
+                match entries.as_slice() {
+                    [one] => write_device_telemetry(&mut buf, one.ts, &one.values),
+                    _ => crate::payload::DeviceTelemetry { entries }.encode_into(&mut buf),
+                }
+                (
+                    topic::DEVICE_TELEMETRY.to_owned(),
+                    telemetry_qos,
+                    Commit::Nothing,
+                )
+            }
+            DeviceCommand::Attributes(values) => {
+                ClientAttributes { values }.encode_into(&mut buf);
+                (
+                    topic::DEVICE_ATTRIBUTES.to_owned(),
+                    telemetry_qos,
+                    Commit::Nothing,
+                )
+            }
+            DeviceCommand::Claim(claim) => {
+                claim.encode_into(&mut buf);
+                (topic::DEVICE_CLAIM.to_owned(), qos1, Commit::Nothing)
+            }
+            DeviceCommand::RequestAttributes {
+                client_keys,
+                shared_keys,
+            } => {
+                let request = DeviceAttributeRequest::new(client_keys, shared_keys)
+                    .map_err(CommandError::Payload)?;
+                if !self.requests.has_room() {
+                    return Err(CommandError::TooManyRequests {
+                        max: self.requests.capacity(),
+                    });
+                }
+                request.encode_into(&mut buf);
+                let wire = self.requests.allocate();
+                (
+                    topic::attribute_request_topic(u64::from(wire)),
+                    qos1,
+                    Commit::Request {
+                        wire,
+                        expect: Expect::DeviceAttributes,
+                        timeout: self.attribute_timeout,
+                        device: None,
+                    },
+                )
+            }
+            DeviceCommand::RpcReply { id, data } => {
+                let Some(family) = self.server_rpcs.family(None, id) else {
+                    return Err(CommandError::UnknownRpc { device: None, id });
+                };
+                data.encode_into(&mut buf);
+                (
+                    topic::rpc_response_topic_v2(family, id),
+                    qos1,
+                    Commit::RpcReply { device: None, id },
+                )
+            }
+            DeviceCommand::Rpc { method, params } => {
+                if !self.requests.has_room() {
+                    return Err(CommandError::TooManyRequests {
+                        max: self.requests.capacity(),
+                    });
+                }
+                RpcRequest { method, params }.encode_into(&mut buf);
+                let wire = self.requests.allocate();
+                (
+                    topic::rpc_request_topic(u64::from(wire)),
+                    qos1,
+                    Commit::Request {
+                        wire,
+                        expect: Expect::ClientRpc,
+                        timeout: self.rpc_timeout,
+                        device: None,
+                    },
+                )
+            }
+        };
+        Ok(Prepared {
+            topic,
+            payload: buf.freeze(),
+            qos,
+            commit,
+        })
+    }
+
+    /// The publish of `prepared` was admitted as request `id`: record what it implies.
+    pub(crate) fn commit(&mut self, now: Instant, id: u64, commit: Commit) {
+        match commit {
+            Commit::Nothing => {}
+            Commit::Touch(devices) => {
+                for device in devices {
+                    self.registry.touch(&device, None, now);
+                }
+            }
+            Commit::Connect {
+                device,
+                device_type,
+            } => {
+                self.registry.touch(&device, device_type.as_deref(), now);
+                self.connects.insert(id, device);
+            }
+            Commit::Disconnect(device) => {
+                self.registry.remove(&device);
+            }
+            Commit::Request {
+                wire,
+                expect,
+                timeout,
+                device,
+            } => {
+                if let Some(device) = device {
+                    self.registry.touch(&device, None, now);
+                }
+                self.requests
+                    .insert_at(wire, Some(id), expect, now + timeout);
+            }
+            Commit::RpcReply { device, id: rpc } => {
+                if let Some(d) = &device {
+                    self.registry.touch(d, None, now);
+                }
+                self.server_rpcs.take(device.as_deref(), rpc);
+            }
+        }
+    }
+
+    /// A publish ended: `Ok` = acknowledged (or sent, at QoS 0). Returns whether that is the
+    /// request's outcome; `false` when the request still awaits its answer, or when it had
+    /// already ended (its answer or response deadline came first).
+    pub(crate) fn on_outcome(&mut self, id: u64, result: Result<(), &RequestError>) -> bool {
+        if let Some(device) = self.connects.remove(&id) {
+            if matches!(result, Err(RequestError::Rejected(_))) {
+                // Not connected on the server (device limit or another failure): forget it,
+                // or every reconnect would announce it again.
+                self.registry.remove(&device);
+            }
+        }
+        match result {
+            Ok(()) if self.requests.tracks(id) => {
+                self.requests.mark_acked(id);
+                false
+            }
+            Ok(()) => true,
+            Err(_) => {
+                self.requests.take_request(id);
+                true
+            }
+        }
+    }
+
+    /// Response deadlines passed: the requests to fail with `Timeout` (keep-alives vanish).
+    pub(crate) fn expire(&mut self, now: Instant) -> Vec<u64> {
+        self.requests
+            .expire(now)
+            .into_iter()
+            .filter_map(|p| p.request)
+            .collect()
+    }
+
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.requests.next_deadline()
+    }
+
+    // ----- session life -------------------------------------------------------------------
+
+    /// A CONNACK arrived: every sub-device is announced again, ahead of queued data.
+    pub(crate) fn on_connected(&mut self, now: Instant) {
+        self.lane.clear();
+        if self.role == Role::Gateway {
+            self.lane.extend(
+                self.registry
+                    .queue_all()
+                    .into_iter()
+                    .map(LaneItem::Announce),
+            );
+        }
+        self.next_sweep = self.keepalive_after.map(|after| now + after);
+    }
+
+    /// The session ended. Returns the requests whose answers can no longer arrive.
+    pub(crate) fn on_connection_lost(&mut self) -> Vec<u64> {
+        self.lane.clear();
+        self.registry.clear_queued();
+        self.next_sweep = None;
+        self.requests
+            .connection_lost()
+            .into_iter()
+            .filter_map(|p| p.request)
+            .collect()
+    }
+
+    /// The application closed the connection: requests awaiting an answer (whose publishes
+    /// already finished) are returned to be failed.
+    pub(crate) fn on_close(&mut self) -> Vec<u64> {
+        self.lane.clear();
+        self.next_sweep = None;
+        self.connects.clear();
+        self.requests
+            .drain_all()
+            .into_iter()
+            .filter_map(|p| p.request)
+            .collect()
+    }
+
+    /// When the idle sweep is due.
+    pub(crate) fn next_sweep(&self) -> Option<Instant> {
+        self.next_sweep
+    }
+
+    /// Queues keep-alives for sub-devices silent for too long and schedules the next sweep.
+    pub(crate) fn sweep(&mut self, now: Instant) {
+        let Some(after) = self.keepalive_after else {
+            return;
+        };
+        let (due, next) = self.registry.take_idle(now, after);
+        self.lane.extend(due.into_iter().map(LaneItem::Keepalive));
+        let granularity = after / 16;
+        self.next_sweep = Some(match next {
+            Some(at) => at.max(now + granularity),
+            None => now + after,
+        });
+    }
+
+    /// Whether connection-made publishes are waiting (they go before the queue).
+    pub(crate) fn lane_pending(&self) -> bool {
+        !self.lane.is_empty()
+    }
+
+    /// Takes the next connection-made publish and writes its topic and payload. Items for
+    /// devices forgotten meanwhile are skipped. The returned tag goes into the packet-id slot.
+    pub(crate) fn next_lane(
+        &mut self,
+        now: Instant,
+        payload: &mut Vec<u8>,
+    ) -> Option<(&'static str, crate::outbound::ControlTag)> {
+        use crate::outbound::ControlTag;
+        loop {
+            let item = self.lane.pop_front()?;
+            let (LaneItem::Announce(device) | LaneItem::Keepalive(device)) = &item;
+            let Some(device_type) = self.registry.device_type(device) else {
+                continue;
+            };
+            payload.clear();
+            let result = match &item {
+                LaneItem::Announce(device) => {
+                    Connect {
+                        device: device.clone(),
+                        device_type: device_type.map(str::to_owned),
+                    }
+                    .encode_into(payload);
+                    (topic::GATEWAY_CONNECT, ControlTag::Announce(device.clone()))
+                }
+                LaneItem::Keepalive(device) => {
+                    let wire = self.requests.allocate();
+                    GatewayAttributeRequest {
+                        id: u64::from(wire),
+                        device: device.clone(),
+                        client: true,
+                        keys: RequestedKeys::Key(KEEPALIVE_KEY.to_owned()),
+                    }
+                    .encode_into(payload);
+                    self.requests.insert_at(
+                        wire,
+                        None,
+                        Expect::Keepalive {
+                            device: device.clone(),
+                        },
+                        now + self.attribute_timeout,
+                    );
+                    (
+                        topic::GATEWAY_ATTRIBUTES_REQUEST,
+                        ControlTag::Keepalive(wire),
+                    )
+                }
+            };
+            self.registry.dequeued(device);
+            // A new child session (or one kept alive) counts from now.
+            self.registry.touch(device, None, now);
+            return Some(result);
+        }
+    }
+
+    /// The window had no room after all: put the item back at the front.
+    pub(crate) fn unpop_lane(&mut self, tag: crate::outbound::ControlTag) {
+        use crate::outbound::ControlTag;
+        match tag {
+            ControlTag::Announce(device) => self.lane.push_front(LaneItem::Announce(device)),
+            ControlTag::Keepalive(wire) => {
+                if let Some(Pending {
+                    expect: Expect::Keepalive { device },
+                    ..
+                }) = self.requests.take(u64::from(wire))
+                {
+                    self.lane.push_front(LaneItem::Keepalive(device));
+                }
+            }
+        }
+    }
+
+    /// A connection-made publish was acknowledged with `code`.
+    pub(crate) fn on_control_ack(
+        &mut self,
+        tag: crate::outbound::ControlTag,
+        code: ReasonCode,
+        out: &mut OutputQueue,
+    ) {
+        use crate::outbound::ControlTag;
+        match tag {
+            ControlTag::Announce(device) => {
+                if !code.is_success() && self.registry.remove(&device) {
+                    out.event(Event::Warning(Warning::ReannounceRejected { device, code }));
+                }
+            }
+            ControlTag::Keepalive(wire) => {
+                if code.is_success() {
+                    self.requests.mark_wire_acked(wire);
+                } else {
+                    self.requests.take(u64::from(wire));
+                }
+            }
+        }
+    }
+
+    // ----- downlinks ----------------------------------------------------------------------
+
+    /// A PUBLISH from the server. API topics become typed events (or a warning when the
+    /// payload makes no sense); anything else is passed on as [`Event::Message`]. Returns the
+    /// request whose answer this was, so the connection can retire its publish if the PUBACK
+    /// is still outstanding.
+    pub(crate) fn on_message(
+        &mut self,
+        topic: String,
+        payload: Bytes,
+        out: &mut OutputQueue,
+    ) -> Option<u64> {
+        let gateway = self.role == Role::Gateway;
+        let Some(kind) = topic::classify(&topic) else {
+            out.event(Event::Message { topic, payload });
+            return None;
+        };
+        if kind.family() == TopicFamily::V2Proto {
+            // Protobuf payloads follow the device profile's schema: the application decodes.
+            out.event(Event::Message { topic, payload });
+            return None;
+        }
+        match kind {
+            InboundTopic::GatewayAttributes if gateway => {
+                match GatewayAttributeUpdate::parse(&payload) {
+                    Ok(u) => out.event(Event::AttributeUpdate {
+                        device: Some(u.device),
+                        values: u.update.values,
+                        deleted: u.update.deleted,
+                    }),
+                    Err(error) => invalid(out, topic, error),
+                }
+                None
+            }
+            InboundTopic::GatewayAttributesResponse if gateway => {
+                match GatewayAttributeResponse::parse(&payload) {
+                    Ok(r) => self.on_gateway_attributes(topic, r, out),
+                    Err(error) => {
+                        invalid(out, topic, error);
+                        None
+                    }
+                }
+            }
+            InboundTopic::GatewayRpc if gateway => {
+                match GatewayRpcRequest::parse(&payload) {
+                    Ok(r) => self.on_rpc_request(
+                        Some(r.device),
+                        r.id,
+                        TopicFamily::V1,
+                        r.method,
+                        r.params,
+                        out,
+                    ),
+                    Err(error) => invalid(out, topic, error),
+                }
+                None
+            }
+            InboundTopic::GatewayDisconnect if gateway => {
+                match DisconnectNotice::parse(&payload) {
+                    Ok(n) => out.event(Event::SubDeviceDisconnected {
+                        device: n.device,
+                        reason: ReasonCode::from_u8(n.reason),
+                    }),
+                    Err(error) => invalid(out, topic, error),
+                }
+                None
+            }
+            InboundTopic::DeviceAttributes { .. } => {
+                match AttributeUpdate::parse(&payload) {
+                    Ok(u) => out.event(Event::AttributeUpdate {
+                        device: None,
+                        values: u.values,
+                        deleted: u.deleted,
+                    }),
+                    Err(error) => invalid(out, topic, error),
+                }
+                None
+            }
+            InboundTopic::DeviceAttributesResponse { id, .. } => {
+                let matches = matches!(
+                    self.requests.get(id),
+                    Some(Pending {
+                        expect: Expect::DeviceAttributes,
+                        ..
+                    })
+                );
+                if !matches {
+                    out.event(Event::Warning(Warning::UnmatchedResponse { topic, id }));
+                    return None;
+                }
+                match DeviceAttributeResponse::parse(&payload) {
+                    Ok(r) => {
+                        let request = self.requests.take(id)?.request?;
+                        out.event(Event::AttributeResponse {
+                            request: RequestId(request),
+                            device: None,
+                            client: r.client,
+                            shared: r.shared,
+                        });
+                        Some(request)
+                    }
+                    Err(error) => {
+                        invalid(out, topic, error);
+                        None
+                    }
+                }
+            }
+            InboundTopic::DeviceRpcRequest { family, id } => {
+                match RpcRequest::parse(&payload) {
+                    Ok(rpc) => {
+                        let notification = if gateway {
+                            GatewayNotification::from_rpc(&rpc)
+                        } else {
+                            None
+                        };
+                        match notification {
+                            Some(n) => self.on_notification(n, out),
+                            None => {
+                                self.on_rpc_request(None, id, family, rpc.method, rpc.params, out)
+                            }
+                        }
+                    }
+                    Err(error) => invalid(out, topic, error),
+                }
+                None
+            }
+            InboundTopic::DeviceRpcResponse { id, .. } => {
+                let matches = matches!(
+                    self.requests.get(id),
+                    Some(Pending {
+                        expect: Expect::ClientRpc,
+                        ..
+                    })
+                );
+                if !matches {
+                    out.event(Event::Warning(Warning::UnmatchedResponse { topic, id }));
+                    return None;
+                }
+                match ClientRpcResponse::parse(&payload) {
+                    Ok(response) => {
+                        let request = self.requests.take(id)?.request?;
+                        out.event(Event::RpcResponse {
+                            request: RequestId(request),
+                            response,
+                        });
+                        Some(request)
+                    }
+                    Err(error) => {
+                        invalid(out, topic, error);
+                        None
+                    }
+                }
+            }
+            _ => {
+                out.event(Event::Message { topic, payload });
+                None
+            }
+        }
+    }
+
+    fn on_gateway_attributes(
+        &mut self,
+        topic: String,
+        response: GatewayAttributeResponse,
+        out: &mut OutputQueue,
+    ) -> Option<u64> {
+        let id = response.id;
+        let expected = match self.requests.get(id) {
+            Some(Pending {
+                expect: Expect::GatewayAttributes { device, .. } | Expect::Keepalive { device },
+                ..
+            }) => device == &response.device,
+            _ => false,
+        };
+        if !expected {
+            out.event(Event::Warning(Warning::UnmatchedResponse { topic, id }));
+            return None;
+        }
+        let pending = self.requests.take(id)?;
+        let Expect::GatewayAttributes {
+            device,
+            scope,
+            single_key,
+        } = pending.expect
+        else {
+            // A keep-alive's answer: consumed.
+            return None;
+        };
+        let request = pending.request?;
+        let found = match (response.result, single_key) {
+            (AttributeResult::Values(values), _) => values,
+            (AttributeResult::Value(value), Some(key)) => {
+                let mut m = Map::new();
+                m.insert(key, value);
+                m
+            }
+            // A bare `value` for a multi-key request breaks ThingsBoard's own rule; the key
+            // it belongs to is unknown, so nothing usable came back.
+            (AttributeResult::Value(_), None) | (AttributeResult::NotFound, _) => Map::new(),
+        };
+        let (client, shared) = match scope {
+            AttributeScope::Client => (found, Map::new()),
+            AttributeScope::Shared => (Map::new(), found),
+        };
+        out.event(Event::AttributeResponse {
+            request: RequestId(request),
+            device: Some(device),
+            client,
+            shared,
+        });
+        Some(request)
+    }
+
+    fn on_rpc_request(
+        &mut self,
+        device: Option<String>,
+        id: u64,
+        family: TopicFamily,
+        method: String,
+        params: Value,
+        out: &mut OutputQueue,
+    ) {
+        if let Some((device, id)) = self.server_rpcs.insert(device.clone(), id, family) {
+            out.event(Event::Warning(Warning::ServerRpcForgotten { device, id }));
+        }
+        out.event(Event::RpcRequest {
+            device,
+            id,
+            method,
+            params,
+        });
+    }
+
+    fn on_notification(&mut self, notification: GatewayNotification, out: &mut OutputQueue) {
+        match notification {
+            GatewayNotification::DeviceDeleted { device } => {
+                self.registry.remove(&device);
+                self.server_rpcs.remove_device(&device);
+                out.event(Event::SubDeviceDeleted { device });
+            }
+            GatewayNotification::DeviceRenamed { old_name, new_name } => {
+                self.registry.rename(&old_name, &new_name);
+                self.server_rpcs.rename(&old_name, &new_name);
+                self.requests.rename(&old_name, &new_name);
+                for item in &mut self.lane {
+                    let (LaneItem::Announce(d) | LaneItem::Keepalive(d)) = item;
+                    if *d == old_name {
+                        new_name.clone_into(d);
+                    }
+                }
+                out.event(Event::SubDeviceRenamed { old_name, new_name });
+            }
+        }
+    }
+}
+
+fn invalid(out: &mut OutputQueue, topic: String, error: PayloadError) {
+    out.event(Event::Warning(Warning::InvalidMessage { topic, error }));
+}
+
+/// Telemetry needs at least one entry: `[]` is not data, and `{"Dev":[]}` may be refused.
+fn check_entries(entries: &[TelemetryEntry]) -> Result<(), CommandError> {
+    if entries.is_empty() {
+        Err(CommandError::Payload(PayloadError::WrongShape {
+            expected: "at least one telemetry entry",
+        }))
+    } else {
+        Ok(())
+    }
+}

@@ -1339,3 +1339,35 @@ fn silent_sub_devices_get_a_keepalive_that_counts_as_activity() {
     h.advance(Duration::from_secs(400));
     assert!(sent(&mut h).is_empty());
 }
+
+#[test]
+fn qos0_data_also_waits_behind_the_reannounce() {
+    let mut c = api_config(V5, Role::Gateway);
+    c.max_inflight = 1;
+    c.telemetry_qos = QoS::AtMostOnce;
+    let mut h = Harness::new(c);
+    h.connect();
+    for n in ["A", "B"] {
+        cmd(&mut h, Command::connect_device(n, None));
+        let s = one(&mut h);
+        puback(&mut h, s.pkid, 0);
+    }
+    h.drop_transport();
+    cmd(&mut h, Command::device_telemetry("A", map(json!({"x": 1}))));
+    h.advance_to_timeout();
+    let after = h.connect();
+    let first = common::publishes(&after);
+    assert_eq!(first.len(), 1, "QoS 0 data must not overtake: {first:?}");
+    assert_eq!(first[0].topic, "v1/gateway/connect");
+    puback(&mut h, first[0].pkid, 0);
+    let mut rest = Vec::new();
+    for _ in 0..3 {
+        for p in sent(&mut h) {
+            rest.push(p.topic.clone());
+            if p.qos == wire::QoS::AtLeastOnce {
+                puback(&mut h, p.pkid, 0);
+            }
+        }
+    }
+    assert_eq!(rest, ["v1/gateway/connect", "v1/gateway/telemetry"]);
+}

@@ -99,6 +99,105 @@
 //! }
 //! ```
 //!
+//! ## The Gateway API
+//!
+//! A gateway holds one MQTT session and speaks for many sub-devices. Commands name the
+//! sub-device; the connection remembers every one it has seen (bounded by
+//! [`Config::max_sub_devices`]), announces them all again after each reconnect *before* any
+//! queued data, and keeps silent ones alive before ThingsBoard's 10-minute idle expiry
+//! ([`Config::sub_device_keepalive`]). Without that, ThingsBoard stops routing RPCs and
+//! attribute updates to a sub-device after every reconnect.
+//!
+//! ```
+//! use std::time::Instant;
+//! use gateway_proto::{AttributeScope, Command, CommandError, Config, Connection, Credentials, Event};
+//! use serde_json::{json, Map, Value};
+//!
+//! let now = Instant::now();
+//! let config = Config::new(Credentials::AccessToken("GATEWAY_TOKEN".into()));
+//! let mut conn = Connection::new(config, now)?;
+//!
+//! // Announce a sub-device with its device profile.
+//! conn.command(now, Command::connect_device("Boiler 7", Some("boiler")))?;
+//! // Telemetry with server time (a sub-device is also registered by its first data).
+//! let mut values = Map::new();
+//! values.insert("temperature".into(), json!(71.5));
+//! let sent = conn.command(now, Command::device_telemetry("Boiler 7", values))?;
+//! // A shared attribute; the answer arrives as `Event::AttributeResponse { request: asked, .. }`.
+//! let asked = conn.command(
+//!     now,
+//!     Command::request_device_attributes("Boiler 7", AttributeScope::Shared, ["setpoint"]),
+//! )?;
+//! assert!(asked > sent);
+//!
+//! // In the drive loop, for each `Output::Event`:
+//! fn on_event(conn: &mut Connection, now: Instant, event: Event) -> Result<(), CommandError> {
+//!     match event {
+//!         // Server-side RPC to a sub-device: ids count per device, so reply with both.
+//!         Event::RpcRequest { device: Some(device), id, method, .. } if method == "reboot" => {
+//!             conn.command(now, Command::device_rpc_reply(device, id, json!({"ok": true})))?;
+//!         }
+//!         Event::AttributeUpdate { device: Some(device), values, deleted } => {
+//!             println!("{device}: {values:?}, deleted {deleted:?}");
+//!         }
+//!         Event::AttributeResponse { request, device, shared, .. } => {
+//!             println!("{request} for {device:?}: {shared:?}");
+//!         }
+//!         Event::SubDeviceRenamed { old_name, new_name } => println!("{old_name} is now {new_name}"),
+//!         Event::Failed { request, error } => println!("{request} failed: {error}"),
+//!         _ => {}
+//!     }
+//!     Ok(())
+//! }
+//! # let _ = on_event;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## The Device API
+//!
+//! Every connection is also a device (a gateway is one too): its own telemetry, attributes,
+//! attribute requests, server-side RPCs (`device: None` in events) and client-side RPCs.
+//! Set [`Config::role`] to [`Role::Device`] for a plain device.
+//!
+//! ```
+//! use std::time::Instant;
+//! use gateway_proto::payload::ClientRpcResponse;
+//! use gateway_proto::{Command, Config, Connection, Credentials, Event, Role};
+//! use serde_json::{json, Map};
+//!
+//! let now = Instant::now();
+//! let mut config = Config::new(Credentials::AccessToken("DEVICE_TOKEN".into()));
+//! config.role = Role::Device;
+//! let mut conn = Connection::new(config, now)?;
+//!
+//! let mut values = Map::new();
+//! values.insert("humidity".into(), json!(40));
+//! conn.command(now, Command::telemetry(values))?;
+//! // `{"clientKeys":"model","sharedKeys":"interval"}` on attributes/request/{id}.
+//! conn.command(now, Command::request_attributes(["model"], ["interval"]))?;
+//! // A client-side RPC; ThingsBoard's own timeout comes back as an error response.
+//! let rpc = conn.command(now, Command::rpc("getCurrentTime", json!({})))?;
+//!
+//! fn on_event(conn: &mut Connection, now: Instant, rpc: gateway_proto::RequestId, event: Event) {
+//!     match event {
+//!         Event::RpcResponse { request, response: ClientRpcResponse::Ok(time) } if request == rpc => {
+//!             println!("server time {time}");
+//!         }
+//!         Event::RpcResponse { response, .. } if response.is_timeout() => println!("no answer"),
+//!         Event::RpcRequest { device: None, id, .. } => {
+//!             let _ = conn.command(now, Command::rpc_reply(id, json!("done")));
+//!         }
+//!         _ => {}
+//!     }
+//! }
+//! # let _ = (on_event, rpc);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Anything the typed commands do not cover goes through [`Command::Publish`]; downlinks on
+//! topics the connection does not know (and protobuf payloads on `v2/.../p` topics) arrive
+//! as [`Event::Message`].
+//!
 //! ## Contract
 //!
 //! * Pass a monotonic `now`; the connection never reads the clock itself.
@@ -125,7 +224,21 @@
 //! * Refusals that retrying cannot heal (bad credentials) wait at least
 //!   [`ReconnectPolicy::refused_delay`] between attempts.
 //! * Memory is bounded: unfinished publishes by [`Config::max_buffered_bytes`], the receive
-//!   buffer by one packet of [`Config::max_incoming_packet`] plus one input.
+//!   buffer by one packet of [`Config::max_incoming_packet`] plus one input, sub-devices by
+//!   [`Config::max_sub_devices`], requests awaiting answers by
+//!   [`Config::max_pending_requests`], server RPCs awaiting replies by
+//!   [`Config::max_pending_server_rpcs`].
+//! * Every command ends in exactly one outcome: [`Event::Delivered`], [`Event::Sent`],
+//!   [`Event::Failed`], or for requests with an answer [`Event::AttributeResponse`] /
+//!   [`Event::RpcResponse`]. Answers are matched by wire id, kind and device; request ids
+//!   are never reused, so a late answer is a [`Warning::UnmatchedResponse`], never the
+//!   answer to another request. A request whose publish the server acknowledged fails with
+//!   [`RequestError::ConnectionLost`] if the session drops before the answer (ThingsBoard
+//!   routes answers to the session that asked).
+//! * After every CONNACK, every tracked sub-device is re-announced (`v1/gateway/connect`,
+//!   in name order, within the in-flight window) before any queued publish goes out.
+//! * Bad server input on an API topic (invalid JSON, wrong shape, unknown id) is a
+//!   [`Warning`] event; it never ends the session and never completes a request.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]

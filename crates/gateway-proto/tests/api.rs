@@ -1371,3 +1371,64 @@ fn qos0_data_also_waits_behind_the_reannounce() {
     }
     assert_eq!(rest, ["v1/gateway/connect", "v1/gateway/telemetry"]);
 }
+
+mod names {
+    use super::*;
+    use gateway_proto::payload::{
+        Connect, GatewayAttributeRequest, GatewayRpcRequest, GatewayRpcResponse, GatewayTelemetry,
+        Payload,
+    };
+    use proptest::prelude::*;
+
+    fn device_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[\"\\\\/+#a-zé\u{1F600}\u{0}-\u{1f} ,:{}\\[\\]]{1,12}",
+        ]
+        .prop_filter("non-empty", |s| !s.is_empty())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Any device name (Unicode, quotes, slashes, `+`/`#`, control characters) goes
+        /// through the connection into JSON and comes back unchanged, both directions.
+        #[test]
+        fn device_names_survive_both_directions(name in device_name(), id in 0u64..1000) {
+            let mut h = gateway(V5);
+            cmd(&mut h, Command::connect_device(name.clone(), Some("t")));
+            cmd(&mut h, Command::device_telemetry(name.clone(), map(json!({"k": 1}))));
+            cmd(&mut h, Command::request_device_attributes(name.clone(), AttributeScope::Client, ["k"]));
+            let out = sent(&mut h);
+            prop_assert_eq!(out.len(), 3);
+            prop_assert_eq!(Connect::parse(out[0].payload.as_bytes()).unwrap().device, name.clone());
+            let t = GatewayTelemetry::parse(out[1].payload.as_bytes()).unwrap();
+            prop_assert_eq!(t.devices.keys().collect::<Vec<_>>(), vec![&name]);
+            let r = GatewayAttributeRequest::parse(out[2].payload.as_bytes()).unwrap();
+            prop_assert_eq!(&r.device, &name);
+            for s in &out {
+                puback(&mut h, s.pkid, 0);
+            }
+            h.take_events();
+            let rpc = GatewayRpcRequest {
+                device: name.clone(),
+                id,
+                method: "m".into(),
+                params: Value::Null,
+            };
+            h.send(server_publish("v1/gateway/rpc", rpc.to_bytes(), Some(3)));
+            let events = h.take_events();
+            prop_assert_eq!(
+                events,
+                vec![Event::RpcRequest { device: Some(name.clone()), id, method: "m".into(), params: Value::Null }]
+            );
+            cmd(&mut h, Command::device_rpc_reply(name.clone(), id, json!(1)));
+            let reply = one(&mut h);
+            prop_assert_eq!(
+                GatewayRpcResponse::parse(reply.payload.as_bytes()).unwrap(),
+                GatewayRpcResponse { device: name.clone(), id, data: json!(1) }
+            );
+            prop_assert!(h.conn.is_sub_device_registered(&name));
+        }
+    }
+}

@@ -140,6 +140,22 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The request this event ends, if it is an outcome ([`Event::Delivered`],
+    /// [`Event::Sent`], [`Event::Failed`], [`Event::AttributeResponse`],
+    /// [`Event::RpcResponse`]). Each accepted command gets exactly one such event, so an
+    /// adapter can route it to whoever waits for that request and pass every other event on.
+    pub fn request(&self) -> Option<RequestId> {
+        match self {
+            Self::Delivered(id) | Self::Sent(id) => Some(*id),
+            Self::Failed { request, .. }
+            | Self::AttributeResponse { request, .. }
+            | Self::RpcResponse { request, .. } => Some(*request),
+            _ => None,
+        }
+    }
+}
+
 /// Why a connection attempt or session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -294,6 +310,50 @@ impl fmt::Display for Warning {
             Self::ServerRpcForgotten { device: None, id } => {
                 write!(f, "forgot pending RPC {id} (table full)")
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_events_name_their_request_and_others_do_not() {
+        let r = RequestId(7);
+        for e in [
+            Event::Delivered(r),
+            Event::Sent(r),
+            Event::Failed {
+                request: r,
+                error: RequestError::Timeout,
+            },
+            Event::AttributeResponse {
+                request: r,
+                device: None,
+                client: Map::new(),
+                shared: Map::new(),
+            },
+            Event::RpcResponse {
+                request: r,
+                response: ClientRpcResponse::Ok(Value::Null),
+            },
+        ] {
+            assert_eq!(e.request(), Some(r), "{e:?}");
+        }
+        for e in [
+            Event::Connected {
+                session_present: false,
+            },
+            Event::RpcRequest {
+                device: None,
+                id: 7,
+                method: "m".into(),
+                params: Value::Null,
+            },
+            Event::SubDeviceDeleted { device: "d".into() },
+        ] {
+            assert_eq!(e.request(), None, "{e:?}");
         }
     }
 }

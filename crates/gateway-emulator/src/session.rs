@@ -758,43 +758,39 @@ impl Session {
             UplinkTopic::GatewayTelemetry => {
                 match parse_per_device(payload, GatewayTelemetry::parse, |t| t.devices) {
                     Err(e) => self.fail(classify_gateway_error(&e), qos, pkid, p),
-                    Ok((devices, entry_failed)) => {
-                        let wall = p.wall_ms(now);
+                    Ok(devices) => {
                         let items = devices.into_iter().map(|(device, entries)| {
-                            let points = entries
-                                .iter()
-                                .map(|e| e.values.values().filter(|v| !v.is_null()).count())
-                                .sum::<usize>() as u64;
-                            (device, points, Stored::Telemetry(entries))
+                            let points = entries.as_ref().map_or(0, |entries| {
+                                entries
+                                    .iter()
+                                    .map(|e| e.values.values().filter(|v| !v.is_null()).count())
+                                    .sum::<usize>() as u64
+                            });
+                            (device, points, entries.map(Stored::Telemetry))
                         });
-                        let items: Vec<_> = items.collect();
-                        self.per_device(now, gateway, qos, pkid, items, entry_failed, wall, p);
+                        self.per_device(now, gateway, qos, pkid, items.collect(), p);
                     }
                 }
             }
             UplinkTopic::GatewayAttributes => {
                 match parse_per_device(payload, GatewayAttributes::parse, |a| a.devices) {
                     Err(e) => self.fail(classify_gateway_error(&e), qos, pkid, p),
-                    Ok((devices, entry_failed)) => {
-                        let items: Vec<_> = devices
+                    Ok(devices) => {
+                        let items = devices
                             .into_iter()
-                            .map(|(d, m)| (d, 0, Stored::Attributes(m)))
-                            .collect();
-                        let wall = p.wall_ms(now);
-                        self.per_device(now, gateway, qos, pkid, items, entry_failed, wall, p);
+                            .map(|(d, m)| (d, 0, m.map(Stored::Attributes)));
+                        self.per_device(now, gateway, qos, pkid, items.collect(), p);
                     }
                 }
             }
             UplinkTopic::GatewayClaim => {
                 match parse_per_device(payload, GatewayClaim::parse, |c| c.devices) {
                     Err(e) => self.fail(classify_gateway_error(&e), qos, pkid, p),
-                    Ok((devices, entry_failed)) => {
-                        let items: Vec<_> = devices
+                    Ok(devices) => {
+                        let items = devices
                             .into_iter()
-                            .map(|(d, c)| (d, 0, Stored::Claim(c)))
-                            .collect();
-                        let wall = p.wall_ms(now);
-                        self.per_device(now, gateway, qos, pkid, items, entry_failed, wall, p);
+                            .map(|(d, c)| (d, 0, c.map(Stored::Claim)));
+                        self.per_device(now, gateway, qos, pkid, items.collect(), p);
                     }
                 }
             }
@@ -857,19 +853,19 @@ impl Session {
 
     /// Multi-device gateway messages: get-or-create each child, rate-check, store; then one
     /// aggregated PUBACK (or, with the pre-4.2.1 quirk, one per entry).
-    #[allow(clippy::too_many_arguments)]
+    /// `None` items failed conversion: their device is still looked up or created.
     fn per_device(
         &mut self,
         now: Instant,
         gateway: DeviceId,
         qos: QoS,
         pkid: u16,
-        items: Vec<(String, u64, Stored)>,
-        entry_failed: bool,
-        wall_ms: i64,
+        items: Vec<(String, u64, Option<Stored>)>,
         p: &mut Platform,
     ) {
         let per_entry = p.config.quirks.per_device_pubacks;
+        let wall_ms = p.wall_ms(now);
+        let mut entry_failed = false;
         let mut first_failure: Option<u8> = None;
         for (name, points, stored) in items {
             let child = match self.child(now, gateway, &name, None, p) {
@@ -885,6 +881,10 @@ impl Session {
                     }
                     continue;
                 }
+            };
+            let Some(stored) = stored else {
+                entry_failed = true;
+                continue;
             };
             if p.check_rate(Sender::Child { gateway }, &name, points, now) != RateCheck::Ok {
                 return self.fail_child_rate(pkid, p);
@@ -1165,38 +1165,38 @@ enum Stored {
 }
 
 /// Parses a multi-device gateway message. On a per-device conversion failure the other devices
-/// are still processed (§2.1 row 4), so the message is re-parsed one device at a time; the
-/// bool reports that some entry failed.
+/// are still processed (§2.1 row 4), so the message is re-parsed one device at a time; a
+/// device whose entry failed comes back as `None` (ThingsBoard gets or creates the device
+/// before converting its entry).
 fn parse_per_device<T, I>(
     payload: &[u8],
     parse: fn(&[u8]) -> Result<T, PayloadError>,
     devices: fn(T) -> std::collections::BTreeMap<String, I>,
-) -> Result<(Vec<(String, I)>, bool), PayloadError> {
+) -> Result<Vec<(String, Option<I>)>, PayloadError> {
     match parse(payload) {
-        Ok(t) => Ok((devices(t).into_iter().collect(), false)),
+        Ok(t) => Ok(devices(t).into_iter().map(|(d, i)| (d, Some(i))).collect()),
         Err(PayloadError::DeviceEntry { .. }) => {
             let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(payload) else {
                 return Err(PayloadError::NoDeviceEntries);
             };
-            let mut ok = Vec::new();
-            let mut failed = false;
+            let mut items = Vec::new();
             for (device, value) in obj {
                 let mut one = Map::new();
-                one.insert(device, value);
+                one.insert(device.clone(), value);
                 let Ok(bytes) = serde_json::to_vec(&Value::Object(one)) else {
                     continue;
                 };
                 match parse(&bytes) {
-                    Ok(t) => ok.extend(devices(t)),
-                    Err(PayloadError::DeviceEntry { .. }) => failed = true,
-                    // A skipped entry (wrong JSON type) or an empty name.
+                    Ok(t) => items.extend(devices(t).into_iter().map(|(d, i)| (d, Some(i)))),
+                    Err(PayloadError::DeviceEntry { .. }) => items.push((device, None)),
                     Err(PayloadError::EmptyDeviceName) => {
                         return Err(PayloadError::EmptyDeviceName)
                     }
+                    // An entry of the wrong JSON type is skipped, as by the server.
                     Err(_) => {}
                 }
             }
-            Ok((ok, failed))
+            Ok(items)
         }
         Err(e) => Err(e),
     }

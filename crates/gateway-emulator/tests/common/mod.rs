@@ -86,6 +86,7 @@ impl Harness {
 
     /// Every complete packet the server sent to `id` since the last call.
     pub fn take(&mut self, id: SessionId) -> Vec<Packet> {
+        self.pump();
         let version = self.version(id);
         let inbox = self.inbox.entry(id).or_default();
         let mut packets = Vec::new();

@@ -75,6 +75,8 @@ pub struct SessionInfo {
     pub provision: bool,
     /// Names of the children connected through this gateway session, sorted.
     pub children: Vec<String>,
+    /// Received bytes not yet decoded (at most one packet of the size limit plus one input).
+    pub buffered_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +183,7 @@ impl Session {
             gateway,
             provision: self.state == State::Provision,
             children,
+            buffered_bytes: self.buf.len(),
         }
     }
 

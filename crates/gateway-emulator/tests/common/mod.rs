@@ -164,6 +164,19 @@ impl Harness {
         self.publish(id, topic, payload.to_string().as_bytes(), pkid);
     }
 
+    /// Sends a SUBSCRIBE and returns everything the server answered (SUBACK and, e.g.,
+    /// pending RPCs pushed on subscription).
+    pub fn subscribe_all(&mut self, id: SessionId, filters: &[(&str, QoS)]) -> Vec<Packet> {
+        self.send(
+            id,
+            Packet::Subscribe(Subscribe {
+                pkid: 77,
+                filters: filters.iter().map(|(f, q)| (f.to_string(), *q)).collect(),
+            }),
+        );
+        self.take(id)
+    }
+
     pub fn subscribe(&mut self, id: SessionId, filters: &[(&str, QoS)]) -> Vec<u8> {
         self.send(
             id,

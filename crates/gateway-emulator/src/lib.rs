@@ -12,6 +12,7 @@ mod error;
 mod model;
 mod platform;
 mod ratelimit;
+mod server;
 mod session;
 
 pub use config::{Bounds, EmulatorConfig, Quirks};
@@ -23,4 +24,5 @@ pub use model::{
     RpcCall, RpcOutcome, RpcTicket, SessionId, Stats, TsValue,
 };
 pub use ratelimit::{LimitConfig, TenantLimits};
+pub use server::EmulatorHandle;
 pub use session::{Output, SessionInfo};

@@ -221,6 +221,8 @@ pub enum MalformedKind {
     EmptyList,
     /// Another defect reported by the underlying parser.
     Invalid,
+    /// The first packet of a server-side connection is not a CONNECT (see [`decode_first_connect`]).
+    ExpectedConnect(u8),
 }
 
 impl fmt::Display for MalformedKind {
@@ -241,6 +243,9 @@ impl fmt::Display for MalformedKind {
             MalformedKind::PacketIdZero => f.write_str("packet id 0"),
             MalformedKind::EmptyList => f.write_str("empty filter or reason code list"),
             MalformedKind::Invalid => f.write_str("invalid packet"),
+            MalformedKind::ExpectedConnect(t) => {
+                write!(f, "expected CONNECT first, got packet type {t}")
+            }
         }
     }
 }
@@ -389,6 +394,69 @@ pub fn decode(
     decode_frame(header, byte1, frame, header_len, version)
         .map(Some)
         .map_err(DecodeError::Malformed)
+}
+
+/// Server side: decode the first packet of a connection, which must be a CONNECT, without
+/// knowing the protocol version up front. The protocol level byte is sniffed (4 = MQTT 3.1.1,
+/// 5 = MQTT 5) and the frame is then decoded as [`decode`] does for that version.
+///
+/// * `Ok(None)`: the frame is incomplete; `buf` is untouched.
+/// * `Ok(Some((version, connect)))`: the frame was consumed.
+/// * `Err(DecodeError::Malformed(MalformedKind::ExpectedConnect(t)))`: the first packet has
+///   type `t`, not CONNECT; nothing was consumed.
+/// * `Err(DecodeError::Malformed(MalformedKind::Protocol))`: the protocol name is not `MQTT`
+///   or the level is neither 4 nor 5 (MQTT 3.1 `MQIsdp` is not supported); the frame was
+///   consumed.
+/// * Other errors as for [`decode`].
+pub fn decode_first_connect(
+    buf: &mut BytesMut,
+    max_remaining: usize,
+) -> Result<Option<(ProtocolVersion, Connect)>, DecodeError> {
+    let Some(&byte1) = buf.first() else {
+        return Ok(None);
+    };
+    let packet_type = byte1 >> 4;
+    if packet_type != 1 {
+        return Err(DecodeError::Malformed(MalformedKind::ExpectedConnect(
+            packet_type,
+        )));
+    }
+    let header = match mqttbytes::check(buf.iter(), max_remaining) {
+        Ok(header) => header,
+        Err(mqttbytes::Error::InsufficientBytes(_)) => return Ok(None),
+        // Let `decode` report size and varint errors exactly as it always does.
+        Err(_) => return decode(buf, ProtocolVersion::V311, max_remaining).map(|_| None),
+    };
+    let frame_len = header.frame_length();
+    let level = fixed_header_len(buf).and_then(|header_len| {
+        let name_len = usize::from(u16::from_be_bytes([
+            *buf.get(header_len)?,
+            *buf.get(header_len + 1)?,
+        ]));
+        let at = header_len + 2 + name_len;
+        if at < frame_len {
+            buf.get(at).copied()
+        } else {
+            None
+        }
+    });
+    let version = match level {
+        Some(5) => ProtocolVersion::V5,
+        Some(4) => ProtocolVersion::V311,
+        _ => {
+            // Consume the frame: the connection cannot continue anyway.
+            let _ = buf.split_to(frame_len.min(buf.len()));
+            return Err(DecodeError::Malformed(MalformedKind::Protocol));
+        }
+    };
+    match decode(buf, version, max_remaining)? {
+        Some(Packet::Connect(connect)) => Ok(Some((version, connect))),
+        // The type was checked above; stay panic-free regardless.
+        Some(_) => Err(DecodeError::Malformed(MalformedKind::ExpectedConnect(
+            packet_type,
+        ))),
+        None => Ok(None),
+    }
 }
 
 /// Length of the fixed header at the front of `buf` (1 + remaining-length bytes), if its
@@ -1086,6 +1154,28 @@ pub fn encode_publish(
     out: &mut BytesMut,
     max_remaining: usize,
 ) -> Result<usize, EncodeError> {
+    encode_publish_inner(p, version, out, max_remaining, false)
+}
+
+/// Server-side quirk: like [`encode_publish`], but a QoS 1 PUBLISH with packet id 0 is written
+/// instead of rejected. ThingsBoard never wraps its outgoing packet-id counter, so every
+/// 65,536th downlink carries id 0; an emulator uses this to reproduce that.
+pub fn encode_publish_allowing_pkid_zero(
+    p: &PublishRef<'_>,
+    version: ProtocolVersion,
+    out: &mut BytesMut,
+    max_remaining: usize,
+) -> Result<usize, EncodeError> {
+    encode_publish_inner(p, version, out, max_remaining, true)
+}
+
+fn encode_publish_inner(
+    p: &PublishRef<'_>,
+    version: ProtocolVersion,
+    out: &mut BytesMut,
+    max_remaining: usize,
+    allow_pkid_zero: bool,
+) -> Result<usize, EncodeError> {
     check_field("topic", p.topic)?;
     if p.topic.is_empty()
         || p.topic
@@ -1095,7 +1185,7 @@ pub fn encode_publish(
     {
         return Err(EncodeError::InvalidTopic);
     }
-    if p.qos == QoS::AtLeastOnce && p.pkid == 0 {
+    if p.qos == QoS::AtLeastOnce && p.pkid == 0 && !allow_pkid_zero {
         return Err(EncodeError::PacketIdZero);
     }
     let remaining = publish_remaining(version, p.topic.len(), p.payload.len(), p.qos);
@@ -2049,5 +2139,98 @@ mod tests {
             len: 70_000,
         });
         assert!(e.to_string().contains("topic"));
+    }
+
+    // ---- server-side helpers ------------------------------------------------------------------
+
+    #[test]
+    fn decode_connect_sniffs_the_protocol_level() {
+        let v3 = b"\x10\x12\x00\x04MQTT\x04\x82\x00\x3c\x00\x01c\x00\x03tok";
+        let v5 = b"\x10\x13\x00\x04MQTT\x05\x82\x00\x3c\x00\x00\x01c\x00\x03tok";
+        let Packet::Connect(c) = connect(Some("tok"), None) else {
+            unreachable!()
+        };
+        for (bytes, version) in [(&v3[..], V311), (&v5[..], V5)] {
+            let mut buf = BytesMut::from(bytes);
+            buf.extend_from_slice(b"\xc0\x00");
+            assert_eq!(
+                decode_first_connect(&mut buf, MAX),
+                Ok(Some((version, c.clone())))
+            );
+            assert_eq!(&buf[..], b"\xc0\x00");
+            // Every strict prefix is incomplete and untouched.
+            for cut in 0..bytes.len() {
+                let mut buf = BytesMut::from(&bytes[..cut]);
+                assert_eq!(decode_first_connect(&mut buf, MAX), Ok(None), "cut {cut}");
+                assert_eq!(buf.len(), cut);
+            }
+        }
+    }
+
+    #[test]
+    fn decode_connect_rejects_other_levels_and_packets() {
+        // MQTT 3.1 (level 3, "MQIsdp") and level 6: consumed, Protocol.
+        let mut buf =
+            BytesMut::from(&b"\x10\x12\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x01c\x00\x01x"[..]);
+        assert_eq!(
+            decode_first_connect(&mut buf, MAX),
+            Err(DecodeError::Malformed(MalformedKind::Protocol))
+        );
+        assert!(buf.is_empty());
+        let mut buf = BytesMut::from(&b"\x10\x0d\x00\x04MQTT\x06\x02\x00\x3c\x00\x01c"[..]);
+        assert_eq!(
+            decode_first_connect(&mut buf, MAX),
+            Err(DecodeError::Malformed(MalformedKind::Protocol))
+        );
+        // A PINGREQ first: not consumed.
+        let mut buf = BytesMut::from(&b"\xc0\x00"[..]);
+        assert_eq!(
+            decode_first_connect(&mut buf, MAX),
+            Err(DecodeError::Malformed(MalformedKind::ExpectedConnect(12)))
+        );
+        assert_eq!(buf.len(), 2);
+        // Too large: as `decode`.
+        let mut buf = BytesMut::from(&b"\x10\xff\xff\x03"[..]);
+        assert_eq!(
+            decode_first_connect(&mut buf, 100),
+            Err(DecodeError::TooLarge { frame_len: 65_539 })
+        );
+        // Truncated name inside a complete frame.
+        let mut buf = BytesMut::from(&b"\x10\x02\x00\x04"[..]);
+        assert_eq!(
+            decode_first_connect(&mut buf, MAX),
+            Err(DecodeError::Malformed(MalformedKind::Protocol))
+        );
+    }
+
+    #[test]
+    fn publish_with_packet_id_zero_only_on_opt_in() {
+        let p = PublishRef {
+            topic: "a/b",
+            payload: b"hi",
+            qos: QoS::AtLeastOnce,
+            dup: false,
+            retain: false,
+            pkid: 0,
+        };
+        let mut out = BytesMut::new();
+        assert_eq!(
+            encode_publish(&p, V311, &mut out, MAX),
+            Err(EncodeError::PacketIdZero)
+        );
+        assert!(out.is_empty());
+        for v in [V311, V5] {
+            let mut out = BytesMut::new();
+            let n = encode_publish_allowing_pkid_zero(&p, v, &mut out, MAX).unwrap();
+            assert_eq!(n, out.len());
+            let mut buf = out.clone();
+            assert_eq!(
+                decode(&mut buf, v, MAX),
+                Ok(Some(publish("a/b", b"hi", QoS::AtLeastOnce, 0)))
+            );
+        }
+        let mut out = BytesMut::new();
+        encode_publish_allowing_pkid_zero(&p, V311, &mut out, MAX).unwrap();
+        assert_eq!(&out[..], b"\x32\x09\x00\x03a/b\x00\x00hi");
     }
 }

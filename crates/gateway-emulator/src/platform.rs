@@ -1,0 +1,1251 @@
+//! The platform model: devices, credentials, attributes, telemetry, server-side RPC, claims,
+//! limits, provisioning and OTA packages. Plain data and rules, no I/O; time is passed in.
+//!
+//! Sessions talk to the platform through method calls; what the platform has to tell *other*
+//! sessions (a takeover, a shared-attribute update, an RPC) goes into an outbox of
+//! [`Notice`]s that [`crate::Emulator`] routes right after each call.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use gateway_proto::payload::{
+    AttributeUpdate, CredentialsType, CredentialsValue, ProvisionRequest, ProvisionResponse,
+};
+use gateway_proto::wire::Connect;
+use gateway_proto::PROVISION_IDENTITY;
+use serde_json::{Map, Value};
+
+use crate::config::EmulatorConfig;
+use crate::convert::typed_map;
+use crate::error::ControlError;
+use crate::model::{
+    ClaimOutcome, ClientRpcAnswer, ClientRpcCall, ClientRpcHandler, Credentials, DeviceId,
+    DeviceInfo, Event, LimitedApi, NewDevice, OtaPackage, ProvisionProfile, ProvisionStrategy,
+    RpcCall, RpcOutcome, RpcTicket, SessionId, Stats, TsValue,
+};
+use crate::ratelimit::{EntityLimits, TenantLimits};
+
+/// ThingsBoard's default claim duration when `durationMs` is 0 or absent (`security.claim.duration`).
+const DEFAULT_CLAIM_MS: i64 = 86_400_000;
+/// Expiry of the persistent gateway notifications (deleted / renamed): one day.
+const NOTIFICATION_EXPIRY: Duration = Duration::from_secs(86_400);
+
+/// A message for one session, produced by a platform change.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub(crate) enum Notice {
+    /// A newer session took over `device` (direct: DISCONNECT 0x8E; child: silently dropped).
+    TakenOver {
+        /// The device.
+        device: DeviceId,
+    },
+    /// Shared attributes of `device` changed.
+    Attributes {
+        /// The device.
+        device: DeviceId,
+        /// Values and deleted keys.
+        update: AttributeUpdate,
+    },
+    /// Server-side RPC for `device`.
+    Rpc {
+        /// The device.
+        device: DeviceId,
+        /// Per-device id.
+        id: u32,
+        /// Method.
+        method: String,
+        /// Parameters.
+        params: Value,
+    },
+    /// `device` was deleted (direct: DISCONNECT 0x98; child: silently dropped).
+    Deleted {
+        /// The device.
+        device: DeviceId,
+    },
+    /// `device` was renamed (a gateway keeps the child under its old name until it is
+    /// re-announced; the emulator drops the child session).
+    Renamed {
+        /// The device.
+        device: DeviceId,
+    },
+    /// The control API closes the connection.
+    Drop,
+}
+
+/// Which session holds a device, and what it subscribed to. ThingsBoard allows one session
+/// per device (`max_concurrent_sessions_per_device` = 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Binding {
+    pub(crate) session: SessionId,
+    /// The gateway, for a child session.
+    pub(crate) gateway: Option<DeviceId>,
+    pub(crate) attributes: bool,
+    pub(crate) rpc: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct PendingRpc {
+    id: u32,
+    method: String,
+    params: Value,
+    oneway: bool,
+    expires: Instant,
+    sent: bool,
+    /// Direct sessions mark the RPC delivered when written; gateway children never do (no PUBACK
+    /// tracking on the gateway path), so their RPCs are re-sent when the child comes back.
+    delivered: bool,
+    ticket: Option<RpcTicket>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct ClaimRecord {
+    secret: String,
+    expires_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Device {
+    pub(crate) id: DeviceId,
+    pub(crate) name: String,
+    pub(crate) device_type: String,
+    pub(crate) credentials: Option<Credentials>,
+    pub(crate) gateway: bool,
+    pub(crate) overwrite_activity_time: bool,
+    created_by_gateway: Option<DeviceId>,
+    last_connected_gateway: Option<DeviceId>,
+    client_attributes: Map<String, Value>,
+    shared_attributes: Map<String, Value>,
+    telemetry: BTreeMap<String, VecDeque<TsValue>>,
+    rpc_seq: u32,
+    rpcs: VecDeque<PendingRpc>,
+    claim: Option<ClaimRecord>,
+    claimed: bool,
+    provisioned: bool,
+    firmware: Option<OtaPackage>,
+    software: Option<OtaPackage>,
+}
+
+/// Why a gateway could not get or create a child device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CreateError {
+    /// "Maximum number of devices reached!" (PUBACK 0x97).
+    DeviceLimit,
+}
+
+/// Why authentication failed (mapped to CONNACK codes by the session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    BadUsernameOrPassword,
+    ClientIdNotValid,
+    NotAuthorized,
+    ServerUnavailable,
+}
+
+/// Result of checking a CONNECT's credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Auth {
+    Device(DeviceId),
+    Provision,
+    Refused(Refusal),
+}
+
+/// Which rate limits apply to a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sender {
+    /// A plain device's own traffic.
+    Device(DeviceId),
+    /// A gateway's own device-API traffic.
+    GatewayItself(DeviceId),
+    /// A child's traffic (or its get-or-create) through `gateway`.
+    Child { gateway: DeviceId },
+}
+
+/// Verdict of a rate-limit check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RateCheck {
+    Ok,
+    Limited(LimitedApi),
+}
+
+/// The platform: everything ThingsBoard keeps in its database and actors.
+pub struct Platform {
+    pub(crate) config: EmulatorConfig,
+    start: Instant,
+    epoch_ms: i64,
+    next_device: u64,
+    next_ticket: u64,
+    next_generated: u64,
+    devices: HashMap<DeviceId, Device>,
+    by_name: HashMap<String, DeviceId>,
+    bindings: HashMap<DeviceId, Binding>,
+    max_devices: Option<usize>,
+    limits: TenantLimits,
+    tenant_bucket: EntityLimits,
+    device_buckets: HashMap<DeviceId, EntityLimits>,
+    gateway_buckets: HashMap<DeviceId, EntityLimits>,
+    gateway_device_buckets: HashMap<DeviceId, EntityLimits>,
+    provision_profiles: Vec<ProvisionProfile>,
+    client_rpc_handler: Option<ClientRpcHandler>,
+    auth_unavailable: bool,
+    pub(crate) outbox: VecDeque<(SessionId, Notice)>,
+    events: VecDeque<Event>,
+    pub(crate) stats: Stats,
+}
+
+impl std::fmt::Debug for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Platform")
+            .field("devices", &self.devices.len())
+            .field("bindings", &self.bindings.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Platform {
+    /// An empty platform. `epoch_ms` is the wall-clock time (ms since the Unix epoch) at
+    /// `now`; receive timestamps are derived from it.
+    pub(crate) fn new(config: EmulatorConfig, now: Instant, epoch_ms: i64) -> Self {
+        Self {
+            config,
+            start: now,
+            epoch_ms,
+            next_device: 1,
+            next_ticket: 1,
+            next_generated: 1,
+            devices: HashMap::new(),
+            by_name: HashMap::new(),
+            bindings: HashMap::new(),
+            max_devices: None,
+            limits: TenantLimits::default(),
+            tenant_bucket: EntityLimits::default(),
+            device_buckets: HashMap::new(),
+            gateway_buckets: HashMap::new(),
+            gateway_device_buckets: HashMap::new(),
+            provision_profiles: Vec::new(),
+            client_rpc_handler: None,
+            auth_unavailable: false,
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Wall-clock milliseconds at `now`.
+    pub(crate) fn wall_ms(&self, now: Instant) -> i64 {
+        let elapsed = now.saturating_duration_since(self.start).as_millis();
+        self.epoch_ms
+            .saturating_add(i64::try_from(elapsed).unwrap_or(i64::MAX))
+    }
+
+    // ---- events ---------------------------------------------------------------------------
+
+    fn push_event(&mut self, event: Event) {
+        if self.events.len() >= self.config.bounds.max_events {
+            self.events.pop_front();
+            self.stats.dropped_events += 1;
+        }
+        self.events.push_back(event);
+    }
+
+    pub(crate) fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn notify(&mut self, session: SessionId, notice: Notice) {
+        self.outbox.push_back((session, notice));
+    }
+
+    // ---- devices --------------------------------------------------------------------------
+
+    pub(crate) fn device(&self, id: DeviceId) -> Option<&Device> {
+        self.devices.get(&id)
+    }
+
+    pub(crate) fn device_id(&self, name: &str) -> Option<DeviceId> {
+        self.by_name.get(name).copied()
+    }
+
+    fn lookup(&self, name: &str) -> Result<DeviceId, ControlError> {
+        self.device_id(name)
+            .ok_or_else(|| ControlError::UnknownDevice(name.to_owned()))
+    }
+
+    pub(crate) fn name_of(&self, id: DeviceId) -> Option<&str> {
+        self.devices.get(&id).map(|d| d.name.as_str())
+    }
+
+    fn at_device_limit(&self) -> bool {
+        let n = self.devices.len();
+        n >= self.config.bounds.max_devices || self.max_devices.is_some_and(|max| n >= max)
+    }
+
+    pub(crate) fn set_max_devices(&mut self, max: Option<usize>) {
+        self.max_devices = max;
+    }
+
+    fn credentials_taken(&self, credentials: &Credentials) -> bool {
+        self.devices
+            .values()
+            .any(|d| d.credentials.as_ref() == Some(credentials))
+    }
+
+    pub(crate) fn create_device(&mut self, new: NewDevice) -> Result<DeviceId, ControlError> {
+        if self.by_name.contains_key(&new.name) {
+            return Err(ControlError::DeviceExists(new.name));
+        }
+        if self.at_device_limit() {
+            return Err(ControlError::DeviceLimitReached);
+        }
+        if let Some(c) = &new.credentials {
+            if self.credentials_taken(c) {
+                return Err(ControlError::CredentialsInUse);
+            }
+        }
+        Ok(self.insert_device(new, None))
+    }
+
+    fn insert_device(&mut self, new: NewDevice, created_by: Option<DeviceId>) -> DeviceId {
+        let id = DeviceId(self.next_device);
+        self.next_device += 1;
+        self.by_name.insert(new.name.clone(), id);
+        self.devices.insert(
+            id,
+            Device {
+                id,
+                name: new.name,
+                device_type: new.device_type,
+                credentials: new.credentials,
+                gateway: new.gateway,
+                overwrite_activity_time: new.overwrite_activity_time,
+                created_by_gateway: created_by,
+                last_connected_gateway: created_by,
+                client_attributes: Map::new(),
+                shared_attributes: Map::new(),
+                telemetry: BTreeMap::new(),
+                rpc_seq: 0,
+                rpcs: VecDeque::new(),
+                claim: None,
+                claimed: false,
+                provisioned: false,
+                firmware: None,
+                software: None,
+            },
+        );
+        id
+    }
+
+    /// The gateway's get-or-create of a child by name (DTAS `GetOrCreateDeviceFromGatewayRequestMsg`):
+    /// an existing device is adopted as-is; otherwise one is created with `device_type`.
+    pub(crate) fn get_or_create_child(
+        &mut self,
+        gateway: DeviceId,
+        name: &str,
+        device_type: Option<&str>,
+    ) -> Result<DeviceId, CreateError> {
+        let id = match self.device_id(name) {
+            Some(id) => id,
+            None => {
+                if self.at_device_limit() {
+                    return Err(CreateError::DeviceLimit);
+                }
+                let new = NewDevice {
+                    name: name.to_owned(),
+                    device_type: device_type.unwrap_or("default").to_owned(),
+                    credentials: None,
+                    gateway: false,
+                    overwrite_activity_time: false,
+                };
+                self.insert_device(new, Some(gateway))
+            }
+        };
+        if let Some(d) = self.devices.get_mut(&id) {
+            d.last_connected_gateway = Some(gateway);
+        }
+        Ok(id)
+    }
+
+    pub(crate) fn info(&self, id: DeviceId) -> Option<DeviceInfo> {
+        let d = self.devices.get(&id)?;
+        let name = |g: Option<DeviceId>| g.and_then(|g| self.name_of(g)).map(str::to_owned);
+        Some(DeviceInfo {
+            id,
+            name: d.name.clone(),
+            device_type: d.device_type.clone(),
+            gateway: d.gateway,
+            credentials: d.credentials.clone(),
+            created_by_gateway: name(d.created_by_gateway),
+            last_connected_gateway: name(d.last_connected_gateway),
+            claimed: d.claimed,
+        })
+    }
+
+    pub(crate) fn device_infos(&self) -> Vec<DeviceInfo> {
+        let mut ids: Vec<_> = self.devices.keys().copied().collect();
+        ids.sort();
+        ids.into_iter().filter_map(|id| self.info(id)).collect()
+    }
+
+    /// Deletes a device: pending RPCs fail, its session is told, and the gateway it last
+    /// connected through gets a `gateway_device_deleted` notification.
+    pub(crate) fn delete_device(&mut self, name: &str, now: Instant) -> Result<(), ControlError> {
+        let id = self.lookup(name)?;
+        let Some(device) = self.devices.remove(&id) else {
+            return Err(ControlError::UnknownDevice(name.to_owned()));
+        };
+        self.by_name.remove(name);
+        self.device_buckets.remove(&id);
+        self.gateway_buckets.remove(&id);
+        self.gateway_device_buckets.remove(&id);
+        for rpc in device.rpcs {
+            if let Some(ticket) = rpc.ticket {
+                self.push_event(Event::RpcCompleted {
+                    ticket,
+                    device: device.name.clone(),
+                    outcome: RpcOutcome::DeviceDeleted,
+                });
+            }
+        }
+        if let Some(binding) = self.bindings.remove(&id) {
+            self.notify(binding.session, Notice::Deleted { device: id });
+        }
+        if let Some(gw) = device.last_connected_gateway {
+            let params = Value::String(device.name.clone());
+            self.send_notification(gw, "gateway_device_deleted", params, now);
+        }
+        Ok(())
+    }
+
+    /// Renames a device; the gateway it last connected through is notified.
+    pub(crate) fn rename_device(
+        &mut self,
+        old: &str,
+        new: &str,
+        now: Instant,
+    ) -> Result<(), ControlError> {
+        let id = self.lookup(old)?;
+        if self.by_name.contains_key(new) {
+            return Err(ControlError::DeviceExists(new.to_owned()));
+        }
+        self.by_name.remove(old);
+        self.by_name.insert(new.to_owned(), id);
+        let mut gateway = None;
+        if let Some(d) = self.devices.get_mut(&id) {
+            d.name = new.to_owned();
+            gateway = d.last_connected_gateway;
+        }
+        if let Some(binding) = self.bindings.get(&id).copied() {
+            if binding.gateway.is_some() {
+                self.bindings.remove(&id);
+                self.notify(binding.session, Notice::Renamed { device: id });
+            }
+        }
+        if let Some(gw) = gateway {
+            let mut m = Map::new();
+            m.insert(old.to_owned(), Value::String(new.to_owned()));
+            self.send_notification(gw, "gateway_device_renamed", Value::Object(m), now);
+        }
+        Ok(())
+    }
+
+    fn send_notification(&mut self, gateway: DeviceId, method: &str, params: Value, now: Instant) {
+        let call = RpcCall {
+            method: method.to_owned(),
+            params,
+            oneway: true,
+            timeout: NOTIFICATION_EXPIRY,
+        };
+        // A full RPC queue only loses this notification, as an expired one would be.
+        let _ = self.queue_rpc(gateway, call, None, now);
+    }
+
+    // ---- authentication ----------------------------------------------------------------------
+
+    pub(crate) fn set_auth_unavailable(&mut self, on: bool) {
+        self.auth_unavailable = on;
+    }
+
+    /// MQTT CONNECT credential check (MTH `processConnect`; DTAS `validateCredentials`).
+    pub(crate) fn authenticate(&self, connect: &Connect) -> Auth {
+        let username = connect.username.as_deref();
+        let password = connect.password.as_deref();
+        if username == Some(PROVISION_IDENTITY) || connect.client_id == PROVISION_IDENTITY {
+            return Auth::Provision;
+        }
+        if self.auth_unavailable {
+            return Auth::Refused(Refusal::ServerUnavailable);
+        }
+        if let Some(id) = self.find_credentials(&connect.client_id, username, password) {
+            return Auth::Device(id);
+        }
+        let has_user = username.is_some();
+        let has_pass = password.is_some();
+        let has_client = !connect.client_id.trim().is_empty();
+        Auth::Refused(
+            if (has_user && has_pass && has_client) || (has_user != has_pass) {
+                Refusal::BadUsernameOrPassword
+            } else if !has_user && !has_pass && has_client {
+                Refusal::ClientIdNotValid
+            } else {
+                Refusal::NotAuthorized
+            },
+        )
+    }
+
+    fn find_credentials(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        password: Option<&str>,
+    ) -> Option<DeviceId> {
+        let password_ok = |want: &Option<String>| match want {
+            None => true,
+            Some(p) if p.is_empty() => true,
+            Some(p) => password == Some(p.as_str()),
+        };
+        let find = |pred: &dyn Fn(&Credentials) -> bool| {
+            self.devices
+                .values()
+                .find(|d| d.credentials.as_ref().is_some_and(pred))
+        };
+        match username.filter(|u| !u.is_empty()) {
+            None => {
+                let d = find(
+                    &|c| matches!(c, Credentials::Basic { client_id: Some(c), username: None, .. } if c == client_id),
+                )?;
+                match &d.credentials {
+                    Some(Credentials::Basic { password: p, .. }) if password_ok(p) => Some(d.id),
+                    _ => None,
+                }
+            }
+            Some(user) => {
+                let pair = find(&|c| {
+                    matches!(c, Credentials::Basic { client_id: Some(c), username: Some(u), .. }
+                        if c == client_id && u == user)
+                });
+                if let Some(d) = pair {
+                    return match &d.credentials {
+                        Some(Credentials::Basic { password: p, .. }) if password_ok(p) => {
+                            Some(d.id)
+                        }
+                        _ => None,
+                    };
+                }
+                let d = find(&|c| match c {
+                    Credentials::AccessToken(t) => t == user,
+                    Credentials::Basic {
+                        client_id: None,
+                        username: Some(u),
+                        ..
+                    } => u == user,
+                    _ => false,
+                })?;
+                match &d.credentials {
+                    Some(Credentials::AccessToken(_)) => Some(d.id),
+                    Some(Credentials::Basic { password: p, .. }) if password_ok(p) => Some(d.id),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    // ---- sessions ------------------------------------------------------------------------------
+
+    /// Registers `device` with `session`. An older session holding the device is told it was
+    /// taken over. Returns true if `device` was already bound to this session.
+    pub(crate) fn bind(
+        &mut self,
+        device: DeviceId,
+        session: SessionId,
+        gateway: Option<DeviceId>,
+        now: Instant,
+    ) -> bool {
+        if let Some(old) = self.bindings.get(&device).copied() {
+            if old.session == session && old.gateway == gateway {
+                return true;
+            }
+            if old.session != session {
+                self.notify(old.session, Notice::TakenOver { device });
+            }
+        }
+        // A child is subscribed to attributes and RPC as soon as its session exists.
+        let child = gateway.is_some();
+        self.bindings.insert(
+            device,
+            Binding {
+                session,
+                gateway,
+                attributes: child,
+                rpc: child,
+            },
+        );
+        if child {
+            self.send_pending_rpcs(device, now);
+        }
+        false
+    }
+
+    /// Removes the binding of `device` if `session` holds it.
+    pub(crate) fn unbind(&mut self, device: DeviceId, session: SessionId) {
+        if self
+            .bindings
+            .get(&device)
+            .is_some_and(|b| b.session == session)
+        {
+            self.bindings.remove(&device);
+        }
+    }
+
+    pub(crate) fn is_bound(&self, device: DeviceId, session: SessionId) -> bool {
+        self.bindings
+            .get(&device)
+            .is_some_and(|b| b.session == session)
+    }
+
+    pub(crate) fn subscribe_attributes(&mut self, device: DeviceId, session: SessionId, on: bool) {
+        if let Some(b) = self.bindings.get_mut(&device) {
+            if b.session == session {
+                b.attributes = on;
+            }
+        }
+    }
+
+    pub(crate) fn subscribe_rpc(
+        &mut self,
+        device: DeviceId,
+        session: SessionId,
+        on: bool,
+        now: Instant,
+    ) {
+        let mut push = false;
+        if let Some(b) = self.bindings.get_mut(&device) {
+            if b.session == session {
+                b.rpc = on;
+                push = on;
+            }
+        }
+        if push {
+            self.send_pending_rpcs(device, now);
+        }
+    }
+
+    // ---- telemetry and attributes ---------------------------------------------------------
+
+    /// Stores telemetry points (typed; nulls dropped) at `ts`.
+    pub(crate) fn store_telemetry(
+        &mut self,
+        device: DeviceId,
+        ts: i64,
+        values: &Map<String, Value>,
+    ) {
+        let typed = typed_map(values, self.config.type_cast_enabled);
+        let history = self.config.bounds.history_per_key;
+        let max_keys = self.config.bounds.max_keys_per_device;
+        let Some(d) = self.devices.get_mut(&device) else {
+            return;
+        };
+        for (key, value) in typed {
+            if !d.telemetry.contains_key(&key) && d.telemetry.len() >= max_keys {
+                self.stats.dropped_keys += 1;
+                continue;
+            }
+            let series = d.telemetry.entry(key).or_default();
+            let at = series.partition_point(|p| p.ts <= ts);
+            series.insert(at, TsValue { ts, value });
+            while series.len() > history {
+                series.pop_front();
+            }
+        }
+    }
+
+    /// Stores client-side attributes (typed; nulls dropped).
+    pub(crate) fn store_client_attributes(
+        &mut self,
+        device: DeviceId,
+        values: &Map<String, Value>,
+    ) {
+        let typed = typed_map(values, self.config.type_cast_enabled);
+        let max_keys = self.config.bounds.max_keys_per_device;
+        let Some(d) = self.devices.get_mut(&device) else {
+            return;
+        };
+        for (key, value) in typed {
+            if !d.client_attributes.contains_key(&key) && d.client_attributes.len() >= max_keys {
+                self.stats.dropped_keys += 1;
+                continue;
+            }
+            d.client_attributes.insert(key, value);
+        }
+    }
+
+    pub(crate) fn telemetry(&self, device: DeviceId) -> BTreeMap<String, Vec<TsValue>> {
+        self.devices
+            .get(&device)
+            .map(|d| {
+                d.telemetry
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.iter().cloned().collect()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn client_attributes(&self, device: DeviceId) -> Map<String, Value> {
+        self.devices
+            .get(&device)
+            .map(|d| d.client_attributes.clone())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn shared_attributes(&self, device: DeviceId) -> Map<String, Value> {
+        self.devices
+            .get(&device)
+            .map(|d| d.shared_attributes.clone())
+            .unwrap_or_default()
+    }
+
+    /// Attribute lookup as the device actor does it (DAMP `getAttributesKvEntries`): no keys in
+    /// either scope → everything in both; otherwise only the scopes that name keys.
+    pub(crate) fn get_attributes(
+        &self,
+        device: DeviceId,
+        client_keys: &[String],
+        shared_keys: &[String],
+    ) -> (Map<String, Value>, Map<String, Value>) {
+        let Some(d) = self.devices.get(&device) else {
+            return (Map::new(), Map::new());
+        };
+        let pick = |from: &Map<String, Value>, keys: &[String]| {
+            keys.iter()
+                .filter_map(|k| from.get(k).map(|v| (k.clone(), v.clone())))
+                .collect::<Map<_, _>>()
+        };
+        if client_keys.is_empty() && shared_keys.is_empty() {
+            (d.client_attributes.clone(), d.shared_attributes.clone())
+        } else {
+            (
+                pick(&d.client_attributes, client_keys),
+                pick(&d.shared_attributes, shared_keys),
+            )
+        }
+    }
+
+    /// Sets shared attributes and pushes the update to the device's session if it listens.
+    pub(crate) fn set_shared_attributes(
+        &mut self,
+        name: &str,
+        values: Map<String, Value>,
+    ) -> Result<(), ControlError> {
+        let id = self.lookup(name)?;
+        let max_keys = self.config.bounds.max_keys_per_device;
+        let mut stored = Map::new();
+        if let Some(d) = self.devices.get_mut(&id) {
+            for (k, v) in values {
+                if v.is_null() {
+                    continue;
+                }
+                if !d.shared_attributes.contains_key(&k) && d.shared_attributes.len() >= max_keys {
+                    self.stats.dropped_keys += 1;
+                    continue;
+                }
+                d.shared_attributes.insert(k.clone(), v.clone());
+                stored.insert(k, v);
+            }
+        }
+        if !stored.is_empty() {
+            self.push_attributes(
+                id,
+                AttributeUpdate {
+                    values: stored,
+                    deleted: Vec::new(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Deletes shared attributes; the session gets `{"deleted":[..]}` for the keys that existed.
+    pub(crate) fn delete_shared_attributes(
+        &mut self,
+        name: &str,
+        keys: &[String],
+    ) -> Result<(), ControlError> {
+        let id = self.lookup(name)?;
+        let mut deleted = Vec::new();
+        if let Some(d) = self.devices.get_mut(&id) {
+            for k in keys {
+                if d.shared_attributes.remove(k).is_some() {
+                    deleted.push(k.clone());
+                }
+            }
+        }
+        if !deleted.is_empty() {
+            self.push_attributes(
+                id,
+                AttributeUpdate {
+                    values: Map::new(),
+                    deleted,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn push_attributes(&mut self, device: DeviceId, update: AttributeUpdate) {
+        if let Some(b) = self.bindings.get(&device).copied() {
+            if b.attributes {
+                self.notify(b.session, Notice::Attributes { device, update });
+            }
+        }
+    }
+
+    // ---- rate limits ---------------------------------------------------------------------------
+
+    pub(crate) fn set_limits(&mut self, limits: TenantLimits) -> Result<(), ControlError> {
+        self.tenant_bucket = EntityLimits::new(&limits.tenant)?;
+        for l in [&limits.device, &limits.gateway, &limits.gateway_device] {
+            EntityLimits::new(l)?;
+        }
+        self.limits = limits;
+        self.device_buckets.clear();
+        self.gateway_buckets.clear();
+        self.gateway_device_buckets.clear();
+        Ok(())
+    }
+
+    pub(crate) fn limits(&self) -> &TenantLimits {
+        &self.limits
+    }
+
+    /// DTRLS `checkLimits`: tenant first, then the sender's own bucket.
+    pub(crate) fn check_rate(
+        &mut self,
+        sender: Sender,
+        device_name: &str,
+        data_points: u64,
+        now: Instant,
+    ) -> RateCheck {
+        let verdict = self.check_rate_inner(sender, data_points, now);
+        if let RateCheck::Limited(api) = verdict {
+            self.push_event(Event::RateLimited {
+                device: device_name.to_owned(),
+                api,
+            });
+        }
+        verdict
+    }
+
+    fn check_rate_inner(&mut self, sender: Sender, data_points: u64, now: Instant) -> RateCheck {
+        if !self.tenant_bucket.check(data_points, now) {
+            return RateCheck::Limited(LimitedApi::Tenant);
+        }
+        let (map, key, config, api) = match sender {
+            Sender::Device(d) => (
+                &mut self.device_buckets,
+                d,
+                &self.limits.device,
+                LimitedApi::Device,
+            ),
+            Sender::GatewayItself(g) => (
+                &mut self.gateway_device_buckets,
+                g,
+                &self.limits.gateway_device,
+                LimitedApi::GatewayDevice,
+            ),
+            Sender::Child { gateway, .. } => (
+                &mut self.gateway_buckets,
+                gateway,
+                &self.limits.gateway,
+                LimitedApi::Gateway,
+            ),
+        };
+        let bucket = map
+            .entry(key)
+            .or_insert_with(|| EntityLimits::new(config).unwrap_or_default());
+        if bucket.check(data_points, now) {
+            RateCheck::Ok
+        } else {
+            RateCheck::Limited(api)
+        }
+    }
+
+    // ---- server-side RPC ------------------------------------------------------------------------
+
+    pub(crate) fn send_rpc(
+        &mut self,
+        name: &str,
+        call: RpcCall,
+        now: Instant,
+    ) -> Result<RpcTicket, ControlError> {
+        let id = self.lookup(name)?;
+        let ticket = RpcTicket(self.next_ticket);
+        self.next_ticket += 1;
+        self.queue_rpc(id, call, Some(ticket), now)?;
+        Ok(ticket)
+    }
+
+    fn queue_rpc(
+        &mut self,
+        device: DeviceId,
+        call: RpcCall,
+        ticket: Option<RpcTicket>,
+        now: Instant,
+    ) -> Result<(), ControlError> {
+        let max = self.config.bounds.max_pending_rpcs_per_device;
+        let Some(d) = self.devices.get_mut(&device) else {
+            return Err(ControlError::UnknownDevice(device.to_string()));
+        };
+        if d.rpcs.len() >= max {
+            return Err(ControlError::TooManyPendingRpcs);
+        }
+        let id = d.rpc_seq;
+        d.rpc_seq = d.rpc_seq.wrapping_add(1);
+        d.rpcs.push_back(PendingRpc {
+            id,
+            method: call.method,
+            params: call.params,
+            oneway: call.oneway,
+            expires: now + call.timeout,
+            sent: false,
+            delivered: false,
+            ticket,
+        });
+        self.send_pending_rpcs(device, now);
+        Ok(())
+    }
+
+    /// Pushes every unexpired, undelivered RPC of `device` to its RPC-subscribed session
+    /// (ThingsBoard's BURST submit strategy). One-way RPCs complete as soon as they are handed
+    /// over.
+    fn send_pending_rpcs(&mut self, device: DeviceId, now: Instant) {
+        let Some(binding) = self.bindings.get(&device).copied() else {
+            return;
+        };
+        if !binding.rpc {
+            return;
+        }
+        let Some(d) = self.devices.get_mut(&device) else {
+            return;
+        };
+        let direct = binding.gateway.is_none();
+        let name = d.name.clone();
+        let mut notices = Vec::new();
+        let mut completed = Vec::new();
+        d.rpcs.retain_mut(|rpc| {
+            if rpc.delivered || rpc.expires <= now {
+                return true;
+            }
+            notices.push(Notice::Rpc {
+                device,
+                id: rpc.id,
+                method: rpc.method.clone(),
+                params: rpc.params.clone(),
+            });
+            rpc.sent = true;
+            rpc.delivered = direct;
+            if rpc.oneway {
+                if let Some(ticket) = rpc.ticket {
+                    completed.push(ticket);
+                }
+                return false;
+            }
+            true
+        });
+        for notice in notices {
+            self.notify(binding.session, notice);
+        }
+        for ticket in completed {
+            self.push_event(Event::RpcCompleted {
+                ticket,
+                device: name.clone(),
+                outcome: RpcOutcome::Delivered,
+            });
+        }
+    }
+
+    /// A device's (or child's) reply to RPC `id`. Unknown or expired ids are stale and dropped.
+    pub(crate) fn rpc_reply(&mut self, device: DeviceId, id: u64, data: Value) {
+        let Some(d) = self.devices.get_mut(&device) else {
+            return;
+        };
+        let pos = d
+            .rpcs
+            .iter()
+            .position(|r| u64::from(r.id) == id && r.sent && !r.oneway);
+        let Some(rpc) = pos.and_then(|p| d.rpcs.remove(p)) else {
+            self.stats.stale_rpc_replies += 1;
+            return;
+        };
+        let name = d.name.clone();
+        if let Some(ticket) = rpc.ticket {
+            self.push_event(Event::RpcCompleted {
+                ticket,
+                device: name,
+                outcome: RpcOutcome::Reply(data),
+            });
+        }
+    }
+
+    // ---- client-side RPC -----------------------------------------------------------------------
+
+    pub(crate) fn set_client_rpc_handler(&mut self, handler: Option<ClientRpcHandler>) {
+        self.client_rpc_handler = handler;
+    }
+
+    pub(crate) fn client_rpc(&mut self, call: &ClientRpcCall) -> ClientRpcAnswer {
+        match self.client_rpc_handler.as_mut() {
+            Some(h) => h(call),
+            None => ClientRpcAnswer::NoAnswer,
+        }
+    }
+
+    // ---- claims --------------------------------------------------------------------------------
+
+    /// A device announces it may be claimed (`v1/devices/me/claim`, `v1/gateway/claim`).
+    pub(crate) fn allow_claim(
+        &mut self,
+        device: DeviceId,
+        secret: Option<String>,
+        duration_ms: Option<i64>,
+        now: Instant,
+    ) {
+        let duration = duration_ms.filter(|d| *d > 0).unwrap_or(DEFAULT_CLAIM_MS);
+        let expires_ms = self.wall_ms(now).saturating_add(duration);
+        if let Some(d) = self.devices.get_mut(&device) {
+            d.claim = Some(ClaimRecord {
+                secret: secret.unwrap_or_default(),
+                expires_ms,
+            });
+        }
+    }
+
+    /// A customer claims a device (REST `/api/customer/device/{name}/claim`).
+    pub(crate) fn claim_device(
+        &mut self,
+        name: &str,
+        secret: &str,
+        now: Instant,
+    ) -> Result<ClaimOutcome, ControlError> {
+        let id = self.lookup(name)?;
+        let wall = self.wall_ms(now);
+        let Some(d) = self.devices.get_mut(&id) else {
+            return Err(ControlError::UnknownDevice(name.to_owned()));
+        };
+        if d.claimed {
+            return Ok(ClaimOutcome::AlreadyClaimed);
+        }
+        match &d.claim {
+            Some(c) if c.expires_ms > wall && c.secret == secret => {
+                d.claimed = true;
+                d.claim = None;
+                Ok(ClaimOutcome::Success)
+            }
+            _ => Ok(ClaimOutcome::Failure),
+        }
+    }
+
+    // ---- provisioning --------------------------------------------------------------------------
+
+    pub(crate) fn add_provision_profile(&mut self, profile: ProvisionProfile) {
+        self.provision_profiles.retain(|p| p.key != profile.key);
+        self.provision_profiles.push(profile);
+    }
+
+    fn generated(&mut self, prefix: &str) -> String {
+        let n = self.next_generated;
+        self.next_generated += 1;
+        format!("{prefix}{n:020}")
+    }
+
+    /// DeviceProvisionServiceImpl: check key/secret, then create or claim the pre-provisioned
+    /// device.
+    pub(crate) fn provision(&mut self, req: &ProvisionRequest) -> ProvisionResponse {
+        let not_found = || ProvisionResponse::NotFound {
+            error_msg: "Provision data was not found!".to_owned(),
+        };
+        let failure = || ProvisionResponse::Failure {
+            error_msg: "Failed to provision device!".to_owned(),
+        };
+        let Some(profile) = self
+            .provision_profiles
+            .iter()
+            .find(|p| p.key == req.provision_device_key && p.secret == req.provision_device_secret)
+            .cloned()
+        else {
+            return not_found();
+        };
+        match profile.strategy {
+            ProvisionStrategy::AllowCreateNew => {
+                let name = match &req.device_name {
+                    Some(n) if !n.is_empty() => n.clone(),
+                    _ => self.generated("provisioned-"),
+                };
+                if self.by_name.contains_key(&name) || self.at_device_limit() {
+                    return failure();
+                }
+                let credentials = match req.credentials_type.unwrap_or(CredentialsType::AccessToken)
+                {
+                    CredentialsType::AccessToken => Credentials::AccessToken(match &req.token {
+                        Some(t) if !t.is_empty() => t.clone(),
+                        _ => self.generated("token"),
+                    }),
+                    CredentialsType::MqttBasic => Credentials::Basic {
+                        client_id: req.client_id.clone(),
+                        username: req.username.clone(),
+                        password: req.password.clone(),
+                    },
+                    CredentialsType::X509Certificate => Credentials::X509 {
+                        fingerprint: req.hash.clone().unwrap_or_default(),
+                    },
+                };
+                if self.credentials_taken(&credentials) {
+                    return failure();
+                }
+                let new = NewDevice {
+                    name,
+                    device_type: profile.device_type.clone(),
+                    credentials: Some(credentials.clone()),
+                    gateway: req.gateway.unwrap_or(false),
+                    overwrite_activity_time: false,
+                };
+                let id = self.insert_device(new, None);
+                if let Some(d) = self.devices.get_mut(&id) {
+                    d.provisioned = true;
+                }
+                success(&credentials)
+            }
+            ProvisionStrategy::CheckPreProvisioned => {
+                let Some(id) = req.device_name.as_deref().and_then(|n| self.device_id(n)) else {
+                    return failure();
+                };
+                let Some(d) = self.devices.get_mut(&id) else {
+                    return failure();
+                };
+                if d.provisioned || d.device_type != profile.device_type {
+                    return failure();
+                }
+                let Some(credentials) = d.credentials.clone() else {
+                    return failure();
+                };
+                d.provisioned = true;
+                success(&credentials)
+            }
+        }
+    }
+
+    // ---- OTA -----------------------------------------------------------------------------------
+
+    /// Assigns a package and sets the `fw_*` / `sw_*` shared attributes like ThingsBoard does.
+    pub(crate) fn assign_ota(
+        &mut self,
+        name: &str,
+        firmware: bool,
+        package: OtaPackage,
+    ) -> Result<(), ControlError> {
+        let id = self.lookup(name)?;
+        let prefix = if firmware { "fw" } else { "sw" };
+        let mut attrs = Map::new();
+        attrs.insert(
+            format!("{prefix}_title"),
+            Value::from(package.title.clone()),
+        );
+        attrs.insert(
+            format!("{prefix}_version"),
+            Value::from(package.version.clone()),
+        );
+        attrs.insert(format!("{prefix}_size"), Value::from(package.data.len()));
+        attrs.insert(
+            format!("{prefix}_checksum_algorithm"),
+            Value::from(package.checksum_algorithm.clone()),
+        );
+        attrs.insert(
+            format!("{prefix}_checksum"),
+            Value::from(package.checksum.clone()),
+        );
+        if let Some(d) = self.devices.get_mut(&id) {
+            if firmware {
+                d.firmware = Some(package);
+            } else {
+                d.software = Some(package);
+            }
+        }
+        self.set_shared_attributes(name, attrs)
+    }
+
+    pub(crate) fn ota(&self, device: DeviceId, firmware: bool) -> Option<&OtaPackage> {
+        let d = self.devices.get(&device)?;
+        if firmware {
+            d.firmware.as_ref()
+        } else {
+            d.software.as_ref()
+        }
+    }
+
+    // ---- time ----------------------------------------------------------------------------------
+
+    /// Expires RPCs whose deadline passed.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        let mut done = Vec::new();
+        for d in self.devices.values_mut() {
+            d.rpcs.retain(|rpc| {
+                if rpc.expires > now {
+                    return true;
+                }
+                if let Some(ticket) = rpc.ticket {
+                    let outcome = if rpc.sent {
+                        RpcOutcome::Timeout
+                    } else {
+                        RpcOutcome::NoActiveConnection
+                    };
+                    done.push((ticket, d.name.clone(), outcome));
+                }
+                false
+            });
+        }
+        done.sort_by_key(|(t, _, _)| *t);
+        for (ticket, device, outcome) in done {
+            self.push_event(Event::RpcCompleted {
+                ticket,
+                device,
+                outcome,
+            });
+        }
+    }
+
+    /// The earliest RPC expiry.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.devices
+            .values()
+            .flat_map(|d| d.rpcs.iter().map(|r| r.expires))
+            .min()
+    }
+}
+
+fn success(credentials: &Credentials) -> ProvisionResponse {
+    let (credentials_type, credentials) = match credentials {
+        Credentials::AccessToken(t) => (
+            CredentialsType::AccessToken,
+            CredentialsValue::Text(t.clone()),
+        ),
+        Credentials::Basic {
+            client_id,
+            username,
+            password,
+        } => (
+            CredentialsType::MqttBasic,
+            CredentialsValue::MqttBasic {
+                client_id: client_id.clone(),
+                user_name: username.clone(),
+                password: password.clone(),
+            },
+        ),
+        Credentials::X509 { fingerprint } => (
+            CredentialsType::X509Certificate,
+            CredentialsValue::Text(fingerprint.clone()),
+        ),
+    };
+    ProvisionResponse::Success {
+        credentials_type,
+        credentials,
+    }
+}

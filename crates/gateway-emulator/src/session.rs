@@ -1,0 +1,1333 @@
+//! One client connection, sans-IO: bytes and time in, bytes and "close" out, platform calls in
+//! between. Follows the MQTT transport of ThingsBoard (`MqttTransportHandler` and the gateway
+//! session handler) as described in `shared/spec/server-behaviour.md`; section numbers below
+//! refer to that document.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use gateway_proto::payload::device::SessionLimits;
+use gateway_proto::payload::{
+    self as pl, ClientAttributes, ClientRpcResponse, DeviceAttributeRequest,
+    DeviceAttributeResponse, DeviceTelemetry, GatewayAttributeRequest, GatewayAttributeResponse,
+    GatewayAttributeUpdate, GatewayAttributes, GatewayClaim, GatewayRpcRequest, GatewayRpcResponse,
+    GatewayTelemetry, Payload, PayloadError, ProvisionRequest, RequestedKeys,
+};
+use gateway_proto::topic::{self, IdTopicKind, OtaKind, TopicFamily, UplinkTopic};
+use gateway_proto::wire::{
+    self, ConnAck, Connect, DecodeError, Disconnect, Packet, PubAck, Publish, PublishRef, QoS,
+    SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+use gateway_proto::ProtocolVersion;
+use serde_json::{Map, Value};
+
+use crate::model::{ClientRpcAnswer, ClientRpcCall, DeviceId, SessionId};
+use crate::platform::{Auth, CreateError, Notice, Platform, RateCheck, Refusal, Sender};
+
+/// MQTT's own limit on the remaining length; outgoing packets have no other limit (§5).
+const MAX_OUTGOING: usize = 268_435_455;
+/// Bound of the remembered OTA chunk sizes per connection; the map is cleared on overflow.
+const MAX_OTA_REQUESTS: usize = 1_024;
+
+/// MQTT 5 reason codes the transport uses (§6).
+mod rc {
+    pub const SUCCESS: u8 = 0x00;
+    pub const NO_SUBSCRIPTION_EXISTED: u8 = 0x11;
+    pub const UNSPECIFIED: u8 = 0x80;
+    pub const MALFORMED: u8 = 0x81;
+    pub const IMPLEMENTATION_SPECIFIC: u8 = 0x83;
+    pub const CLIENT_ID_NOT_VALID: u8 = 0x85;
+    pub const BAD_USERNAME_OR_PASSWORD: u8 = 0x86;
+    pub const NOT_AUTHORIZED: u8 = 0x87;
+    pub const SERVER_UNAVAILABLE: u8 = 0x88;
+    pub const SERVER_SHUTTING_DOWN: u8 = 0x8B;
+    pub const SESSION_TAKEN_OVER: u8 = 0x8E;
+    pub const TOPIC_FILTER_INVALID: u8 = 0x8F;
+    pub const TOPIC_NAME_INVALID: u8 = 0x90;
+    pub const QUOTA_EXCEEDED: u8 = 0x97;
+    pub const ADMINISTRATIVE_ACTION: u8 = 0x98;
+    pub const PAYLOAD_FORMAT_INVALID: u8 = 0x99;
+}
+
+/// What a session wants done with its connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Write these bytes, in order.
+    Transmit(Bytes),
+    /// Close the connection after writing everything before this.
+    Close,
+}
+
+/// Read-only view of a session for the control API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionInfo {
+    /// Session id.
+    pub id: SessionId,
+    /// Protocol version, once CONNECT arrived.
+    pub version: Option<ProtocolVersion>,
+    /// Authenticated device name (`None` before CONNECT and for provisioning sessions).
+    pub device: Option<String>,
+    /// The device is a gateway.
+    pub gateway: bool,
+    /// A provision-only session.
+    pub provision: bool,
+    /// Names of the children connected through this gateway session, sorted.
+    pub children: Vec<String>,
+    /// Received bytes not yet decoded (at most one packet of the size limit plus one input).
+    pub buffered_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    AwaitConnect,
+    Device { device: DeviceId, gateway: bool },
+    Provision,
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Child {
+    device: DeviceId,
+    last_activity: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PendingClientRpc {
+    id: u64,
+    family: TopicFamily,
+    deadline: Instant,
+}
+
+/// Why a gateway could not get a child session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChildError {
+    /// Rate limit on the get-or-create call: the server throws synchronously (§2.1).
+    RateLimited,
+    /// Tenant device limit.
+    DeviceLimit,
+}
+
+/// What went wrong with one PUBLISH, by ThingsBoard's error class (§2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// AdaptorException: invalid JSON (device API: also a wrong shape).
+    Adaptor,
+    /// Valid JSON of the wrong shape on a gateway topic.
+    Shape,
+    /// Per-device conversion failure on a gateway topic.
+    Entry,
+}
+
+/// One client connection.
+#[derive(Debug)]
+pub(crate) struct Session {
+    id: SessionId,
+    version: ProtocolVersion,
+    state: State,
+    buf: BytesMut,
+    subs: Vec<(String, QoS)>,
+    attr_family: TopicFamily,
+    rpc_family: TopicFamily,
+    children: HashMap<String, Child>,
+    next_pkid: u32,
+    last_activity: Instant,
+    client_rpcs: VecDeque<PendingClientRpc>,
+    ota_sizes: HashMap<u64, u64>,
+    provision_close_at: Option<Instant>,
+    out: VecDeque<Output>,
+}
+
+impl Session {
+    pub(crate) fn new(id: SessionId, now: Instant) -> Self {
+        Self {
+            id,
+            version: ProtocolVersion::V311,
+            state: State::AwaitConnect,
+            buf: BytesMut::new(),
+            subs: Vec::new(),
+            attr_family: TopicFamily::V1,
+            rpc_family: TopicFamily::V1,
+            children: HashMap::new(),
+            next_pkid: 0,
+            last_activity: now,
+            client_rpcs: VecDeque::new(),
+            ota_sizes: HashMap::new(),
+            provision_close_at: None,
+            out: VecDeque::new(),
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    pub(crate) fn take_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    pub(crate) fn info(&self, platform: &Platform) -> SessionInfo {
+        let (device, gateway) = match self.state {
+            State::Device { device, gateway } => {
+                (platform.name_of(device).map(str::to_owned), gateway)
+            }
+            _ => (None, false),
+        };
+        let mut children: Vec<String> = self.children.keys().cloned().collect();
+        children.sort();
+        SessionInfo {
+            id: self.id,
+            version: (self.state != State::AwaitConnect).then_some(self.version),
+            device,
+            gateway,
+            provision: self.state == State::Provision,
+            children,
+            buffered_bytes: self.buf.len(),
+        }
+    }
+
+    pub(crate) fn device(&self) -> Option<DeviceId> {
+        match self.state {
+            State::Device { device, .. } => Some(device),
+            _ => None,
+        }
+    }
+
+    // ---- inputs ------------------------------------------------------------------------------
+
+    /// Bytes from the client, split anywhere.
+    pub(crate) fn handle_bytes(&mut self, now: Instant, bytes: &[u8], p: &mut Platform) {
+        if self.is_closed() {
+            return;
+        }
+        self.buf.extend_from_slice(bytes);
+        let max = p.config.max_packet_size;
+        while !self.is_closed() {
+            if self.state == State::AwaitConnect {
+                match wire::decode_first_connect(&mut self.buf, max) {
+                    Ok(None) => break,
+                    Ok(Some((version, connect))) => {
+                        self.version = version;
+                        self.on_connect(now, &connect, p);
+                    }
+                    // No session yet: no CONNACK, no DISCONNECT.
+                    Err(_) => self.close(p),
+                }
+                continue;
+            }
+            match wire::decode(&mut self.buf, self.version, max) {
+                Ok(None) => break,
+                Ok(Some(packet)) => self.on_packet(now, packet, p),
+                // §5: oversize or undecodable → DISCONNECT 0x81 (v5) / close.
+                Err(DecodeError::TooLarge { .. } | DecodeError::Malformed(_)) | Err(_) => {
+                    self.disconnect(rc::MALFORMED, p)
+                }
+            }
+        }
+    }
+
+    /// The client closed the connection (or the transport failed).
+    pub(crate) fn transport_closed(&mut self, p: &mut Platform) {
+        if !self.is_closed() {
+            self.cleanup(p);
+            self.state = State::Closed;
+        }
+    }
+
+    /// A platform notice for this session.
+    pub(crate) fn on_notice(&mut self, notice: Notice, p: &mut Platform) {
+        if self.is_closed() {
+            return;
+        }
+        let own = self.device();
+        match notice {
+            Notice::Drop => self.close(p),
+            Notice::TakenOver { device }
+            | Notice::Deleted { device }
+            | Notice::Renamed { device }
+                if Some(device) != own =>
+            {
+                self.children.retain(|_, c| c.device != device);
+            }
+            Notice::TakenOver { .. } => self.disconnect(rc::SESSION_TAKEN_OVER, p),
+            Notice::Deleted { .. } => self.disconnect(rc::ADMINISTRATIVE_ACTION, p),
+            Notice::Renamed { .. } => {}
+            Notice::Attributes { device, update } => {
+                if Some(device) == own {
+                    let topic = self.attr_family.attributes_topic();
+                    self.publish(topic, &update.to_vec(), p);
+                } else if let Some(name) = self.child_name(device) {
+                    let msg = GatewayAttributeUpdate {
+                        device: name,
+                        update,
+                    };
+                    self.publish(topic::GATEWAY_ATTRIBUTES, &msg.to_vec(), p);
+                }
+            }
+            Notice::Rpc {
+                device,
+                id,
+                method,
+                params,
+            } => {
+                if Some(device) == own {
+                    let topic =
+                        topic::topic_with_id(IdTopicKind::RpcRequest, self.rpc_family, id.into());
+                    let body = pl::RpcRequest::new(method, params);
+                    self.publish(&topic, &body.to_vec(), p);
+                } else if let Some(name) = self.child_name(device) {
+                    let msg = GatewayRpcRequest {
+                        device: name,
+                        id: id.into(),
+                        method,
+                        params,
+                    };
+                    self.publish(topic::GATEWAY_RPC, &msg.to_vec(), p);
+                }
+            }
+        }
+    }
+
+    fn child_name(&self, device: DeviceId) -> Option<String> {
+        self.children
+            .iter()
+            .find(|(_, c)| c.device == device)
+            .map(|(n, _)| n.clone())
+    }
+
+    /// Time passed: inactivity, client-RPC timeouts, the provisioning close.
+    pub(crate) fn handle_timeout(&mut self, now: Instant, p: &mut Platform) {
+        if self.is_closed() {
+            return;
+        }
+        let idle = p.config.inactivity_timeout;
+        if now >= self.last_activity + idle {
+            // §8: TAM onStateExpiry → DISCONNECT 0x83.
+            self.disconnect(rc::IMPLEMENTATION_SPECIFIC, p);
+            return;
+        }
+        if self.provision_close_at.is_some_and(|t| now >= t) {
+            self.close(p);
+            return;
+        }
+        let mut expired = Vec::new();
+        self.children.retain(|_, c| {
+            let keep = now < c.last_activity + idle;
+            if !keep {
+                expired.push(c.device);
+            }
+            keep
+        });
+        for device in expired {
+            p.unbind(device, self.id);
+        }
+        while let Some(rpc) = self.client_rpcs.front().copied() {
+            if rpc.deadline > now {
+                break;
+            }
+            self.client_rpcs.pop_front();
+            let reply = ClientRpcResponse::Error(ClientRpcResponse::TIMEOUT.to_owned());
+            let topic = topic::topic_with_id(IdTopicKind::RpcResponse, rpc.family, rpc.id);
+            self.publish(&topic, &reply.to_vec(), p);
+        }
+    }
+
+    /// The earliest instant at which [`Session::handle_timeout`] has something to do.
+    pub(crate) fn poll_timeout(&self, p: &Platform) -> Option<Instant> {
+        if self.is_closed() {
+            return None;
+        }
+        let idle = p.config.inactivity_timeout;
+        let children = self.children.values().map(|c| c.last_activity + idle);
+        let rpcs = self.client_rpcs.front().map(|r| r.deadline);
+        std::iter::once(self.last_activity + idle)
+            .chain(children)
+            .chain(rpcs)
+            .chain(self.provision_close_at)
+            .min()
+    }
+
+    // ---- output helpers -------------------------------------------------------------------------
+
+    fn send(&mut self, packet: &Packet) {
+        let mut out = BytesMut::new();
+        // Packets built here are valid by construction; an encode error would only mean an
+        // oversize topic, which is skipped rather than panicking.
+        if wire::encode(packet, self.version, &mut out, MAX_OUTGOING).is_ok() {
+            self.out.push_back(Output::Transmit(out.freeze()));
+        }
+    }
+
+    /// v5 codes only exist on MQTT 5; v3 packets carry 0.
+    fn v5(&self, code: u8) -> u8 {
+        if self.version == ProtocolVersion::V5 {
+            code
+        } else {
+            0
+        }
+    }
+
+    fn puback(&mut self, pkid: u16, code: u8) {
+        // MTH `ack`: only for msgId > 0, i.e. never for QoS 0.
+        if pkid > 0 {
+            let code = self.v5(code);
+            self.send(&Packet::PubAck(PubAck { pkid, code }));
+        }
+    }
+
+    /// Close: on MQTT 5 a DISCONNECT with `code` first.
+    fn disconnect(&mut self, code: u8, p: &mut Platform) {
+        if self.version == ProtocolVersion::V5 && self.state != State::AwaitConnect {
+            self.send(&Packet::Disconnect(Disconnect { code }));
+        }
+        self.close(p);
+    }
+
+    fn close(&mut self, p: &mut Platform) {
+        if self.is_closed() {
+            return;
+        }
+        self.cleanup(p);
+        self.state = State::Closed;
+        self.out.push_back(Output::Close);
+    }
+
+    /// Deregisters the device and every child (§8 "Gateway disconnect").
+    fn cleanup(&mut self, p: &mut Platform) {
+        if let Some(device) = self.device() {
+            p.unbind(device, self.id);
+        }
+        for (_, child) in self.children.drain() {
+            p.unbind(child.device, self.id);
+        }
+        self.client_rpcs.clear();
+    }
+
+    fn next_packet_id(&mut self, p: &Platform) -> u16 {
+        self.next_pkid = self.next_pkid.wrapping_add(1);
+        if p.config.quirks.packet_id_zero {
+            // §5: `incrementAndGet` written as a short: id 0 every 65,536 publishes.
+            (self.next_pkid & 0xFFFF) as u16
+        } else {
+            if self.next_pkid > 65_535 {
+                self.next_pkid = 1;
+            }
+            self.next_pkid as u16
+        }
+    }
+
+    /// QoS of the first stored filter matching `topic`, else QoS 1 (§1.3).
+    fn qos_for(&self, topic: &str) -> QoS {
+        self.subs
+            .iter()
+            .find(|(f, _)| filter_matches(f, topic))
+            .map_or(QoS::AtLeastOnce, |(_, q)| *q)
+    }
+
+    fn publish(&mut self, topic: &str, payload: &[u8], p: &Platform) {
+        let qos = self.qos_for(topic);
+        let pkid = match qos {
+            QoS::AtLeastOnce => self.next_packet_id(p),
+            QoS::AtMostOnce => 0,
+        };
+        let publish = PublishRef {
+            topic,
+            payload,
+            qos,
+            dup: false,
+            retain: false,
+            pkid,
+        };
+        let mut out = BytesMut::new();
+        let written = if p.config.quirks.packet_id_zero {
+            wire::encode_publish_allowing_pkid_zero(&publish, self.version, &mut out, MAX_OUTGOING)
+        } else {
+            wire::encode_publish(&publish, self.version, &mut out, MAX_OUTGOING)
+        };
+        if written.is_ok() {
+            self.out.push_back(Output::Transmit(out.freeze()));
+        }
+    }
+
+    // ---- CONNECT ------------------------------------------------------------------------------
+
+    fn on_connect(&mut self, now: Instant, connect: &Connect, p: &mut Platform) {
+        self.last_activity = now;
+        // §6.1 quirk: Session Present echoes !cleanSession, even on refusal.
+        let session_present = !connect.clean_session;
+        match p.authenticate(connect) {
+            Auth::Provision => {
+                self.state = State::Provision;
+                self.send(&Packet::ConnAck(ConnAck {
+                    session_present,
+                    code: 0,
+                }));
+            }
+            Auth::Device(device) => {
+                let gateway = p.device(device).is_some_and(|d| d.gateway);
+                self.state = State::Device { device, gateway };
+                self.send(&Packet::ConnAck(ConnAck {
+                    session_present,
+                    code: 0,
+                }));
+                p.bind(device, self.id, None, now);
+            }
+            Auth::Refused(refusal) => {
+                let (v5, v3) = match refusal {
+                    Refusal::BadUsernameOrPassword => (rc::BAD_USERNAME_OR_PASSWORD, 5),
+                    Refusal::ClientIdNotValid => (rc::CLIENT_ID_NOT_VALID, 2),
+                    Refusal::NotAuthorized => (rc::NOT_AUTHORIZED, 5),
+                    Refusal::ServerUnavailable => (rc::SERVER_UNAVAILABLE, 3),
+                };
+                let v5_session = self.version == ProtocolVersion::V5;
+                let code = if v5_session { v5 } else { v3 };
+                self.send(&Packet::ConnAck(ConnAck {
+                    session_present,
+                    code,
+                }));
+                // §6.1: a v5 refusal is followed by a DISCONNECT with the same code.
+                if v5_session {
+                    self.send(&Packet::Disconnect(Disconnect { code }));
+                }
+                self.close(p);
+            }
+        }
+    }
+
+    // ---- packets ------------------------------------------------------------------------------
+
+    fn on_packet(&mut self, now: Instant, packet: Packet, p: &mut Platform) {
+        self.last_activity = now;
+        match packet {
+            Packet::PingReq => {
+                self.send(&Packet::PingResp);
+                // §8: with overwriteActivityTime a gateway ping refreshes every child.
+                if let State::Device { device, .. } = self.state {
+                    if p.device(device).is_some_and(|d| d.overwrite_activity_time) {
+                        for c in self.children.values_mut() {
+                            c.last_activity = now;
+                        }
+                    }
+                }
+            }
+            Packet::Publish(publish) => self.on_publish(now, publish, p),
+            Packet::Subscribe(s) => self.on_subscribe(now, s, p),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u, p),
+            Packet::Disconnect(_) => self.disconnect(rc::SUCCESS, p),
+            // A second CONNECT is a protocol violation.
+            Packet::Connect(_) => self.close(p),
+            // Client PUBACKs only mark direct-device RPCs delivered in ThingsBoard; the emulator
+            // marks them delivered when written. Server-to-client packet types are ignored.
+            _ => {}
+        }
+    }
+
+    fn on_subscribe(&mut self, now: Instant, s: Subscribe, p: &mut Platform) {
+        // §1.2: v5 TOPIC_FILTER_INVALID, v3 the generic failure 0x80.
+        let failure = if self.version == ProtocolVersion::V5 {
+            rc::TOPIC_FILTER_INVALID
+        } else {
+            rc::UNSPECIFIED
+        };
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut rpc_subscribed = false;
+        for (filter, qos) in s.filters {
+            let accepted = match self.state {
+                State::Provision => filter == topic::PROVISION_RESPONSE,
+                State::Device { device, .. } => match subscription_kind(&filter) {
+                    Some(SubKind::Attributes(family)) => {
+                        self.attr_family = family;
+                        p.subscribe_attributes(device, self.id, true);
+                        true
+                    }
+                    Some(SubKind::Rpc(family)) => {
+                        self.rpc_family = family;
+                        rpc_subscribed = true;
+                        true
+                    }
+                    Some(SubKind::QosOnly) => true,
+                    None => false,
+                },
+                _ => false,
+            };
+            if accepted {
+                self.subs.retain(|(f, _)| *f != filter);
+                self.subs.push((filter, qos));
+                codes.push(match qos {
+                    QoS::AtMostOnce => 0,
+                    QoS::AtLeastOnce => 1,
+                });
+            } else {
+                codes.push(failure);
+            }
+        }
+        self.send(&Packet::SubAck(SubAck {
+            pkid: s.pkid,
+            codes,
+        }));
+        // Pending RPCs are pushed on subscription (§4); they go out after the SUBACK.
+        if let (true, Some(device)) = (rpc_subscribed, self.device()) {
+            p.subscribe_rpc(device, self.id, true, now);
+        }
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe, p: &mut Platform) {
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for filter in u.filters {
+            let before = self.subs.len();
+            self.subs.retain(|(f, _)| *f != filter);
+            if self.subs.len() < before {
+                codes.push(rc::SUCCESS);
+                if let Some(device) = self.device() {
+                    match subscription_kind(&filter) {
+                        Some(SubKind::Attributes(_)) => {
+                            p.subscribe_attributes(device, self.id, false)
+                        }
+                        Some(SubKind::Rpc(_)) => {
+                            p.subscribe_rpc(device, self.id, false, self.last_activity)
+                        }
+                        _ => {}
+                    }
+                }
+            } else {
+                codes.push(rc::NO_SUBSCRIPTION_EXISTED);
+            }
+        }
+        // §1.2: only v5 UNSUBACK carries codes.
+        if self.version != ProtocolVersion::V5 {
+            codes.clear();
+        }
+        self.send(&Packet::UnsubAck(UnsubAck {
+            pkid: u.pkid,
+            codes,
+        }));
+    }
+
+    // ---- PUBLISH ------------------------------------------------------------------------------
+
+    fn on_publish(&mut self, now: Instant, publish: Publish, p: &mut Platform) {
+        let Publish {
+            topic: name,
+            payload,
+            qos,
+            pkid,
+            ..
+        } = publish;
+        // §1.2: Netty rejects wildcards in a PUBLISH topic and QoS > 0 with packet id 0.
+        if name.contains(['+', '#']) || (qos == QoS::AtLeastOnce && pkid == 0) {
+            self.disconnect(rc::MALFORMED, p);
+            return;
+        }
+        match self.state {
+            State::Provision => self.on_provision_publish(now, &name, pkid, &payload, p),
+            State::Device { device, gateway } => {
+                if name.starts_with("v1/gateway") {
+                    // §2: a non-gateway's gateway publish is dropped silently, no PUBACK.
+                    if gateway {
+                        self.on_gateway_publish(now, device, &name, qos, pkid, &payload, p);
+                    }
+                } else {
+                    self.on_device_publish(now, device, gateway, &name, qos, pkid, &payload, p);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Reacts to a payload error by ThingsBoard's error class (§2.1, §6.2).
+    fn fail(&mut self, failure: Failure, qos: QoS, pkid: u16, p: &mut Platform) {
+        let v5 = self.version == ProtocolVersion::V5;
+        match failure {
+            Failure::Adaptor => {
+                if v5 {
+                    if qos == QoS::AtMostOnce {
+                        self.disconnect(rc::PAYLOAD_FORMAT_INVALID, p);
+                    } else {
+                        self.puback(pkid, rc::PAYLOAD_FORMAT_INVALID);
+                    }
+                } else if p.config.send_ack_on_validation_exception && pkid > 0 {
+                    self.puback(pkid, 0);
+                } else {
+                    self.close(p);
+                }
+            }
+            Failure::Shape => {
+                self.puback(pkid, rc::IMPLEMENTATION_SPECIFIC);
+                self.disconnect(rc::IMPLEMENTATION_SPECIFIC, p);
+            }
+            Failure::Entry => {
+                if v5 {
+                    self.puback(pkid, rc::PAYLOAD_FORMAT_INVALID);
+                } else {
+                    self.close(p);
+                }
+            }
+        }
+    }
+
+    /// A get-or-create that the rate limit refused: the exception escapes (§2.1) → 0x8B.
+    fn fail_child_creation(&mut self, p: &mut Platform) {
+        self.disconnect(rc::SERVER_SHUTTING_DOWN, p);
+    }
+
+    /// A rate-limited child message: PUBACK 0x97 (v3: plain), then TCP close (§2.1, §7).
+    fn fail_child_rate(&mut self, pkid: u16, p: &mut Platform) {
+        self.puback(pkid, rc::QUOTA_EXCEEDED);
+        self.close(p);
+    }
+
+    /// A rate-limited device-API message: no PUBACK, DISCONNECT 0x83 (§6.2, §7).
+    fn fail_device_rate(&mut self, p: &mut Platform) {
+        self.disconnect(rc::IMPLEMENTATION_SPECIFIC, p);
+    }
+
+    /// Get (cached) or create a child session by name (AGSH `getDeviceCreationFuture`).
+    fn child(
+        &mut self,
+        now: Instant,
+        gateway: DeviceId,
+        name: &str,
+        device_type: Option<&str>,
+        p: &mut Platform,
+    ) -> Result<DeviceId, ChildError> {
+        if let Some(c) = self.children.get_mut(name) {
+            if p.is_bound(c.device, self.id) {
+                c.last_activity = now;
+                return Ok(c.device);
+            }
+        }
+        if p.check_rate(Sender::Child { gateway }, name, 0, now) != RateCheck::Ok {
+            return Err(ChildError::RateLimited);
+        }
+        let device = p
+            .get_or_create_child(gateway, name, device_type)
+            .map_err(|CreateError::DeviceLimit| ChildError::DeviceLimit)?;
+        self.children.insert(
+            name.to_owned(),
+            Child {
+                device,
+                last_activity: now,
+            },
+        );
+        p.bind(device, self.id, Some(gateway), now);
+        Ok(device)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_gateway_publish(
+        &mut self,
+        now: Instant,
+        gateway: DeviceId,
+        name: &str,
+        qos: QoS,
+        pkid: u16,
+        payload: &[u8],
+        p: &mut Platform,
+    ) {
+        let Some(kind) = topic::classify_uplink(name).filter(UplinkTopic::is_gateway) else {
+            self.puback(pkid, rc::TOPIC_NAME_INVALID);
+            return;
+        };
+        // Syntax first: an AdaptorException (§2.1 row 1) whatever the topic.
+        if serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_err()
+            && !payload.iter().all(u8::is_ascii_whitespace)
+        {
+            self.fail(Failure::Adaptor, qos, pkid, p);
+            return;
+        }
+        match kind {
+            UplinkTopic::GatewayConnect => match pl::Connect::parse(payload) {
+                Err(e) => self.fail(classify_gateway_error(&e), qos, pkid, p),
+                Ok(c) => match self.child(now, gateway, &c.device, c.device_type.as_deref(), p) {
+                    Ok(_) => self.puback(pkid, rc::SUCCESS),
+                    Err(ChildError::RateLimited) => self.fail_child_creation(p),
+                    Err(ChildError::DeviceLimit) => {
+                        if !p.config.quirks.no_puback_on_connect_failure {
+                            self.puback(pkid, rc::QUOTA_EXCEEDED);
+                        }
+                    }
+                },
+            },
+            UplinkTopic::GatewayDisconnect => match pl::Disconnect::parse(payload) {
+                Err(e) => self.fail(classify_gateway_error(&e), qos, pkid, p),
+                Ok(d) => {
+                    if let Some(c) = self.children.remove(&d.device) {
+                        p.unbind(c.device, self.id);
+                    }
+                    self.puback(pkid, rc::SUCCESS);
+                }
+            },
+            UplinkTopic::GatewayTelemetry => {
+                match parse_per_device(payload, GatewayTelemetry::parse, |t| t.devices) {
+                    Err(e) => self.fail(classify_gateway_error(&e), qos, pkid, p),
+                    Ok(devices) => {
+                        let items = devices.into_iter().map(|(device, entries)| {
+                            let points = entries.as_ref().map_or(0, |entries| {
+                                entries
+                                    .iter()
+                                    .map(|e| e.values.values().filter(|v| !v.is_null()).count())
+                                    .sum::<usize>() as u64
+                            });
+                            (device, points, entries.map(Stored::Telemetry))
+                        });
+                        self.per_device(now, gateway, qos, pkid, items.collect(), p);
+                    }
+                }
+            }
+            UplinkTopic::GatewayAttributes => {
+                match parse_per_device(payload, GatewayAttributes::parse, |a| a.devices) {
+                    Err(e) => self.fail(classify_gateway_error(&e), qos, pkid, p),
+                    Ok(devices) => {
+                        let items = devices
+                            .into_iter()
+                            .map(|(d, m)| (d, 0, m.map(Stored::Attributes)));
+                        self.per_device(now, gateway, qos, pkid, items.collect(), p);
+                    }
+                }
+            }
+            UplinkTopic::GatewayClaim => {
+                match parse_per_device(payload, GatewayClaim::parse, |c| c.devices) {
+                    Err(e) => self.fail(classify_gateway_error(&e), qos, pkid, p),
+                    Ok(devices) => {
+                        let items = devices
+                            .into_iter()
+                            .map(|(d, c)| (d, 0, c.map(Stored::Claim)));
+                        self.per_device(now, gateway, qos, pkid, items.collect(), p);
+                    }
+                }
+            }
+            UplinkTopic::GatewayAttributesRequest => {
+                match GatewayAttributeRequest::parse(payload) {
+                    Err(e) => self.fail(classify_gateway_error(&e), qos, pkid, p),
+                    Ok(req) => {
+                        let child = match self.child(now, gateway, &req.device, None, p) {
+                            Ok(c) => c,
+                            Err(ChildError::RateLimited) => return self.fail_child_creation(p),
+                            // §2.6: a failed implicit creation is acknowledged with 0x83 here.
+                            Err(ChildError::DeviceLimit) => {
+                                return self.puback(pkid, rc::IMPLEMENTATION_SPECIFIC)
+                            }
+                        };
+                        if p.check_rate(Sender::Child { gateway }, &req.device, 0, now)
+                            != RateCheck::Ok
+                        {
+                            return self.fail_child_rate(pkid, p);
+                        }
+                        let keys = match &req.keys {
+                            RequestedKeys::Key(k) => vec![k.clone()],
+                            RequestedKeys::Keys(ks) => ks.clone(),
+                        };
+                        let (client, shared) = if req.client {
+                            p.get_attributes(child, &keys, &[])
+                        } else {
+                            p.get_attributes(child, &[], &keys)
+                        };
+                        let mut found = client;
+                        found.extend(shared);
+                        self.puback(pkid, rc::SUCCESS);
+                        let response = GatewayAttributeResponse::for_request(&req, found);
+                        self.publish(topic::GATEWAY_ATTRIBUTES_RESPONSE, &response.to_vec(), p);
+                    }
+                }
+            }
+            UplinkTopic::GatewayRpc => match GatewayRpcResponse::parse(payload) {
+                Err(e) => self.fail(classify_gateway_error(&e), qos, pkid, p),
+                Ok(reply) => {
+                    let child = match self.child(now, gateway, &reply.device, None, p) {
+                        Ok(c) => c,
+                        Err(ChildError::RateLimited) => return self.fail_child_creation(p),
+                        Err(ChildError::DeviceLimit) => {
+                            return self.puback(pkid, rc::QUOTA_EXCEEDED)
+                        }
+                    };
+                    if p.check_rate(Sender::Child { gateway }, &reply.device, 0, now)
+                        != RateCheck::Ok
+                    {
+                        return self.fail_child_rate(pkid, p);
+                    }
+                    p.rpc_reply(child, reply.id, reply.data);
+                    self.puback(pkid, rc::SUCCESS);
+                }
+            },
+            _ => self.puback(pkid, rc::TOPIC_NAME_INVALID),
+        }
+    }
+
+    /// Multi-device gateway messages: get-or-create each child, rate-check, store; then one
+    /// aggregated PUBACK (or, with the pre-4.2.1 quirk, one per entry).
+    /// `None` items failed conversion: their device is still looked up or created.
+    fn per_device(
+        &mut self,
+        now: Instant,
+        gateway: DeviceId,
+        qos: QoS,
+        pkid: u16,
+        items: Vec<(String, u64, Option<Stored>)>,
+        p: &mut Platform,
+    ) {
+        let per_entry = p.config.quirks.per_device_pubacks;
+        let wall_ms = p.wall_ms(now);
+        let mut entry_failed = false;
+        let mut first_failure: Option<u8> = None;
+        for (name, points, stored) in items {
+            let child = match self.child(now, gateway, &name, None, p) {
+                Ok(c) => c,
+                Err(ChildError::RateLimited) => return self.fail_child_creation(p),
+                Err(ChildError::DeviceLimit) => {
+                    if per_entry {
+                        if !p.config.quirks.no_puback_on_connect_failure {
+                            self.puback(pkid, rc::QUOTA_EXCEEDED);
+                        }
+                    } else {
+                        first_failure.get_or_insert(rc::QUOTA_EXCEEDED);
+                    }
+                    continue;
+                }
+            };
+            let Some(stored) = stored else {
+                entry_failed = true;
+                continue;
+            };
+            if p.check_rate(Sender::Child { gateway }, &name, points, now) != RateCheck::Ok {
+                return self.fail_child_rate(pkid, p);
+            }
+            match stored {
+                Stored::Telemetry(entries) => {
+                    for e in entries {
+                        p.store_telemetry(child, e.ts.unwrap_or(wall_ms), &e.values);
+                    }
+                }
+                Stored::Attributes(values) => p.store_client_attributes(child, &values),
+                Stored::Claim(c) => p.allow_claim(child, c.secret_key, c.duration_ms, now),
+            }
+            if per_entry {
+                self.puback(pkid, rc::SUCCESS);
+            }
+        }
+        if entry_failed {
+            return self.fail(Failure::Entry, qos, pkid, p);
+        }
+        if !per_entry {
+            self.puback(pkid, first_failure.unwrap_or(rc::SUCCESS));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_device_publish(
+        &mut self,
+        now: Instant,
+        device: DeviceId,
+        gateway: bool,
+        name: &str,
+        qos: QoS,
+        pkid: u16,
+        payload: &[u8],
+        p: &mut Platform,
+    ) {
+        let sender = if gateway {
+            Sender::GatewayItself(device)
+        } else {
+            Sender::Device(device)
+        };
+        let device_name = p.name_of(device).unwrap_or_default().to_owned();
+        let Some(kind) = topic::classify_uplink(name) else {
+            // §6.2: unknown topic → PUBACK 0x90 (plain on v3), session kept.
+            return self.puback(pkid, rc::TOPIC_NAME_INVALID);
+        };
+        // Protobuf topics are not emulated: JSON sent there fails like in ThingsBoard.
+        let proto = kind_family(&kind) == Some(TopicFamily::V2Proto);
+        macro_rules! parse_or_fail {
+            ($ty:ty) => {
+                match (proto, <$ty>::parse(payload)) {
+                    (false, Ok(v)) => v,
+                    _ => return self.fail(Failure::Adaptor, qos, pkid, p),
+                }
+            };
+        }
+        macro_rules! rate {
+            ($points:expr) => {
+                if p.check_rate(sender, &device_name, $points, now) != RateCheck::Ok {
+                    return self.fail_device_rate(p);
+                }
+            };
+        }
+        match kind {
+            UplinkTopic::DeviceTelemetry { .. } => {
+                let t = parse_or_fail!(DeviceTelemetry);
+                let points = t
+                    .entries
+                    .iter()
+                    .map(|e| e.values.values().filter(|v| !v.is_null()).count())
+                    .sum::<usize>() as u64;
+                rate!(points);
+                let wall = p.wall_ms(now);
+                for e in t.entries {
+                    p.store_telemetry(device, e.ts.unwrap_or(wall), &e.values);
+                }
+                self.puback(pkid, rc::SUCCESS);
+            }
+            UplinkTopic::DeviceAttributes { .. } => {
+                let a = parse_or_fail!(ClientAttributes);
+                rate!(0);
+                p.store_client_attributes(device, &a.values);
+                self.puback(pkid, rc::SUCCESS);
+            }
+            UplinkTopic::DeviceAttributesRequest { family, id } => {
+                let req = parse_or_fail!(DeviceAttributeRequest);
+                rate!(0);
+                self.puback(pkid, rc::SUCCESS);
+                let (client, shared) =
+                    p.get_attributes(device, req.client_keys(), req.shared_keys());
+                let response = DeviceAttributeResponse { client, shared };
+                let topic = topic::topic_with_id(IdTopicKind::AttributeResponse, family, id);
+                self.publish(&topic, &response.to_vec(), p);
+            }
+            UplinkTopic::DeviceRpcResponse { id, .. } => {
+                if proto {
+                    return self.fail(Failure::Adaptor, qos, pkid, p);
+                }
+                rate!(0);
+                // Stored verbatim, not validated as JSON (§3.6).
+                let data = serde_json::from_slice(payload).unwrap_or_else(|_| {
+                    Value::String(String::from_utf8_lossy(payload).into_owned())
+                });
+                p.rpc_reply(device, id, data);
+                self.puback(pkid, rc::SUCCESS);
+            }
+            UplinkTopic::DeviceRpcRequest { family, id } => {
+                let request = match (proto, pl::RpcRequest::parse(payload)) {
+                    (false, Ok(r)) => r,
+                    // §3.6: a missing method is an uncaught NPE → DISCONNECT 0x8B.
+                    (false, Err(PayloadError::MissingField("method"))) => {
+                        return self.disconnect(rc::SERVER_SHUTTING_DOWN, p)
+                    }
+                    _ => return self.fail(Failure::Adaptor, qos, pkid, p),
+                };
+                rate!(0);
+                self.puback(pkid, rc::SUCCESS);
+                self.client_rpc(now, device, &device_name, gateway, family, id, request, p);
+            }
+            UplinkTopic::DeviceClaim => {
+                let claim = parse_or_fail!(pl::Claim);
+                rate!(0);
+                p.allow_claim(device, claim.secret_key, claim.duration_ms, now);
+                self.puback(pkid, rc::SUCCESS);
+            }
+            UplinkTopic::OtaChunkRequest {
+                kind,
+                request_id,
+                chunk,
+            } => self.ota_chunk(device, kind, request_id, chunk, pkid, payload, p),
+            // Provisioning and gateway topics are not device-API topics.
+            _ => self.puback(pkid, rc::TOPIC_NAME_INVALID),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn client_rpc(
+        &mut self,
+        now: Instant,
+        device: DeviceId,
+        device_name: &str,
+        gateway: bool,
+        family: TopicFamily,
+        id: u64,
+        request: pl::RpcRequest,
+        p: &mut Platform,
+    ) {
+        let topic = topic::topic_with_id(IdTopicKind::RpcResponse, family, id);
+        // §3.6: `getSessionLimits` on the v1 topic is answered by the transport itself.
+        if request.method == SessionLimits::METHOD && family == TopicFamily::V1 {
+            let limits = p.limits();
+            let (own, gateway_limits) = if gateway {
+                (
+                    limits.gateway_device.to_payload(),
+                    Some(limits.gateway.to_payload()),
+                )
+            } else {
+                (limits.device.to_payload(), None)
+            };
+            let answer = SessionLimits {
+                max_payload_size: p.config.max_packet_size as u64,
+                max_inflight_messages: p.config.max_inflight_messages,
+                rate_limits: own,
+                gateway_rate_limits: gateway_limits,
+            };
+            return self.publish(&topic, &answer.to_vec(), p);
+        }
+        let _ = device;
+        let call = ClientRpcCall {
+            device: device_name.to_owned(),
+            id,
+            method: request.method,
+            params: request.params,
+        };
+        let reply = match p.client_rpc(&call) {
+            ClientRpcAnswer::Reply(v) => ClientRpcResponse::Ok(v),
+            ClientRpcAnswer::Error(e) => ClientRpcResponse::Error(e),
+            ClientRpcAnswer::NoAnswer => {
+                if self.client_rpcs.len() < p.config.bounds.max_pending_client_rpcs {
+                    self.client_rpcs.push_back(PendingClientRpc {
+                        id,
+                        family,
+                        deadline: now + p.config.client_rpc_timeout,
+                    });
+                    return;
+                }
+                ClientRpcResponse::Error(ClientRpcResponse::TIMEOUT.to_owned())
+            }
+        };
+        self.publish(&topic, &reply.to_vec(), p);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ota_chunk(
+        &mut self,
+        device: DeviceId,
+        kind: OtaKind,
+        request_id: u64,
+        chunk: u64,
+        pkid: u16,
+        payload: &[u8],
+        p: &mut Platform,
+    ) {
+        let text = String::from_utf8_lossy(payload);
+        let size = if text.is_empty() {
+            self.ota_sizes.get(&request_id).copied().unwrap_or(0)
+        } else {
+            match text.parse::<u64>() {
+                Ok(n) => {
+                    if self.ota_sizes.len() >= MAX_OTA_REQUESTS {
+                        self.ota_sizes.clear();
+                    }
+                    self.ota_sizes.insert(request_id, n);
+                    n
+                }
+                // §3.6: uncaught NumberFormatException → 0x8B.
+                Err(_) => return self.disconnect(rc::SERVER_SHUTTING_DOWN, p),
+            }
+        };
+        let error_topic = OtaKind::Firmware.error_topic();
+        if size > p.config.max_packet_size as u64 {
+            self.publish(error_topic, b"PAYLOAD_TOO_LARGE", p);
+            return self.disconnect(rc::IMPLEMENTATION_SPECIFIC, p);
+        }
+        let Some(data) = p
+            .ota(device, kind == OtaKind::Firmware)
+            .map(|pkg| pkg.data.clone())
+        else {
+            // §3.6: errors go to v2/fw/error even for software.
+            self.publish(error_topic, b"NOT_FOUND", p);
+            return self.disconnect(rc::IMPLEMENTATION_SPECIFIC, p);
+        };
+        self.puback(pkid, rc::SUCCESS);
+        let bytes = if size == 0 {
+            data
+        } else {
+            let start = chunk.saturating_mul(size);
+            let start = usize::try_from(start).unwrap_or(usize::MAX).min(data.len());
+            let end = usize::try_from(size)
+                .map_or(data.len(), |s| start.saturating_add(s))
+                .min(data.len());
+            data.slice(start..end)
+        };
+        let topic = topic::ota_chunk_response_topic(kind, request_id, chunk);
+        self.publish(&topic, &bytes, p);
+    }
+
+    fn on_provision_publish(
+        &mut self,
+        now: Instant,
+        name: &str,
+        pkid: u16,
+        payload: &[u8],
+        p: &mut Platform,
+    ) {
+        if name != topic::PROVISION_REQUEST {
+            // §3.6: any other topic → PUBACK 0x90 + DISCONNECT 0x90.
+            self.puback(pkid, rc::TOPIC_NAME_INVALID);
+            return self.disconnect(rc::TOPIC_NAME_INVALID, p);
+        }
+        let Ok(request) = ProvisionRequest::parse(payload) else {
+            self.puback(pkid, rc::IMPLEMENTATION_SPECIFIC);
+            return self.disconnect(rc::IMPLEMENTATION_SPECIFIC, p);
+        };
+        let response = p.provision(&request);
+        self.puback(pkid, rc::SUCCESS);
+        self.publish(topic::PROVISION_RESPONSE, &response.to_vec(), p);
+        self.provision_close_at = Some(now + p.config.provision_close_delay);
+    }
+}
+
+/// What a gateway message stores per device.
+enum Stored {
+    Telemetry(Vec<pl::TelemetryEntry>),
+    Attributes(Map<String, Value>),
+    Claim(pl::Claim),
+}
+
+/// Parses a multi-device gateway message. On a per-device conversion failure the other devices
+/// are still processed (§2.1 row 4), so the message is re-parsed one device at a time; a
+/// device whose entry failed comes back as `None` (ThingsBoard gets or creates the device
+/// before converting its entry).
+fn parse_per_device<T, I>(
+    payload: &[u8],
+    parse: fn(&[u8]) -> Result<T, PayloadError>,
+    devices: fn(T) -> std::collections::BTreeMap<String, I>,
+) -> Result<Vec<(String, Option<I>)>, PayloadError> {
+    match parse(payload) {
+        Ok(t) => Ok(devices(t).into_iter().map(|(d, i)| (d, Some(i))).collect()),
+        Err(PayloadError::DeviceEntry { .. }) => {
+            let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(payload) else {
+                return Err(PayloadError::NoDeviceEntries);
+            };
+            let mut items = Vec::new();
+            for (device, value) in obj {
+                let mut one = Map::new();
+                one.insert(device.clone(), value);
+                let Ok(bytes) = serde_json::to_vec(&Value::Object(one)) else {
+                    continue;
+                };
+                match parse(&bytes) {
+                    Ok(t) => items.extend(devices(t).into_iter().map(|(d, i)| (d, Some(i)))),
+                    Err(PayloadError::DeviceEntry { .. }) => items.push((device, None)),
+                    Err(PayloadError::EmptyDeviceName) => {
+                        return Err(PayloadError::EmptyDeviceName)
+                    }
+                    // An entry of the wrong JSON type is skipped, as by the server.
+                    Err(_) => {}
+                }
+            }
+            Ok(items)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Gateway payload errors: syntax → AdaptorException; per-device conversion → entry failure;
+/// everything else (wrong shape, missing field, empty name, no entries) → RuntimeException.
+fn classify_gateway_error(e: &PayloadError) -> Failure {
+    match e {
+        PayloadError::InvalidJson { .. } => Failure::Adaptor,
+        PayloadError::DeviceEntry { .. } => Failure::Entry,
+        _ => Failure::Shape,
+    }
+}
+
+fn kind_family(kind: &UplinkTopic) -> Option<TopicFamily> {
+    match *kind {
+        UplinkTopic::DeviceTelemetry { family }
+        | UplinkTopic::DeviceAttributes { family }
+        | UplinkTopic::DeviceAttributesRequest { family, .. }
+        | UplinkTopic::DeviceRpcRequest { family, .. }
+        | UplinkTopic::DeviceRpcResponse { family, .. } => Some(family),
+        _ => None,
+    }
+}
+
+/// What an accepted subscription filter does (§1.2).
+enum SubKind {
+    Attributes(TopicFamily),
+    Rpc(TopicFamily),
+    QosOnly,
+}
+
+/// The exact filters ThingsBoard accepts (Java `switch` on the string: no general wildcards).
+fn subscription_kind(filter: &str) -> Option<SubKind> {
+    for family in TopicFamily::ALL {
+        if filter == family.attributes_topic() {
+            return Some(SubKind::Attributes(family));
+        }
+        if filter == family.subscription_filter(IdTopicKind::RpcRequest) {
+            return Some(SubKind::Rpc(family));
+        }
+        if filter == family.subscription_filter(IdTopicKind::AttributeResponse)
+            || filter == family.subscription_filter(IdTopicKind::RpcResponse)
+        {
+            return Some(SubKind::QosOnly);
+        }
+    }
+    match filter {
+        topic::GATEWAY_ATTRIBUTES
+        | topic::GATEWAY_RPC
+        | topic::GATEWAY_ATTRIBUTES_RESPONSE
+        | topic::FW_RESPONSE_SUB
+        | topic::SW_RESPONSE_SUB
+        | topic::FW_ERROR
+        | topic::SW_ERROR => Some(SubKind::QosOnly),
+        _ => None,
+    }
+}
+
+/// MQTT filter matching as ThingsBoard's `MqttTopicMatcher` (`+` = one level, `#` = rest).
+fn filter_matches(filter: &str, topic: &str) -> bool {
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), Some(_)) => return true,
+            (Some("+"), Some(level)) if !level.is_empty() => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_match_like_the_server() {
+        assert!(filter_matches(
+            "v1/devices/me/rpc/request/+",
+            "v1/devices/me/rpc/request/7"
+        ));
+        assert!(!filter_matches(
+            "v1/devices/me/rpc/request/+",
+            "v1/devices/me/rpc/request/7/x"
+        ));
+        assert!(filter_matches("v1/gateway/rpc", "v1/gateway/rpc"));
+        assert!(!filter_matches("v1/gateway/rpc", "v1/gateway/attributes"));
+        assert!(filter_matches(
+            "v2/fw/response/+/chunk/+",
+            "v2/fw/response/1/chunk/0"
+        ));
+    }
+
+    #[test]
+    fn only_the_exact_filter_list_is_accepted() {
+        for ok in [
+            "v1/devices/me/attributes",
+            "v2/a/p",
+            "v1/devices/me/rpc/request/+",
+            "v2/r/req/j/+",
+            "v1/devices/me/attributes/response/+",
+            "v2/r/res/+",
+            "v1/gateway/attributes",
+            "v1/gateway/rpc",
+            "v1/gateway/attributes/response",
+            "v2/fw/response/+/chunk/+",
+            "v2/sw/error",
+        ] {
+            assert!(subscription_kind(ok).is_some(), "{ok}");
+        }
+        for bad in [
+            "#",
+            "v1/devices/me/#",
+            "v1/gateway/#",
+            "v1/devices/me/rpc/request/#",
+            "v1/gateway/disconnect",
+            "v1/gateway/connect",
+            "v1/gateway/telemetry",
+            "v1/gateway/claim",
+            "v1/devices/me/telemetry",
+            "wrong/topic/+",
+            "/provision/response",
+        ] {
+            assert!(subscription_kind(bad).is_none(), "{bad}");
+        }
+    }
+}

@@ -431,8 +431,11 @@ impl Api {
                     .insert_at(wire, Some(id), expect, now + timeout);
             }
             Commit::RpcReply { device, id: rpc } => {
+                // A reply is activity for a tracked sub-device, but does not start tracking
+                // one: the server routed the RPC here, the application never announced it,
+                // and the registry bound must hold.
                 if let Some(d) = &device {
-                    self.registry.touch(d, None, now);
+                    self.registry.touch_if_tracked(d, now);
                 }
                 self.server_rpcs.take(device.as_deref(), rpc);
             }

@@ -484,6 +484,8 @@ impl Connection {
                 }
             }
         }
+        // Expired publishes and requests may have been what queued messages waited behind.
+        self.pump(now);
     }
 
     // ----- commands ---------------------------------------------------------------------

@@ -91,6 +91,13 @@ impl Registry {
         }
     }
 
+    /// Records an uplink for `name` if it is tracked; never adds it.
+    pub(crate) fn touch_if_tracked(&mut self, name: &str, now: Instant) {
+        if let Some(d) = self.devices.get_mut(name) {
+            d.last_uplink = now;
+        }
+    }
+
     /// Forgets `name`; true if it was tracked.
     pub(crate) fn remove(&mut self, name: &str) -> bool {
         self.devices.remove(name).is_some()

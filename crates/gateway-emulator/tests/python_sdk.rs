@@ -244,6 +244,17 @@ async fn control_inner(emu: &EmulatorHandle, req: &Value) -> Result<Value, Strin
                 "created_by_gateway": d.created_by_gateway,
             }),
         }),
+        "drop_session" => {
+            // Closes the device's connection without a DISCONNECT (a network failure).
+            let name = device()?;
+            let session = emu
+                .sessions()
+                .into_iter()
+                .find(|s| s.device.as_deref() == Some(name))
+                .ok_or_else(|| format!("{name} has no session"))?;
+            emu.drop_session(session.id).map_err(err)?;
+            Ok(Value::Null)
+        }
         other => Err(format!("unknown op {other:?}")),
     }
 }
@@ -348,6 +359,32 @@ async fn gateway_two_way_rpc() {
     );
     assert_eq!(rpcs[1]["ok"], json!({"outcome": "delivered"}));
     assert_eq!(rpcs[2]["ok"], json!({"outcome": "timeout"}));
+    emu.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_reconnect_and_child_disconnect() {
+    let emu = EmulatorHandle::start(EmulatorConfig::default())
+        .await
+        .unwrap();
+    emu.create_device(NewDevice::gateway("Gateway", "GW_TOKEN"))
+        .unwrap();
+    let run = run_scenario(&emu, "gateway_reconnect").await;
+    let outcomes: Vec<&Value> = run.answers("rpc").into_iter().map(|a| &a["ok"]).collect();
+    assert_eq!(
+        outcomes,
+        [
+            &json!({"outcome": "no_active_connection"}),
+            &json!({"outcome": "no_active_connection"})
+        ]
+    );
+    // Only the value pushed while "Pump" was connected through the new session got through, and
+    // the platform kept all of them.
+    assert_eq!(
+        emu.shared_attributes("Pump").unwrap(),
+        obj(json!({"speed": 4}))
+    );
+    assert_eq!(latest(&emu, "Pump", "flow"), json!(7));
     emu.shutdown();
 }
 

@@ -45,6 +45,15 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Checked by a client nobody here wrote
+//!
+//! `tests/python_sdk.rs` runs the official ThingsBoard Python SDK (`tb-mqtt-client`, pinned in
+//! `tests/python_sdk/requirements.txt`) against an [`EmulatorHandle`]: gateway and device APIs,
+//! `getSessionLimits`, provisioning and the SDK's firmware flow, asserting both the SDK's view
+//! and the platform's. It needs the venv: `python3 -m venv .venv-sdk &&
+//! .venv-sdk/bin/pip install -r crates/gateway-emulator/tests/python_sdk/requirements.txt`
+//! (or `$TB_SDK_PYTHON`).
+//!
 //! ## What is faithful
 //!
 //! * CONNECT: access token, MQTT basic credentials with ThingsBoard's lookup order; CONNACK

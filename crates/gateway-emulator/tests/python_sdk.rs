@@ -10,8 +10,9 @@
 //! Afterwards the test asserts the emulator's side (stored telemetry, attributes, devices,
 //! children, RPC outcomes).
 //!
-//! The interpreter is `$TB_SDK_PYTHON`, or else `.venv-sdk/bin/python` at the workspace root.
-//! Without it these tests fail (they never skip) and say how to create it:
+//! The interpreter is `$TB_SDK_PYTHON`, or else `.venv-sdk/bin/python` at the workspace root,
+//! which the first test creates when it is missing (`python3 -m venv` plus the pinned
+//! requirements). If that fails, the tests fail (they never skip) and say how to create it:
 //!
 //! ```text
 //! python3 -m venv .venv-sdk && .venv-sdk/bin/pip install -r crates/gateway-emulator/tests/python_sdk/requirements.txt
@@ -45,24 +46,73 @@ fn sdk_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python_sdk")
 }
 
-/// The venv's interpreter; panics (fails the test) with instructions when it is missing.
+/// The venv's interpreter. `$TB_SDK_PYTHON` wins; otherwise the default venv is created on
+/// first use (once per test process) with `python3 -m venv` and the pinned requirements, so
+/// `cargo test --workspace` needs nothing set up by hand. Any failure fails the test with
+/// instructions; these tests never skip.
 fn python() -> PathBuf {
-    let (path, source) = match std::env::var_os("TB_SDK_PYTHON") {
-        Some(p) => (PathBuf::from(p), "$TB_SDK_PYTHON"),
-        None => (
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-sdk/bin/python"),
-            "the default venv path",
+    if let Some(p) = std::env::var_os("TB_SDK_PYTHON") {
+        let path = PathBuf::from(p);
+        assert!(
+            path.exists(),
+            "$TB_SDK_PYTHON = {} does not exist. Unset it to let the tests create the default \
+             venv, or create one with:\n  {VENV_HINT}",
+            path.display()
+        );
+        return path;
+    }
+    static DEFAULT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    match DEFAULT.get_or_init(create_default_venv) {
+        Ok(path) => path.clone(),
+        Err(why) => panic!(
+            "the Python SDK venv could not be created: {why}\n\
+             These tests run the official ThingsBoard Python SDK against the emulator. \
+             Create the venv from the workspace root with:\n  {VENV_HINT}\n\
+             or point $TB_SDK_PYTHON at a Python that has the pinned requirements installed."
         ),
+    }
+}
+
+/// `.venv-sdk` at the workspace root, created and filled if its interpreter is missing.
+fn create_default_venv() -> Result<PathBuf, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let venv = root.join(".venv-sdk");
+    let python = venv.join("bin/python");
+    if python.exists() {
+        return Ok(python);
+    }
+    let run = |program: &Path, args: &[&std::ffi::OsStr]| -> Result<(), String> {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .output()
+            .map_err(|e| format!("running {}: {e}", program.display()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} {:?} failed: {}",
+                program.display(),
+                args,
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
     };
-    assert!(
-        path.exists(),
-        "the Python SDK venv is missing: {} ({source}) does not exist.\n\
-         These tests run the official ThingsBoard Python SDK against the emulator. \
-         Create the venv from the workspace root with:\n  {VENV_HINT}\n\
-         or point $TB_SDK_PYTHON at a Python that has the pinned requirements installed.",
-        path.display()
-    );
-    path
+    run(
+        Path::new("python3"),
+        &["-m".as_ref(), "venv".as_ref(), venv.as_os_str()],
+    )?;
+    let requirements = sdk_dir().join("requirements.txt");
+    run(
+        &venv.join("bin/pip"),
+        &[
+            "install".as_ref(),
+            "--quiet".as_ref(),
+            "--disable-pip-version-check".as_ref(),
+            "-r".as_ref(),
+            requirements.as_os_str(),
+        ],
+    )?;
+    Ok(python)
 }
 
 /// What a scenario run left behind for the Rust-side assertions.

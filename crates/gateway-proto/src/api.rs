@@ -25,11 +25,10 @@ use crate::payload::gateway::{
     write_gateway_attributes, write_gateway_claim, write_gateway_telemetry_entries,
 };
 use crate::payload::{
-    AttributeResult, AttributeUpdate, ClientAttributes, ClientRpcResponse, Connect,
-    DeviceAttributeRequest, DeviceAttributeResponse, Disconnect, DisconnectNotice,
-    GatewayAttributeRequest, GatewayAttributeResponse, GatewayAttributeUpdate, GatewayNotification,
-    GatewayRpcRequest, GatewayRpcResponse, Payload, PayloadError, RequestedKeys, RpcRequest,
-    TelemetryEntry,
+    AttributeResult, AttributeUpdate, ClientAttributes, Connect, DeviceAttributeRequest,
+    DeviceAttributeResponse, Disconnect, DisconnectNotice, GatewayAttributeRequest,
+    GatewayAttributeResponse, GatewayAttributeUpdate, GatewayNotification, GatewayRpcRequest,
+    GatewayRpcResponse, Payload, PayloadError, RequestedKeys, RpcRequest, TelemetryEntry,
 };
 use crate::reason::ReasonCode;
 use crate::registry::Registry;
@@ -717,35 +716,19 @@ impl Api {
                 }
                 None
             }
-            InboundTopic::DeviceAttributesResponse { id, .. } => {
-                let matches = matches!(
-                    self.requests.get(id),
-                    Some(Pending {
-                        expect: Expect::DeviceAttributes,
-                        ..
-                    })
-                );
-                if !matches {
-                    out.event(Event::Warning(Warning::UnmatchedResponse { topic, id }));
-                    return None;
-                }
-                match DeviceAttributeResponse::parse(&payload) {
-                    Ok(r) => {
-                        let request = self.requests.take(id)?.request?;
-                        out.event(Event::AttributeResponse {
-                            request: RequestId(request),
-                            device: None,
-                            client: r.client,
-                            shared: r.shared,
-                        });
-                        Some(request)
-                    }
-                    Err(error) => {
-                        invalid(out, topic, error);
-                        None
-                    }
-                }
-            }
+            InboundTopic::DeviceAttributesResponse { id, .. } => self.complete(
+                topic,
+                id,
+                &payload,
+                Expect::DeviceAttributes,
+                out,
+                |request, r: DeviceAttributeResponse| Event::AttributeResponse {
+                    request,
+                    device: None,
+                    client: r.client,
+                    shared: r.shared,
+                },
+            ),
             InboundTopic::DeviceRpcRequest { family, id } => {
                 match RpcRequest::parse(&payload) {
                     Ok(rpc) => {
@@ -765,35 +748,45 @@ impl Api {
                 }
                 None
             }
-            InboundTopic::DeviceRpcResponse { id, .. } => {
-                let matches = matches!(
-                    self.requests.get(id),
-                    Some(Pending {
-                        expect: Expect::ClientRpc,
-                        ..
-                    })
-                );
-                if !matches {
-                    out.event(Event::Warning(Warning::UnmatchedResponse { topic, id }));
-                    return None;
-                }
-                match ClientRpcResponse::parse(&payload) {
-                    Ok(response) => {
-                        let request = self.requests.take(id)?.request?;
-                        out.event(Event::RpcResponse {
-                            request: RequestId(request),
-                            response,
-                        });
-                        Some(request)
-                    }
-                    Err(error) => {
-                        invalid(out, topic, error);
-                        None
-                    }
-                }
-            }
+            InboundTopic::DeviceRpcResponse { id, .. } => self.complete(
+                topic,
+                id,
+                &payload,
+                Expect::ClientRpc,
+                out,
+                |request, response| Event::RpcResponse { request, response },
+            ),
             _ => {
                 out.event(Event::Message { topic, payload });
+                None
+            }
+        }
+    }
+
+    /// A device-API answer on `topic` for wire id `id`: if a request of kind `expect` waits
+    /// for it and the payload parses as `P`, the request ends with the event `done` builds.
+    /// Otherwise a warning, and the request keeps waiting.
+    fn complete<P: Payload>(
+        &mut self,
+        topic: String,
+        id: u64,
+        payload: &[u8],
+        expect: Expect,
+        out: &mut OutputQueue,
+        done: impl FnOnce(RequestId, P) -> Event,
+    ) -> Option<u64> {
+        if !self.requests.get(id).is_some_and(|p| p.expect == expect) {
+            out.event(Event::Warning(Warning::UnmatchedResponse { topic, id }));
+            return None;
+        }
+        match P::parse(payload) {
+            Ok(answer) => {
+                let request = self.requests.take(id)?.request?;
+                out.event(done(RequestId(request), answer));
+                Some(request)
+            }
+            Err(error) => {
+                invalid(out, topic, error);
                 None
             }
         }

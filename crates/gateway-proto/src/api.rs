@@ -83,9 +83,11 @@ pub(crate) struct Api {
     registry: Registry,
     requests: PendingRequests,
     server_rpcs: ServerRpcs,
-    /// Announces and keep-alives waiting for the in-flight window.
+    /// Announces and keep-alives waiting for the in-flight window. At most one entry per
+    /// tracked sub-device (the registry's `queued` mark); cleared when the session ends.
     lane: VecDeque<LaneItem>,
-    /// Application connect commands not finished yet: request id → device.
+    /// Application connect commands not finished yet: request id → device. Bounded like the
+    /// publishes they belong to (`max_buffered_bytes`); entries leave with their outcome.
     connects: HashMap<u64, String>,
     keepalive_after: Option<Duration>,
     attribute_timeout: Duration,

@@ -47,6 +47,9 @@ pub(crate) struct Pending {
     pub(crate) acked: bool,
 }
 
+/// Bounds: application requests by `max` (a command past it is refused); keep-alives by the
+/// sub-device registry, since a device is queued for one only after a silent interval and
+/// keep-alives vanish with their deadline or the connection.
 #[derive(Debug)]
 pub(crate) struct PendingRequests {
     by_wire: BTreeMap<u32, Pending>,

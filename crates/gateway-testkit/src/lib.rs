@@ -1,0 +1,10 @@
+//! Test fixtures shared by the workspace's test suites (not a published crate).
+//!
+//! * [`pki`]: a certificate authority, server and client certificates generated at test time,
+//!   as PEM, for TLS and mutual-TLS tests.
+//! * [`mosquitto`]: a real mosquitto broker started on 127.0.0.1 with an ephemeral port, with
+//!   password files and TLS, that can be stopped and restarted, plus a counting subscriber.
+#![forbid(unsafe_code)]
+
+pub mod mosquitto;
+pub mod pki;

@@ -1,0 +1,246 @@
+//! The handles applications talk to: [`Client`] (async, any runtime) and [`BlockingClient`].
+//!
+//! Both have the same methods, generated from one list, in ThingsBoard's words. Each method
+//! puts one request on the driver's bounded queue (waiting for room, so a fast producer is
+//! slowed down instead of growing memory) and returns a [`Pending`] outcome.
+
+use std::sync::Arc;
+
+use async_channel::Sender;
+use gateway_proto::payload::{Claim, ClientRpcResponse};
+use gateway_proto::{AttributeScope, Command, Stats};
+use serde_json::{Map, Value};
+
+use crate::error::ClientError;
+use crate::request::{
+    to_answer, to_attributes, to_delivery, to_rpc, Answer, AttributeValues, Convert, Delivery,
+    Pending, Request, RequestKind,
+};
+
+/// Called after each request is queued, for drivers that cannot wait on the queue itself
+/// (the blocking adapter's thread waits on its own channel).
+pub type Wake = Arc<dyn Fn() + Send + Sync>;
+
+/// A handle to one ThingsBoard connection, for async code on any runtime. Cheap to clone;
+/// the connection closes gracefully when the last handle is dropped or [`close`](Self::close)
+/// is called.
+///
+/// Methods return once the request is queued (waiting for room if the queue is full); the
+/// returned [`Pending`] resolves to its outcome.
+#[derive(Clone)]
+pub struct Client {
+    tx: Sender<Request>,
+    wake: Option<Wake>,
+}
+
+/// The same handle for blocking code: every method blocks the calling thread until the
+/// request is queued; [`Pending::wait`] blocks until its outcome.
+#[derive(Clone)]
+pub struct BlockingClient {
+    inner: Client,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("closed", &self.tx.is_closed())
+            .field("queued", &self.tx.len())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for BlockingClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("BlockingClient").field(&self.inner).finish()
+    }
+}
+
+impl Client {
+    pub(crate) fn new(tx: Sender<Request>, wake: Option<Wake>) -> Self {
+        Self { tx, wake }
+    }
+
+    /// The blocking form of this handle (same connection).
+    pub fn blocking(&self) -> BlockingClient {
+        BlockingClient {
+            inner: self.clone(),
+        }
+    }
+
+    async fn enqueue(&self, request: RequestKind) -> Result<(), ClientError> {
+        self.tx
+            .send(Request(request))
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        if let Some(wake) = &self.wake {
+            wake();
+        }
+        Ok(())
+    }
+
+    async fn submit<T>(
+        &self,
+        command: Command,
+        convert: Convert<T>,
+    ) -> Result<Pending<T>, ClientError> {
+        let (reply, rx) = async_channel::bounded(1);
+        self.enqueue(RequestKind::Command { command, reply })
+            .await?;
+        Ok(Pending::new(rx, convert))
+    }
+
+    /// Counters and buffer levels of the connection.
+    pub async fn stats(&self) -> Result<Stats, ClientError> {
+        let (reply, rx) = async_channel::bounded(1);
+        self.enqueue(RequestKind::Stats(reply)).await?;
+        rx.recv().await.map_err(|_| ClientError::Closed)
+    }
+
+    /// Closes the connection for good (an MQTT DISCONNECT if a session is up); unfinished
+    /// requests fail with [`RequestError::Closed`](gateway_proto::RequestError::Closed).
+    /// Returns when the driver has stopped.
+    pub async fn close(&self) {
+        let (done, rx) = async_channel::bounded::<()>(1);
+        if self.enqueue(RequestKind::Close { done }).await.is_ok() {
+            // The driver drops `done` when it stops; nothing is ever sent on it.
+            let _ = rx.recv().await;
+        }
+    }
+
+    /// Whether the connection is closed (its driver has stopped).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+impl BlockingClient {
+    fn enqueue(&self, request: RequestKind) -> Result<(), ClientError> {
+        self.inner
+            .tx
+            .send_blocking(Request(request))
+            .map_err(|_| ClientError::Closed)?;
+        if let Some(wake) = &self.inner.wake {
+            wake();
+        }
+        Ok(())
+    }
+
+    fn submit<T>(&self, command: Command, convert: Convert<T>) -> Result<Pending<T>, ClientError> {
+        let (reply, rx) = async_channel::bounded(1);
+        self.enqueue(RequestKind::Command { command, reply })?;
+        Ok(Pending::new(rx, convert))
+    }
+
+    /// Counters and buffer levels of the connection.
+    pub fn stats(&self) -> Result<Stats, ClientError> {
+        let (reply, rx) = async_channel::bounded(1);
+        self.enqueue(RequestKind::Stats(reply))?;
+        rx.recv_blocking().map_err(|_| ClientError::Closed)
+    }
+
+    /// Closes the connection for good (an MQTT DISCONNECT if a session is up); unfinished
+    /// requests fail with [`RequestError::Closed`](gateway_proto::RequestError::Closed).
+    /// Returns when the driver has stopped.
+    pub fn close(&self) {
+        let (done, rx) = async_channel::bounded::<()>(1);
+        if self.enqueue(RequestKind::Close { done }).is_ok() {
+            let _ = rx.recv_blocking();
+        }
+    }
+
+    /// Whether the connection is closed (its driver has stopped).
+    pub fn is_closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+
+    /// The async form of this handle (same connection).
+    pub fn to_async(&self) -> Client {
+        self.inner.clone()
+    }
+}
+
+/// Generates each request method twice: `async` on [`Client`], blocking on [`BlockingClient`].
+macro_rules! request_methods {
+    ($(
+        $(#[$doc:meta])*
+        fn $name:ident($($arg:ident: $ty:ty),*) -> $out:ty = $command:expr, $convert:expr;
+    )*) => {
+        impl Client {$(
+            $(#[$doc])*
+            pub async fn $name(&self, $($arg: $ty),*) -> Result<Pending<$out>, ClientError> {
+                self.submit($command, $convert).await
+            }
+        )*}
+        impl BlockingClient {$(
+            $(#[$doc])*
+            pub fn $name(&self, $($arg: $ty),*) -> Result<Pending<$out>, ClientError> {
+                self.submit($command, $convert)
+            }
+        )*}
+    };
+}
+
+request_methods! {
+    /// Any command, including [`Command::Publish`] on a topic of your choice.
+    fn send(command: Command) -> Answer = command, to_answer;
+
+    /// Gateway API: announce a sub-device (`v1/gateway/connect`), optionally with its device
+    /// profile. The connection re-announces it after every reconnect.
+    fn connect_device(device: impl Into<String>, device_type: Option<&str>) -> Delivery =
+        Command::connect_device(device, device_type), to_delivery;
+
+    /// Gateway API: a sub-device went away (`v1/gateway/disconnect`); it is no longer
+    /// re-announced.
+    fn disconnect_device(device: impl Into<String>) -> Delivery =
+        Command::disconnect_device(device), to_delivery;
+
+    /// Gateway API: telemetry of a sub-device, stamped with the server's time.
+    fn device_telemetry(device: impl Into<String>, values: Map<String, Value>) -> Delivery =
+        Command::device_telemetry(device, values), to_delivery;
+
+    /// Gateway API: client-side attributes of a sub-device.
+    fn device_attributes(device: impl Into<String>, values: Map<String, Value>) -> Delivery =
+        Command::device_attributes(device, values), to_delivery;
+
+    /// Gateway API: ask for a sub-device's client or shared attributes.
+    fn request_device_attributes(
+        device: impl Into<String>,
+        scope: AttributeScope,
+        keys: Vec<String>
+    ) -> AttributeValues =
+        Command::request_device_attributes(device, scope, keys), to_attributes;
+
+    /// Gateway API: answer a server-side RPC addressed to a sub-device.
+    fn device_rpc_reply(device: impl Into<String>, id: u64, data: Value) -> Delivery =
+        Command::device_rpc_reply(device, id, data), to_delivery;
+
+    /// Gateway API: let a user claim a sub-device with this secret key and duration.
+    fn claim_device(device: impl Into<String>, claim: Claim) -> Delivery =
+        Command::Gateway(gateway_proto::GatewayCommand::Claim { device: device.into(), claim }),
+        to_delivery;
+
+    /// Device API: telemetry of this connection's own device, stamped with the server's time.
+    fn telemetry(values: Map<String, Value>) -> Delivery = Command::telemetry(values), to_delivery;
+
+    /// Device API: client-side attributes of this connection's own device.
+    fn attributes(values: Map<String, Value>) -> Delivery = Command::attributes(values), to_delivery;
+
+    /// Device API: ask for this device's client and shared attributes.
+    fn request_attributes(client_keys: Vec<String>, shared_keys: Vec<String>) -> AttributeValues =
+        Command::request_attributes(client_keys, shared_keys), to_attributes;
+
+    /// Device API: answer a server-side RPC addressed to this device.
+    fn rpc_reply(id: u64, data: Value) -> Delivery = Command::rpc_reply(id, data), to_delivery;
+
+    /// Device API: call a client-side RPC (e.g. `getCurrentTime`, `getSessionLimits`).
+    fn rpc(method: impl Into<String>, params: Value) -> ClientRpcResponse =
+        Command::rpc(method, params), to_rpc;
+
+    /// Device API: let a user claim this device with this secret key and duration.
+    fn claim(claim: Claim) -> Delivery =
+        Command::Device(gateway_proto::DeviceCommand::Claim(claim)), to_delivery;
+
+    /// A raw QoS 1 publish on any topic ([`Command::publish`]).
+    fn publish(topic: impl Into<String>, payload: bytes::Bytes) -> Delivery =
+        Command::publish(topic, payload), to_delivery;
+}

@@ -1,0 +1,101 @@
+//! Where to connect and how: the settings every adapter takes.
+
+use std::sync::Arc;
+
+use gateway_proto::{Config, Credentials};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+
+use crate::tls::{TlsError, TlsOptions};
+
+/// Where and how to connect. `Debug` never prints credentials or keys.
+///
+/// ```
+/// use gateway_client::{ClientOptions, TlsOptions};
+/// use gateway_proto::Credentials;
+///
+/// let plain = ClientOptions::new("127.0.0.1", 1883, Credentials::AccessToken("TOKEN".into()));
+/// let mtls = ClientOptions::new("tb.example.com", 8883, Credentials::X509)
+///     .tls(TlsOptions::with_ca_file("ca.pem").client_identity_files("gw.pem", "gw.key"));
+/// assert!(!format!("{plain:?}").contains("TOKEN"));
+/// # let _ = mtls;
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ClientOptions {
+    /// Host name or IP address of ThingsBoard's MQTT transport.
+    pub host: String,
+    /// TCP port (ThingsBoard: 1883 plain, 8883 TLS).
+    pub port: u16,
+    /// TLS settings; `None` means plain TCP. A connection with TLS set never falls back to
+    /// plain TCP.
+    pub tls: Option<TlsOptions>,
+    /// The protocol core's settings (credentials, MQTT version, role, timeouts, bounds).
+    pub config: Config,
+    /// Requests queued from client handles to the driver before senders wait. Default 1,024.
+    pub command_capacity: usize,
+    /// Events queued for the application before the driver waits for it. Default 1,024.
+    pub event_capacity: usize,
+    /// Size of the buffer each read from the transport fills. Default 64 KiB.
+    pub read_buffer: usize,
+}
+
+impl ClientOptions {
+    /// Connect to `host:port` with these credentials and the core's defaults (MQTT 5,
+    /// gateway role).
+    pub fn new(host: impl Into<String>, port: u16, credentials: Credentials) -> Self {
+        Self::with_config(host, port, Config::new(credentials))
+    }
+
+    /// Connect to `host:port` with a complete core configuration.
+    pub fn with_config(host: impl Into<String>, port: u16, config: Config) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            tls: None,
+            config,
+            command_capacity: 1024,
+            event_capacity: 1024,
+            read_buffer: 64 * 1024,
+        }
+    }
+
+    /// Use TLS.
+    #[must_use]
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// `host:port`, as dialled.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The rustls configuration and the server name to verify, if TLS is on. Built once per
+    /// connection, so bad PEM files fail before the first dial.
+    pub fn tls_setup(&self) -> Result<Option<TlsSetup>, TlsError> {
+        let Some(tls) = &self.tls else {
+            return Ok(None);
+        };
+        Ok(Some(TlsSetup {
+            config: tls.client_config()?,
+            server_name: tls
+                .server_name_for(self.host.trim_start_matches('[').trim_end_matches(']'))?,
+        }))
+    }
+}
+
+/// A ready rustls client configuration plus the name the server's certificate must carry.
+#[derive(Debug, Clone)]
+pub struct TlsSetup {
+    /// Hand this to `tokio_rustls::TlsConnector`, `futures_rustls::TlsConnector` or
+    /// `rustls::ClientConnection`.
+    pub config: Arc<ClientConfig>,
+    /// The server name for SNI and certificate verification.
+    pub server_name: ServerName<'static>,
+}

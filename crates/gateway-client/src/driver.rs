@@ -94,7 +94,7 @@ pub enum FirstAttempt {
     Retry,
 }
 
-/// Everything [`Driver::new`] makes: the driver for the adapter, the handles for the
+/// Everything [`Driver::build`] makes: the driver for the adapter, the handles for the
 /// application.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -137,7 +137,7 @@ impl Driver {
     /// Creates the core connection (its first action asks for a transport) and the handles.
     /// `wake` is called after every request a handle queues (for adapters that cannot wait
     /// on [`Commands`] directly).
-    pub fn new(
+    pub fn build(
         options: &ClientOptions,
         now: Instant,
         first_attempt: FirstAttempt,
@@ -334,7 +334,7 @@ impl Driver {
                 if self.first_attempt == FirstAttempt::MustSucceed {
                     if let Some(startup) = self.startup.take() {
                         let error = match (reason, self.last_transport_error.take()) {
-                            (DisconnectReason::Refused(r), _) => ConnectError::Refused(r.clone()),
+                            (DisconnectReason::Refused(r), _) => ConnectError::Refused(*r),
                             (DisconnectReason::TransportClosed, Some(e)) => {
                                 ConnectError::Transport(e)
                             }

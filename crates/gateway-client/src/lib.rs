@@ -31,7 +31,7 @@
 //! use gateway_proto::Credentials;
 //!
 //! let options = ClientOptions::new("127.0.0.1", 1883, Credentials::AccessToken("TOKEN".into()));
-//! let parts = Driver::new(&options, Instant::now(), FirstAttempt::MustSucceed, None)?;
+//! let parts = Driver::build(&options, Instant::now(), FirstAttempt::MustSucceed, None)?;
 //! let mut driver = parts.driver;
 //! let mut socket: Option<TcpStream> = None;
 //! let mut buf = vec![0; options.read_buffer];

@@ -42,7 +42,7 @@ impl Harness {
             ClientOptions::new("emulator", 1883, Credentials::AccessToken(token.into()));
         options.config.reconnect.seed = 7;
         tweak(&mut options);
-        let parts = Driver::new(&options, now, first, None).unwrap();
+        let parts = Driver::build(&options, now, first, None).unwrap();
         let mut h = Self {
             driver: parts.driver,
             commands: parts.commands,
@@ -273,7 +273,7 @@ fn a_refused_first_attempt_is_a_typed_error_and_closes() {
 fn a_failed_first_dial_is_a_transport_error() {
     let now = Instant::now();
     let options = ClientOptions::new("emulator", 1883, Credentials::AccessToken("T".into()));
-    let mut parts = Driver::new(&options, now, FirstAttempt::MustSucceed, None).unwrap();
+    let mut parts = Driver::build(&options, now, FirstAttempt::MustSucceed, None).unwrap();
     assert_eq!(parts.driver.poll_action(), Some(Action::Open));
     let err = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
     parts

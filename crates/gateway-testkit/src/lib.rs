@@ -4,7 +4,11 @@
 //!   as PEM, for TLS and mutual-TLS tests.
 //! * [`mosquitto`]: a real mosquitto broker started on 127.0.0.1 with an ephemeral port, with
 //!   password files and TLS, that can be stopped and restarted, plus a counting subscriber.
+//! * [`scenario`] (feature `scenario`): the Gateway and Device API round trip every adapter
+//!   runs against the emulator, written once on the runtime-neutral client handle.
 #![forbid(unsafe_code)]
 
 pub mod mosquitto;
 pub mod pki;
+#[cfg(feature = "scenario")]
+pub mod scenario;

@@ -1,0 +1,368 @@
+//! The end-to-end round trip every adapter runs against the emulator, written once on the
+//! runtime-neutral [`Client`], so the tokio, async-std/smol and blocking adapters are held to
+//! exactly the same behaviour.
+//!
+//! The emulator runs on its own tokio runtime ([`Platform`]), so the scenario can be driven
+//! from any executor (or from `futures_lite::future::block_on` in blocking tests).
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use gateway_client::{Client, ClientEvent, ClientOptions, Delivery, Events};
+use gateway_emulator::{
+    ClaimOutcome, ClientRpcAnswer, EmulatorConfig, EmulatorHandle, NewDevice, RpcCall, RpcOutcome,
+};
+use gateway_proto::payload::{Claim, ClientRpcResponse};
+use gateway_proto::{AttributeScope, Credentials, Event};
+use serde_json::{json, Map, Value};
+
+/// The gateway's access token in [`Platform::start`].
+pub const GATEWAY_TOKEN: &str = "SCENARIO_GATEWAY_TOKEN";
+/// The gateway's device name.
+pub const GATEWAY_NAME: &str = "Scenario Gateway";
+
+/// An emulator on its own tokio runtime (so any executor can use it).
+pub struct Platform {
+    /// The emulator's control handle.
+    pub emu: EmulatorHandle,
+    /// Always `Some` until dropped.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Platform {
+    /// Starts an emulator on 127.0.0.1 with a gateway device ([`GATEWAY_NAME`],
+    /// [`GATEWAY_TOKEN`]) and a client-RPC handler answering `getCurrentTime`.
+    pub fn start() -> Self {
+        Self::start_with(EmulatorConfig::default())
+    }
+
+    /// The same with a custom emulator configuration.
+    pub fn start_with(config: EmulatorConfig) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("tokio runtime for the emulator");
+        // Started from a plain thread: the caller may itself be inside a tokio runtime.
+        let handle = runtime.handle().clone();
+        let emu = std::thread::scope(|scope| {
+            scope
+                .spawn(|| handle.block_on(EmulatorHandle::start(config)))
+                .join()
+                .expect("emulator start thread")
+        })
+        .expect("emulator starts");
+        emu.create_device(NewDevice::gateway(GATEWAY_NAME, GATEWAY_TOKEN))
+            .expect("gateway device");
+        emu.set_client_rpc_handler(Some(Box::new(|call| match call.method.as_str() {
+            "getCurrentTime" => ClientRpcAnswer::Reply(json!(1_700_000_000_000_i64)),
+            _ => ClientRpcAnswer::NoAnswer,
+        })));
+        Self {
+            emu,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// Client options for the gateway, plain TCP to the emulator, with short reconnect
+    /// delays so tests stay fast.
+    pub fn gateway_options(&self) -> ClientOptions {
+        let addr = self.emu.addr();
+        let mut options = ClientOptions::new(
+            addr.ip().to_string(),
+            addr.port(),
+            Credentials::AccessToken(GATEWAY_TOKEN.into()),
+        );
+        options.config.reconnect.initial_delay = Duration::from_millis(50);
+        options.config.reconnect.max_delay = Duration::from_millis(500);
+        options
+    }
+
+    /// Sends a server-side RPC from the emulator and waits for its outcome; runs on the
+    /// emulator's runtime, awaitable from any executor.
+    pub fn rpc(&self, device: &str, call: RpcCall) -> impl Future<Output = RpcOutcome> + 'static {
+        let emu = self.emu.clone();
+        let device = device.to_owned();
+        let runtime = self
+            .runtime
+            .as_ref()
+            .expect("runtime lives as long as the platform");
+        let task = runtime.spawn(async move { emu.rpc(&device, call).await });
+        async move { task.await.expect("rpc task").expect("rpc outcome") }
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        self.emu.shutdown();
+        if let Some(runtime) = self.runtime.take() {
+            // Dropping a runtime blocks, which is not allowed inside another runtime.
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Waits (at most 10 s, on any executor) for the first event that `pick` accepts, skipping
+/// the others.
+pub async fn next_event<T>(events: &Events, mut pick: impl FnMut(&ClientEvent) -> Option<T>) -> T {
+    let wait = async {
+        loop {
+            let event = events.recv().await.expect("event stream ended");
+            if let Some(found) = pick(&event) {
+                return Some(found);
+            }
+        }
+    };
+    let timeout = async {
+        async_io::Timer::after(Duration::from_secs(10)).await;
+        None
+    };
+    futures_lite::future::or(wait, timeout)
+        .await
+        .expect("no matching event within 10 s")
+}
+
+/// Polls `check` every 10 ms for up to 10 s (any executor).
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if check() {
+            return;
+        }
+        async_io::Timer::after(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+fn map(v: Value) -> Map<String, Value> {
+    v.as_object().cloned().unwrap_or_default()
+}
+
+/// The whole Gateway API and Device API round trip, asserted on both sides: the client's
+/// outcomes and events, and what the emulator stored or answered.
+pub async fn gateway_and_device_round_trip(platform: &Platform, client: &Client, events: &Events) {
+    let emu = &platform.emu;
+    let sensor = "Scenario Sensor";
+
+    // Gateway API: connect, telemetry, attributes.
+    let ok = client
+        .connect_device(sensor, Some("thermometer"))
+        .await
+        .unwrap();
+    assert_eq!(ok.await, Ok(Delivery::Acknowledged));
+    assert_eq!(
+        emu.device(sensor).expect("created").device_type,
+        "thermometer"
+    );
+    let t = client
+        .device_telemetry(sensor, map(json!({"temperature": 21.5})))
+        .await
+        .unwrap();
+    let a = client
+        .device_attributes(sensor, map(json!({"model": "T-1000"})))
+        .await
+        .unwrap();
+    assert_eq!(t.await, Ok(Delivery::Acknowledged));
+    assert_eq!(a.await, Ok(Delivery::Acknowledged));
+    assert_eq!(
+        emu.latest_telemetry(sensor).unwrap()["temperature"].value,
+        json!(21.5)
+    );
+    assert_eq!(
+        emu.client_attributes(sensor).unwrap()["model"],
+        json!("T-1000")
+    );
+    assert!(emu
+        .connected_children(GATEWAY_NAME)
+        .unwrap()
+        .contains(&sensor.to_owned()));
+
+    // Shared attribute push to the sub-device.
+    emu.set_shared_attributes(sensor, map(json!({"interval": 5})))
+        .unwrap();
+    let pushed = next_event(events, |e| match e {
+        ClientEvent::Proto(Event::AttributeUpdate {
+            device: Some(d),
+            values,
+            ..
+        }) if d == sensor => Some(values.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(pushed["interval"], json!(5));
+
+    // Attribute requests, client and shared scope.
+    let client_scope = client
+        .request_device_attributes(sensor, AttributeScope::Client, vec!["model".into()])
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(client_scope.client["model"], json!("T-1000"));
+    let shared_scope = client
+        .request_device_attributes(
+            sensor,
+            AttributeScope::Shared,
+            vec!["interval".into(), "missing".into()],
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(shared_scope.shared["interval"], json!(5));
+    assert!(!shared_scope.shared.contains_key("missing"));
+
+    // A two-way server RPC to the sub-device, answered by the gateway.
+    let outcome = platform.rpc(sensor, RpcCall::two_way("setValve", json!({"open": true})));
+    let (device, id, params) = next_event(events, |e| match e {
+        ClientEvent::Proto(Event::RpcRequest {
+            device: Some(d),
+            id,
+            method,
+            params,
+        }) if method == "setValve" => Some((d.clone(), *id, params.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!((device.as_str(), params), (sensor, json!({"open": true})));
+    let replied = client
+        .device_rpc_reply(sensor, id, json!({"valve": "open"}))
+        .await
+        .unwrap();
+    assert_eq!(replied.await, Ok(Delivery::Acknowledged));
+    assert_eq!(outcome.await, RpcOutcome::Reply(json!({"valve": "open"})));
+
+    // Claim of the sub-device.
+    let claim = Claim {
+        secret_key: Some("s3cret".into()),
+        duration_ms: Some(60_000),
+    };
+    assert_eq!(
+        client.claim_device(sensor, claim).await.unwrap().await,
+        Ok(Delivery::Acknowledged)
+    );
+    assert_eq!(
+        emu.claim_device(sensor, "s3cret").unwrap(),
+        ClaimOutcome::Success
+    );
+
+    // Device API on the gateway's own device.
+    let t = client.telemetry(map(json!({"cpu": 12}))).await.unwrap();
+    let a = client
+        .attributes(map(json!({"firmware": "v1.0"})))
+        .await
+        .unwrap();
+    assert_eq!(t.await, Ok(Delivery::Acknowledged));
+    assert_eq!(a.await, Ok(Delivery::Acknowledged));
+    assert_eq!(
+        emu.latest_telemetry(GATEWAY_NAME).unwrap()["cpu"].value,
+        json!(12)
+    );
+    emu.set_shared_attributes(GATEWAY_NAME, map(json!({"mode": "eco"})))
+        .unwrap();
+    let own = client
+        .request_attributes(vec!["firmware".into()], vec!["mode".into()])
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(
+        (own.client["firmware"].clone(), own.shared["mode"].clone()),
+        (json!("v1.0"), json!("eco"))
+    );
+    let time = client
+        .rpc("getCurrentTime", json!({}))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(time, ClientRpcResponse::Ok(json!(1_700_000_000_000_i64)));
+
+    // A server RPC to the gateway itself.
+    let outcome = platform.rpc(GATEWAY_NAME, RpcCall::two_way("ping", json!(null)));
+    let id = next_event(events, |e| match e {
+        ClientEvent::Proto(Event::RpcRequest {
+            device: None,
+            id,
+            method,
+            ..
+        }) if method == "ping" => Some(*id),
+        _ => None,
+    })
+    .await;
+    client
+        .rpc_reply(id, json!("pong"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(outcome.await, RpcOutcome::Reply(json!("pong")));
+
+    // Disconnect of the sub-device.
+    let gone = client.disconnect_device(sensor).await.unwrap();
+    assert_eq!(gone.await, Ok(Delivery::Acknowledged));
+    eventually("the sub-device is disconnected", || {
+        !emu.connected_children(GATEWAY_NAME)
+            .unwrap()
+            .contains(&sensor.to_owned())
+    })
+    .await;
+}
+
+/// The emulator drops the gateway's connection; the adapter dials again and the core
+/// re-announces the sub-device, which gets an RPC without sending anything first.
+pub async fn reconnect_and_reannounce(platform: &Platform, client: &Client, events: &Events) {
+    let emu = &platform.emu;
+    let child = "Reconnect Child";
+    client
+        .connect_device(child, None)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let session = emu
+        .sessions()
+        .into_iter()
+        .find(|s| s.device.as_deref() == Some(GATEWAY_NAME))
+        .expect("gateway session");
+    emu.drop_session(session.id).unwrap();
+    next_event(events, |e| {
+        matches!(e, ClientEvent::Proto(Event::Disconnected { .. })).then_some(())
+    })
+    .await;
+    next_event(events, |e| {
+        matches!(e, ClientEvent::Proto(Event::Connected { .. })).then_some(())
+    })
+    .await;
+    eventually("the child is announced again", || {
+        emu.connected_children(GATEWAY_NAME)
+            .unwrap()
+            .contains(&child.to_owned())
+    })
+    .await;
+    let outcome = platform.rpc(child, RpcCall::two_way("hello", json!({})));
+    let id = next_event(events, |e| match e {
+        ClientEvent::Proto(Event::RpcRequest {
+            device: Some(d),
+            id,
+            ..
+        }) if d == child => Some(*id),
+        _ => None,
+    })
+    .await;
+    client
+        .device_rpc_reply(child, id, json!("hi"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(outcome.await, RpcOutcome::Reply(json!("hi")));
+}
+
+/// A wrong token: the first connect fails with the emulator's refusal.
+pub fn wrong_token_options(platform: &Platform) -> ClientOptions {
+    let mut options = platform.gateway_options();
+    options.config.credentials = Credentials::AccessToken("WRONG".into());
+    options
+}

@@ -1,0 +1,65 @@
+//! The tokio adapter against the emulator over real TCP: the shared Gateway and Device API
+//! round trip, reconnect with re-announce, and typed first-connect failures.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use gateway_proto::{ConnectRefusal, DisconnectReason, Event, ReasonCode};
+use gateway_testkit::scenario::{self, Platform};
+use gateway_tokio::{connect, ClientEvent, ConnectError, TransportError};
+
+#[tokio::test]
+async fn gateway_and_device_round_trip() {
+    let platform = Platform::start();
+    let (client, events) = connect(platform.gateway_options()).await.unwrap();
+    scenario::gateway_and_device_round_trip(&platform, &client, &events).await;
+    client.close().await;
+    assert!(client.is_closed());
+    let mut last = None;
+    while let Some(event) = events.recv().await {
+        last = Some(event);
+    }
+    assert!(
+        matches!(
+            last,
+            Some(ClientEvent::Proto(Event::Disconnected {
+                reason: DisconnectReason::Local,
+                ..
+            }))
+        ),
+        "the stream ends with the local close: {last:?}"
+    );
+}
+
+#[tokio::test]
+async fn reconnects_and_reannounces_after_the_server_drops_the_connection() {
+    let platform = Platform::start();
+    let (client, events) = connect(platform.gateway_options()).await.unwrap();
+    scenario::reconnect_and_reannounce(&platform, &client, &events).await;
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_a_typed_refusal() {
+    let platform = Platform::start();
+    match connect(scenario::wrong_token_options(&platform)).await {
+        Err(ConnectError::Refused(ConnectRefusal { reason, raw, .. })) => {
+            assert_eq!((reason, raw), (ReasonCode::BadUserNameOrPassword, 0x86));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn nobody_listening_is_a_typed_transport_error() {
+    let platform = Platform::start();
+    let mut options = platform.gateway_options();
+    // A port that was free a moment ago.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    options.port = free.local_addr().unwrap().port();
+    drop(free);
+    match connect(options).await {
+        Err(ConnectError::Transport(TransportError::Connect { kind, .. })) => {
+            assert_eq!(kind, std::io::ErrorKind::ConnectionRefused);
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -99,3 +99,41 @@ pub struct TlsSetup {
     /// The server name for SNI and certificate verification.
     pub server_name: ServerName<'static>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_has_no_secrets() {
+        let options = ClientOptions::new(
+            "h",
+            1,
+            Credentials::Basic {
+                username: Some("user-name".into()),
+                password: Some("pass-WORD-1".into()),
+            },
+        )
+        .tls(TlsOptions::with_ca_pem("ca").client_identity_pem("chain", "KEY-MATERIAL"));
+        let text = format!("{options:?}");
+        assert!(
+            !text.contains("pass-WORD-1") && !text.contains("KEY-MATERIAL"),
+            "{text}"
+        );
+        let token = format!(
+            "{:?}",
+            ClientOptions::new("h", 1, Credentials::AccessToken("TOK-123".into()))
+        );
+        assert!(!token.contains("TOK-123"), "{token}");
+    }
+
+    #[test]
+    fn ipv6_hosts_are_bracketed() {
+        let options = ClientOptions::new("::1", 1883, Credentials::X509);
+        assert_eq!(options.address(), "[::1]:1883");
+        assert_eq!(
+            ClientOptions::new("localhost", 8883, Credentials::X509).address(),
+            "localhost:8883"
+        );
+    }
+}

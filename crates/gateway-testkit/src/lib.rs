@@ -6,8 +6,12 @@
 //!   password files and TLS, that can be stopped and restarted, plus a counting subscriber.
 //! * [`scenario`] (feature `scenario`): the Gateway and Device API round trip every adapter
 //!   runs against the emulator, written once on the runtime-neutral client handle.
+//! * [`broker_suite`] (feature `scenario`): the checks every adapter runs against a real
+//!   mosquitto (protocol versions, password refusal, TLS, mutual TLS, broker restart).
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "scenario")]
+pub mod broker_suite;
 pub mod mosquitto;
 pub mod pki;
 #[cfg(feature = "scenario")]

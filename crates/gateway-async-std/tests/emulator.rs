@@ -1,0 +1,149 @@
+//! The futures-io + async-io adapter against the emulator over real TCP: the shared Gateway
+//! and Device API round trip, reconnect with re-announce, and typed first-connect failures.
+//!
+//! Every test body runs twice, under `smol::block_on` and under `async_std::task::block_on`
+//! (test names `<body>::smol` and `<body>::async_std`). [`connect`] runs the connection on
+//! its own thread; the `driver_on_*` tests run it as a task of each executor instead.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+
+use gateway_async_std::{
+    connect, driver, spawn, ClientEvent, ConnectError, Events, FirstAttempt, Spawned,
+    TransportError,
+};
+use gateway_proto::{ConnectRefusal, DisconnectReason, Event, ReasonCode};
+use gateway_testkit::scenario::{self, Platform};
+
+/// For each `async fn` named, a module of that name with one test per executor.
+macro_rules! on_both_executors {
+    ($($body:ident),* $(,)?) => {$(
+        mod $body {
+            #[test]
+            fn smol() {
+                smol::block_on(super::$body());
+            }
+
+            #[test]
+            fn async_std() {
+                async_std::task::block_on(super::$body());
+            }
+        }
+    )*};
+}
+
+on_both_executors!(
+    gateway_and_device_round_trip,
+    reconnects_and_reannounces_after_the_server_drops_the_connection,
+    a_wrong_token_is_a_typed_refusal,
+    nobody_listening_is_a_typed_transport_error,
+    dropping_the_last_client_ends_the_spawned_thread,
+);
+
+/// Drains the event stream and checks it ends with the local close.
+async fn ends_with_local_close(events: &Events) {
+    let mut last = None;
+    while let Some(event) = events.recv().await {
+        last = Some(event);
+    }
+    assert!(
+        matches!(
+            last,
+            Some(ClientEvent::Proto(Event::Disconnected {
+                reason: DisconnectReason::Local,
+                ..
+            }))
+        ),
+        "the stream ends with the local close: {last:?}"
+    );
+}
+
+async fn gateway_and_device_round_trip() {
+    let platform = Platform::start();
+    let (client, events) = connect(platform.gateway_options()).await.unwrap();
+    scenario::gateway_and_device_round_trip(&platform, &client, &events).await;
+    client.close().await;
+    assert!(client.is_closed());
+    ends_with_local_close(&events).await;
+}
+
+async fn reconnects_and_reannounces_after_the_server_drops_the_connection() {
+    let platform = Platform::start();
+    let (client, events) = connect(platform.gateway_options()).await.unwrap();
+    scenario::reconnect_and_reannounce(&platform, &client, &events).await;
+}
+
+async fn a_wrong_token_is_a_typed_refusal() {
+    let platform = Platform::start();
+    match connect(scenario::wrong_token_options(&platform)).await {
+        Err(ConnectError::Refused(ConnectRefusal { reason, raw, .. })) => {
+            assert_eq!((reason, raw), (ReasonCode::BadUserNameOrPassword, 0x86));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn nobody_listening_is_a_typed_transport_error() {
+    let platform = Platform::start();
+    let mut options = platform.gateway_options();
+    // A port that was free a moment ago.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    options.port = free.local_addr().unwrap().port();
+    drop(free);
+    match connect(options).await {
+        Err(ConnectError::Transport(TransportError::Connect { kind, .. })) => {
+            assert_eq!(kind, std::io::ErrorKind::ConnectionRefused);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn dropping_the_last_client_ends_the_spawned_thread() {
+    let platform = Platform::start();
+    let Spawned {
+        client,
+        events,
+        startup,
+        thread,
+        ..
+    } = spawn(platform.gateway_options(), FirstAttempt::MustSucceed).unwrap();
+    startup.wait().await.unwrap();
+    drop(client);
+    ends_with_local_close(&events).await;
+    scenario::eventually("the connection thread ends", || thread.is_finished()).await;
+    thread.join().unwrap();
+}
+
+/// The round trip with the connection future spawned by `spawn` on the executor under test;
+/// `finished` resolves when that task has completed.
+async fn round_trip_on_own_executor<F, J>(spawn: F)
+where
+    F: FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>) -> J,
+    J: Future<Output = ()>,
+{
+    let platform = Platform::start();
+    let (client, events, startup, connection) =
+        driver(platform.gateway_options(), FirstAttempt::MustSucceed).unwrap();
+    let finished = spawn(Box::pin(connection));
+    startup.wait().await.unwrap();
+    scenario::gateway_and_device_round_trip(&platform, &client, &events).await;
+    client.close().await;
+    assert!(client.is_closed());
+    ends_with_local_close(&events).await;
+    finished.await;
+}
+
+#[test]
+fn driver_on_a_smol_task() {
+    smol::block_on(round_trip_on_own_executor(|connection| {
+        smol::spawn(connection)
+    }));
+}
+
+#[test]
+fn driver_on_an_async_std_task() {
+    async_std::task::block_on(round_trip_on_own_executor(|connection| {
+        async_std::task::spawn(connection)
+    }));
+}

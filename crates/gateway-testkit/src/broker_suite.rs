@@ -101,6 +101,16 @@ where
     }
 }
 
+fn signal(pid: &str, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, pid])
+        .status();
+    assert!(
+        status.map(|s| s.success()).unwrap_or(false),
+        "kill {signal} {pid}"
+    );
+}
+
 /// The broker crashes in the middle of a QoS 1 stream, with messages sent and not yet
 /// acknowledged, and comes back: every message reaches a subscriber at least once, and every
 /// send reports an outcome (all of them success, since the core retransmits what was not
@@ -111,11 +121,7 @@ where
     F: Future<Output = Result<(Client, Events), ConnectError>>,
 {
     const MESSAGES: usize = 400;
-    // Autosave every second, so the subscriber's persistent session survives the crash.
-    let config = BrokerConfig::new()
-        .persistence(true)
-        .autosave_interval_secs(1);
-    let mut broker = Mosquitto::start(config).expect("mosquitto");
+    let mut broker = Mosquitto::start(BrokerConfig::new().persistence(true)).expect("mosquitto");
     let sub =
         CountingSubscriber::start(&broker, TELEMETRY, 1, "restart-counter").expect("subscriber");
     let (client, _events) = connect(options_for(
@@ -128,18 +134,23 @@ where
 
     let mut pending = Vec::with_capacity(MESSAGES);
     pending.push(client.telemetry(reading(0)).await.unwrap());
-    std::thread::sleep(Duration::from_millis(1500)); // one autosave with the subscription
-                                                     // Freeze the broker (SIGSTOP) so that what follows is sent but never acknowledged, then
-                                                     // kill it (SIGKILL, a crash) and start it again on the same port: the first half only
-                                                     // arrives if the client retransmits it on the new connection.
+    // Have the broker save its database now (SIGUSR1), so the subscriber's persistent
+    // session survives the crash below: mosquitto_sub does not subscribe again by itself.
     let pid = broker.pid().expect("broker running").to_string();
-    let frozen = std::process::Command::new("kill")
-        .args(["-STOP", &pid])
-        .status();
+    signal(&pid, "-USR1");
+    let saved = (0..500).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        broker.log().contains("Saving in-memory database")
+    });
     assert!(
-        frozen.map(|s| s.success()).unwrap_or(false),
-        "SIGSTOP the broker"
+        saved,
+        "the broker saved its database:\n{}",
+        broker.log_tail()
     );
+    // Freeze the broker (SIGSTOP) so that what follows is sent but never acknowledged, then
+    // kill it (SIGKILL, a crash) and start it again on the same port: the first half only
+    // arrives if the client retransmits it on the new connection.
+    signal(&pid, "-STOP");
     for n in 1..MESSAGES / 2 {
         pending.push(client.telemetry(reading(n)).await.unwrap());
     }
@@ -153,7 +164,14 @@ where
         assert_eq!(outcome.await, Ok(Delivery::Acknowledged), "message {n}");
     }
     sub.wait_for_distinct(MESSAGES, Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}; counted {} distinct", sub.distinct_payloads().len()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}; counted {} distinct; subscriber restarts {}; broker log:\n{}",
+                sub.distinct_payloads().len(),
+                sub.restarts(),
+                broker.log()
+            )
+        });
     let stats = client.stats().await.unwrap();
     assert!(stats.connections >= 2, "the client reconnected: {stats:?}");
     assert!(

@@ -1,7 +1,7 @@
 //! # gateway-tokio: the ThingsBoard gateway client on tokio
 //!
 //! A thin adapter: one task owns the socket (TCP, or TLS with rustls) and a
-//! [`Driver`](gateway_client::Driver) around the sans-IO core, and waits on three things at
+//! [`Driver`] around the sans-IO core, and waits on three things at
 //! once: bytes from the server, requests from [`Client`] handles, and the core's next
 //! deadline. Every protocol decision (reconnect and backoff, retransmission, re-announcing
 //! sub-devices, timeouts) is the core's; this crate dials when told to and writes all

@@ -110,15 +110,18 @@ mod platform;
 mod ratelimit;
 mod server;
 mod session;
+mod tls;
+pub mod x509;
 
 pub use config::{Bounds, EmulatorConfig, Quirks};
 pub use emulator::Emulator;
-pub use error::ControlError;
+pub use error::{ControlError, StartError, TlsError};
 pub use model::{
     ClaimOutcome, ClientRpcAnswer, ClientRpcCall, ClientRpcHandler, Credentials, DeviceId,
-    DeviceInfo, Event, LimitedApi, NewDevice, OtaPackage, ProvisionProfile, ProvisionStrategy,
-    RpcCall, RpcOutcome, RpcTicket, SessionId, Stats, TsValue,
+    DeviceInfo, Event, LimitedApi, NewDevice, OtaPackage, PeerIdentity, ProvisionProfile,
+    ProvisionStrategy, RpcCall, RpcOutcome, RpcTicket, SessionId, Stats, TsValue,
 };
 pub use ratelimit::{LimitConfig, TenantLimits};
 pub use server::EmulatorHandle;
 pub use session::{Output, SessionInfo};
+pub use tls::{ClientAuth, TlsConfig};

@@ -16,13 +16,13 @@ use gateway_proto::payload::{
 };
 use gateway_proto::topic::{self, IdTopicKind, OtaKind, TopicFamily, UplinkTopic};
 use gateway_proto::wire::{
-    self, ConnAck, Connect, DecodeError, Disconnect, Packet, PubAck, Publish, PublishRef, QoS,
-    SubAck, Subscribe, UnsubAck, Unsubscribe,
+    self, ConnAck, Connect, DecodeError, Packet, Publish, PublishRef, QoS, SubAck, Subscribe,
+    UnsubAck, Unsubscribe,
 };
 use gateway_proto::ProtocolVersion;
 use serde_json::{Map, Value};
 
-use crate::model::{ClientRpcAnswer, ClientRpcCall, DeviceId, SessionId};
+use crate::model::{ClientRpcAnswer, ClientRpcCall, DeviceId, PeerIdentity, SessionId};
 use crate::platform::{Auth, CreateError, Notice, Platform, RateCheck, Refusal, Sender};
 
 /// MQTT's own limit on the remaining length; outgoing packets have no other limit (§5).
@@ -41,6 +41,7 @@ mod rc {
     pub const BAD_USERNAME_OR_PASSWORD: u8 = 0x86;
     pub const NOT_AUTHORIZED: u8 = 0x87;
     pub const SERVER_UNAVAILABLE: u8 = 0x88;
+    pub const SERVER_BUSY: u8 = 0x89;
     pub const SERVER_SHUTTING_DOWN: u8 = 0x8B;
     pub const SESSION_TAKEN_OVER: u8 = 0x8E;
     pub const TOPIC_FILTER_INVALID: u8 = 0x8F;
@@ -77,6 +78,10 @@ pub struct SessionInfo {
     pub children: Vec<String>,
     /// Received bytes not yet decoded (at most one packet of the size limit plus one input).
     pub buffered_bytes: usize,
+    /// The connection is TLS.
+    pub tls: bool,
+    /// The TLS client presented a certificate.
+    pub client_certificate: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +129,7 @@ enum Failure {
 #[derive(Debug)]
 pub(crate) struct Session {
     id: SessionId,
+    peer: PeerIdentity,
     version: ProtocolVersion,
     state: State,
     buf: BytesMut,
@@ -140,9 +146,10 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(id: SessionId, now: Instant) -> Self {
+    pub(crate) fn new(id: SessionId, now: Instant, peer: PeerIdentity) -> Self {
         Self {
             id,
+            peer,
             version: ProtocolVersion::V311,
             state: State::AwaitConnect,
             buf: BytesMut::new(),
@@ -184,6 +191,8 @@ impl Session {
             provision: self.state == State::Provision,
             children,
             buffered_bytes: self.buf.len(),
+            tls: self.peer.tls,
+            client_certificate: self.peer.client_cert.is_some(),
         }
     }
 
@@ -368,18 +377,38 @@ impl Session {
         }
     }
 
+    /// PUBACK as Netty's `MqttEncoder.encodePubReplyMessage` writes it: the two-byte short
+    /// form (`40 02 id`) on MQTT 3.1.1 and for a v5 success; `40 04 id rc 00` for a v5 failure
+    /// (reason code plus an empty property block).
     fn puback(&mut self, pkid: u16, code: u8) {
         // MTH `ack`: only for msgId > 0, i.e. never for QoS 0.
         if pkid > 0 {
             let code = self.v5(code);
-            self.send(&Packet::PubAck(PubAck { pkid, code }));
+            let [hi, lo] = pkid.to_be_bytes();
+            let bytes = if code == rc::SUCCESS {
+                Bytes::copy_from_slice(&[0x40, 0x02, hi, lo])
+            } else {
+                Bytes::copy_from_slice(&[0x40, 0x04, hi, lo, code, 0x00])
+            };
+            self.out.push_back(Output::Transmit(bytes));
         }
+    }
+
+    /// A v5 DISCONNECT as Netty's `encodeReasonCodePlusPropertiesMessage` writes it: `E0 00`
+    /// for NORMAL_DISCONNECT, `E0 02 rc 00` otherwise.
+    fn send_disconnect(&mut self, code: u8) {
+        let bytes = if code == rc::SUCCESS {
+            Bytes::from_static(&[0xE0, 0x00])
+        } else {
+            Bytes::copy_from_slice(&[0xE0, 0x02, code, 0x00])
+        };
+        self.out.push_back(Output::Transmit(bytes));
     }
 
     /// Close: on MQTT 5 a DISCONNECT with `code` first.
     fn disconnect(&mut self, code: u8, p: &mut Platform) {
         if self.version == ProtocolVersion::V5 && self.state != State::AwaitConnect {
-            self.send(&Packet::Disconnect(Disconnect { code }));
+            self.send_disconnect(code);
         }
         self.close(p);
     }
@@ -456,7 +485,7 @@ impl Session {
         self.last_activity = now;
         // §6.1 quirk: Session Present echoes !cleanSession, even on refusal.
         let session_present = !connect.clean_session;
-        match p.authenticate(connect) {
+        match p.authenticate(connect, self.peer.client_cert.as_deref(), now) {
             Auth::Provision => {
                 self.state = State::Provision;
                 self.send(&Packet::ConnAck(ConnAck {
@@ -474,11 +503,24 @@ impl Session {
                 p.bind(device, self.id, None, now);
             }
             Auth::Refused(refusal) => {
-                let (v5, v3) = match refusal {
-                    Refusal::BadUsernameOrPassword => (rc::BAD_USERNAME_OR_PASSWORD, 5),
-                    Refusal::ClientIdNotValid => (rc::CLIENT_ID_NOT_VALID, 2),
-                    Refusal::NotAuthorized => (rc::NOT_AUTHORIZED, 5),
-                    Refusal::ServerUnavailable => (rc::SERVER_UNAVAILABLE, 3),
+                // (v5 CONNACK, v3 CONNACK, v5 DISCONNECT). MTH `closeCtx`: a refused lookup
+                // repeats the CONNACK code; a failed credential check sends SERVER_BUSY on the
+                // token path (`processAuthTokenConnect`) and IMPLEMENTATION_SPECIFIC_ERROR on
+                // the X.509 path (`processX509CertConnect`).
+                let (v5, v3, disconnect) = match refusal {
+                    Refusal::BadUsernameOrPassword => (
+                        rc::BAD_USERNAME_OR_PASSWORD,
+                        5,
+                        rc::BAD_USERNAME_OR_PASSWORD,
+                    ),
+                    Refusal::ClientIdNotValid => {
+                        (rc::CLIENT_ID_NOT_VALID, 2, rc::CLIENT_ID_NOT_VALID)
+                    }
+                    Refusal::NotAuthorized => (rc::NOT_AUTHORIZED, 5, rc::NOT_AUTHORIZED),
+                    Refusal::ServerUnavailable => (rc::SERVER_UNAVAILABLE, 3, rc::SERVER_BUSY),
+                    Refusal::X509ServerUnavailable => {
+                        (rc::SERVER_UNAVAILABLE, 3, rc::IMPLEMENTATION_SPECIFIC)
+                    }
                 };
                 let v5_session = self.version == ProtocolVersion::V5;
                 let code = if v5_session { v5 } else { v3 };
@@ -486,9 +528,9 @@ impl Session {
                     session_present,
                     code,
                 }));
-                // §6.1: a v5 refusal is followed by a DISCONNECT with the same code.
+                // §6.1: a v5 refusal is followed by a DISCONNECT.
                 if v5_session {
-                    self.send(&Packet::Disconnect(Disconnect { code }));
+                    self.send_disconnect(disconnect);
                 }
                 self.close(p);
             }

@@ -204,6 +204,14 @@ impl Emulator {
         self.platform.set_limits(limits)
     }
 
+    /// Sets `sendAckOnValidationException` for the device profile (device type) `profile`:
+    /// on MQTT 3.1.1 a payload that fails validation is then acknowledged with a plain PUBACK
+    /// instead of closing the connection. For a gateway's topics its own profile counts.
+    /// Profiles never set use [`EmulatorConfig::send_ack_on_validation_exception`].
+    pub fn set_profile_send_ack_on_validation_exception(&mut self, profile: &str, on: bool) {
+        self.platform.set_profile_ack_on_validation(profile, on);
+    }
+
     /// Fault injection: the credential check fails with a backend error (CONNACK 3 / 0x88).
     pub fn set_auth_unavailable(&mut self, on: bool) {
         self.platform.set_auth_unavailable(on);

@@ -107,6 +107,7 @@ mod emulator;
 mod error;
 mod model;
 mod platform;
+mod qos2;
 mod ratelimit;
 mod server;
 mod session;

@@ -191,6 +191,8 @@ pub struct Platform {
     provision_profiles: Vec<ProvisionProfile>,
     client_rpc_handler: Option<ClientRpcHandler>,
     auth_unavailable: bool,
+    /// `sendAckOnValidationException` of the device profiles that set it, by profile name.
+    profile_ack_on_validation: HashMap<String, bool>,
     pub(crate) outbox: VecDeque<(SessionId, Notice)>,
     events: VecDeque<Event>,
     pub(crate) stats: Stats,
@@ -229,6 +231,7 @@ impl Platform {
             provision_profiles: Vec::new(),
             client_rpc_handler: None,
             auth_unavailable: false,
+            profile_ack_on_validation: HashMap::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -464,6 +467,22 @@ impl Platform {
     }
 
     // ---- authentication ----------------------------------------------------------------------
+
+    /// Sets a device profile's `sendAckOnValidationException`.
+    pub(crate) fn set_profile_ack_on_validation(&mut self, profile: &str, on: bool) {
+        self.profile_ack_on_validation
+            .insert(profile.to_owned(), on);
+    }
+
+    /// `sendAckOnValidationException` of `device`'s profile (DSC reads it from the device
+    /// profile's MQTT transport configuration); the configured default for other profiles.
+    pub(crate) fn ack_on_validation(&self, device: Option<DeviceId>) -> bool {
+        device
+            .and_then(|d| self.devices.get(&d))
+            .and_then(|d| self.profile_ack_on_validation.get(&d.device_type))
+            .copied()
+            .unwrap_or(self.config.send_ack_on_validation_exception)
+    }
 
     pub(crate) fn set_auth_unavailable(&mut self, on: bool) {
         self.auth_unavailable = on;

@@ -261,6 +261,12 @@ impl EmulatorHandle {
         self.with(|e, _| e.set_client_rpc_handler(handler));
     }
 
+    /// A device profile's `sendAckOnValidationException` (see
+    /// [`Emulator::set_profile_send_ack_on_validation_exception`]).
+    pub fn set_profile_send_ack_on_validation_exception(&self, profile: &str, on: bool) {
+        self.with(|e, _| e.set_profile_send_ack_on_validation_exception(profile, on));
+    }
+
     /// Tenant device limit.
     pub fn set_max_devices(&self, max: Option<usize>) {
         self.with(|e, _| e.set_max_devices(max));

@@ -10,9 +10,10 @@ use bytes::{Bytes, BytesMut};
 use gateway_proto::payload::device::SessionLimits;
 use gateway_proto::payload::{
     self as pl, ClientAttributes, ClientRpcResponse, DeviceAttributeRequest,
-    DeviceAttributeResponse, DeviceTelemetry, GatewayAttributeRequest, GatewayAttributeResponse,
-    GatewayAttributeUpdate, GatewayAttributes, GatewayClaim, GatewayRpcRequest, GatewayRpcResponse,
-    GatewayTelemetry, Payload, PayloadError, ProvisionRequest, RequestedKeys,
+    DeviceAttributeResponse, DeviceTelemetry, DisconnectNotice, GatewayAttributeRequest,
+    GatewayAttributeResponse, GatewayAttributeUpdate, GatewayAttributes, GatewayClaim,
+    GatewayRpcRequest, GatewayRpcResponse, GatewayTelemetry, Payload, PayloadError,
+    ProvisionRequest, RequestedKeys,
 };
 use gateway_proto::topic::{self, IdTopicKind, OtaKind, TopicFamily, UplinkTopic};
 use gateway_proto::wire::{
@@ -223,6 +224,11 @@ impl Session {
                     // No session yet: no CONNACK, no DISCONNECT.
                     Err(_) => self.close(p),
                 }
+                continue;
+            }
+            if crate::qos2::adapt_front_frame(&mut self.buf, self.version, max)
+                == crate::qos2::Adapted::Dropped
+            {
                 continue;
             }
             match wire::decode(&mut self.buf, self.version, max) {
@@ -688,7 +694,7 @@ impl Session {
                     } else {
                         self.puback(pkid, rc::PAYLOAD_FORMAT_INVALID);
                     }
-                } else if p.config.send_ack_on_validation_exception && pkid > 0 {
+                } else if p.ack_on_validation(self.device()) && pkid > 0 {
                     self.puback(pkid, 0);
                 } else {
                     self.close(p);
@@ -896,10 +902,126 @@ impl Session {
         }
     }
 
-    /// Multi-device gateway messages: get-or-create each child, rate-check, store; then one
-    /// aggregated PUBACK (or, with the pre-4.2.1 quirk, one per entry).
+    /// Multi-device gateway messages (AGSH `onDevice{Telemetry,Attributes,Claim}Json` and
+    /// `getAggregatePubAckCallback`), entry by entry in key order as if every callback
+    /// completed in that order: get-or-create the child, convert, rate-check, store. The first
+    /// outcome that acknowledges wins (`ackSent`): a device-limit failure (0x97, session kept),
+    /// a conversion failure (v5 0x99, session kept; v3 close), a rate limit (0x97, then close),
+    /// or the last success (0x00). After a close the remaining entries are still stored, but
+    /// nothing more reaches the client.
+    ///
+    /// The v5 per-device notice on `v1/gateway/disconnect` (`closeDeviceSession`, §3.4) goes
+    /// out after a rate limit (reason 150, lost when that failure closed the connection,
+    /// which the first one always does) and, at QoS 0, after every successful entry that does
+    /// not complete the message (reason 129 MALFORMED_PACKET: the callback sees packet id -1);
+    /// the entry that completes a QoS 0 message tries to build a PUBACK for id -1, which
+    /// throws, so neither an ack nor a notice follows it.
     /// `None` items failed conversion: their device is still looked up or created.
     fn per_device(
+        &mut self,
+        now: Instant,
+        gateway: DeviceId,
+        qos: QoS,
+        pkid: u16,
+        items: Vec<(String, u64, Option<Stored>)>,
+        p: &mut Platform,
+    ) {
+        if p.config.quirks.per_device_pubacks {
+            return self.per_device_legacy(now, gateway, qos, pkid, items, p);
+        }
+        let v5 = self.version == ProtocolVersion::V5;
+        let wall_ms = p.wall_ms(now);
+        let mut remaining = items.len();
+        let mut ack_sent = false;
+        // The channel is closing: outputs are lost, entries are still processed.
+        let mut lost = false;
+        for (name, points, stored) in items {
+            let child = match self.child(now, gateway, &name, None, p) {
+                Ok(c) => c,
+                Err(ChildError::RateLimited) => {
+                    // A synchronous exception: the remaining entries are not processed.
+                    return if lost {
+                        self.close(p)
+                    } else {
+                        self.fail_child_creation(p)
+                    };
+                }
+                Err(ChildError::DeviceLimit) => {
+                    if !ack_sent && !lost {
+                        self.puback(pkid, rc::QUOTA_EXCEEDED);
+                    }
+                    ack_sent = true;
+                    continue;
+                }
+            };
+            let Some(stored) = stored else {
+                // AGSH `ackOrClose`.
+                if v5 {
+                    if !ack_sent && !lost {
+                        self.puback(pkid, rc::PAYLOAD_FORMAT_INVALID);
+                    }
+                    ack_sent = true;
+                } else {
+                    lost = true;
+                }
+                continue;
+            };
+            if p.check_rate(Sender::Child { gateway }, &name, points, now) != RateCheck::Ok {
+                if !ack_sent && !lost {
+                    self.puback(pkid, rc::QUOTA_EXCEEDED);
+                    lost = true;
+                }
+                ack_sent = true;
+                if !lost {
+                    self.device_disconnect_notice(&name, DisconnectNotice::REASON_RATE_LIMIT, p);
+                }
+                continue;
+            }
+            match stored {
+                Stored::Telemetry(entries) => {
+                    for e in entries {
+                        p.store_telemetry(child, e.ts.unwrap_or(wall_ms), &e.values);
+                    }
+                }
+                Stored::Attributes(values) => p.store_client_attributes(child, &values),
+                Stored::Claim(c) => p.allow_claim(child, c.secret_key, c.duration_ms, now),
+            }
+            remaining -= 1;
+            if remaining == 0 && !ack_sent {
+                ack_sent = true;
+                if pkid == 0 {
+                    continue;
+                }
+                if !lost {
+                    self.puback(pkid, rc::SUCCESS);
+                }
+            }
+            if pkid == 0 && !lost {
+                self.device_disconnect_notice(&name, rc::MALFORMED, p);
+            }
+        }
+        if lost {
+            self.close(p);
+        }
+    }
+
+    /// AGSH `closeDeviceSession`: on MQTT 5, `{"device":..,"reason":..}` on
+    /// `v1/gateway/disconnect` (not subscribable, so QoS 1 unless a filter matches).
+    fn device_disconnect_notice(&mut self, device: &str, reason: u8, p: &mut Platform) {
+        if self.version != ProtocolVersion::V5 || self.is_closed() {
+            return;
+        }
+        let notice = DisconnectNotice {
+            device: device.to_owned(),
+            reason,
+        };
+        self.publish(topic::GATEWAY_DISCONNECT, &notice.to_vec(), p);
+    }
+
+    /// Multi-device gateway messages before v4.2.1 (`per_device_pubacks` quirk): one PUBACK
+    /// per stored entry. `None` items failed conversion: their device is still looked up or
+    /// created.
+    fn per_device_legacy(
         &mut self,
         now: Instant,
         gateway: DeviceId,

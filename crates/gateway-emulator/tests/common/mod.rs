@@ -138,6 +138,13 @@ impl Harness {
         packets
     }
 
+    /// Every byte the server sent to `id` since the last call, undecoded.
+    pub fn take_raw(&mut self, id: SessionId) -> Vec<u8> {
+        self.pump();
+        let inbox = self.inbox.entry(id).or_default();
+        inbox.bytes.split().to_vec()
+    }
+
     pub fn closed(&self, id: SessionId) -> bool {
         self.inbox.get(&id).is_some_and(|i| i.closed)
     }

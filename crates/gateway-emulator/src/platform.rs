@@ -547,10 +547,13 @@ impl Platform {
         let value = crate::x509::credentials_value_from_der(der);
         self.devices
             .values()
-            .find(|d| {
-                matches!(&d.credentials, Some(Credentials::X509 { certificate }) if *certificate == value)
+            .find(|d| match &d.credentials {
+                Some(Credentials::X509 { certificate }) => *certificate == value,
+                _ => false,
             })
-            .map_or(Auth::Refused(Refusal::NotAuthorized), |d| Auth::Device(d.id))
+            .map_or(Auth::Refused(Refusal::NotAuthorized), |d| {
+                Auth::Device(d.id)
+            })
     }
 
     fn find_credentials(

@@ -25,8 +25,13 @@ pub struct EmulatorConfig {
     pub type_cast_enabled: bool,
     /// The device profile's `sendAckOnValidationException` (false): on MQTT 3.1.1 an invalid
     /// payload is acknowledged with a plain PUBACK instead of closing the connection.
-    /// ThingsBoard sets this per device profile; the emulator applies it to every device.
+    /// ThingsBoard sets this per device profile: this is the value for every profile that
+    /// [`crate::Emulator::set_profile_send_ack_on_validation_exception`] did not set.
     pub send_ack_on_validation_exception: bool,
+    /// `transport.mqtt.ssl.skip_validity_check_for_client_cert` (false): when false, a TLS
+    /// client certificate outside its validity period is refused at CONNECT (CONNACK 5 /
+    /// 0x87), as `X509Certificate.checkValidity()` makes ThingsBoard do.
+    pub skip_validity_check_for_client_cert: bool,
     /// Behaviour of older server versions and wire oddities.
     pub quirks: Quirks,
     /// The emulator's own memory bounds.
@@ -43,6 +48,7 @@ impl Default for EmulatorConfig {
             max_inflight_messages: 100,
             type_cast_enabled: true,
             send_ack_on_validation_exception: false,
+            skip_validity_check_for_client_cert: false,
             quirks: Quirks::default(),
             bounds: Bounds::default(),
         }

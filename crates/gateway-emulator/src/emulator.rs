@@ -13,8 +13,8 @@ use serde_json::{Map, Value};
 use crate::config::EmulatorConfig;
 use crate::error::ControlError;
 use crate::model::{
-    ClaimOutcome, ClientRpcHandler, DeviceInfo, Event, NewDevice, OtaPackage, ProvisionProfile,
-    RpcCall, RpcTicket, SessionId, Stats, TsValue,
+    ClaimOutcome, ClientRpcHandler, DeviceInfo, Event, NewDevice, OtaPackage, PeerIdentity,
+    ProvisionProfile, RpcCall, RpcTicket, SessionId, Stats, TsValue,
 };
 use crate::platform::{Notice, Platform};
 use crate::ratelimit::TenantLimits;
@@ -54,14 +54,25 @@ impl Emulator {
 
     // ---- connection inputs ---------------------------------------------------------------------
 
-    /// A client connected; returns the id to feed its bytes with.
+    /// A client connected over plain TCP; returns the id to feed its bytes with.
     pub fn open_session(&mut self, now: Instant) -> Result<SessionId, ControlError> {
+        self.open_session_with_peer(now, PeerIdentity::plain())
+    }
+
+    /// A client connected; `peer` says whether over TLS and with which client certificate.
+    /// A session with a client certificate authenticates by it alone (X.509), whatever its
+    /// CONNECT carries, unless it asks for provisioning.
+    pub fn open_session_with_peer(
+        &mut self,
+        now: Instant,
+        peer: PeerIdentity,
+    ) -> Result<SessionId, ControlError> {
         if self.sessions.len() >= self.platform.config.bounds.max_sessions {
             return Err(ControlError::TooManySessions);
         }
         let id = SessionId(self.next_session);
         self.next_session += 1;
-        self.sessions.insert(id, Session::new(id, now));
+        self.sessions.insert(id, Session::new(id, now, peer));
         Ok(id)
     }
 
@@ -191,6 +202,14 @@ impl Emulator {
     /// Tenant-profile transport rate limits.
     pub fn set_rate_limits(&mut self, limits: TenantLimits) -> Result<(), ControlError> {
         self.platform.set_limits(limits)
+    }
+
+    /// Sets `sendAckOnValidationException` for the device profile (device type) `profile`:
+    /// on MQTT 3.1.1 a payload that fails validation is then acknowledged with a plain PUBACK
+    /// instead of closing the connection. For a gateway's topics its own profile counts.
+    /// Profiles never set use [`EmulatorConfig::send_ack_on_validation_exception`].
+    pub fn set_profile_send_ack_on_validation_exception(&mut self, profile: &str, on: bool) {
+        self.platform.set_profile_ack_on_validation(profile, on);
     }
 
     /// Fault injection: the credential check fails with a backend error (CONNACK 3 / 0x88).

@@ -1,4 +1,4 @@
-//! Errors of the control API.
+//! Errors of the control API and of starting the runner.
 
 use std::fmt;
 
@@ -46,3 +46,74 @@ impl fmt::Display for ControlError {
 }
 
 impl std::error::Error for ControlError {}
+
+/// Why the TLS settings could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// The certificate chain PEM contains no certificate.
+    NoCertificate,
+    /// The certificate chain PEM could not be read.
+    CertificatePem(String),
+    /// The private key PEM holds no usable key or could not be read.
+    KeyPem(String),
+    /// The client CA PEM is empty, unreadable or not a usable trust anchor.
+    ClientCa(String),
+    /// rustls refused the configuration (for example a key that does not match the
+    /// certificate).
+    Rustls(String),
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoCertificate => f.write_str("no certificate in the certificate chain PEM"),
+            Self::CertificatePem(e) => write!(f, "invalid certificate chain PEM: {e}"),
+            Self::KeyPem(e) => write!(f, "invalid private key PEM: {e}"),
+            Self::ClientCa(e) => write!(f, "invalid client CA: {e}"),
+            Self::Rustls(e) => write!(f, "TLS configuration refused: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+/// Why [`crate::EmulatorHandle::start_tls`] could not start the emulator.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Binding a listener failed.
+    Io(std::io::Error),
+    /// The TLS settings are unusable.
+    Tls(TlsError),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "cannot listen: {e}"),
+            Self::Tls(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Io(e) => Some(e),
+            Self::Tls(e) => Some(e),
+        }
+    }
+}
+
+impl From<std::io::Error> for StartError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<TlsError> for StartError {
+    fn from(e: TlsError) -> Self {
+        Self::Tls(e)
+    }
+}

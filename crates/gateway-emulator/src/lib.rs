@@ -14,10 +14,10 @@
 //!   bytes, closed transports and timeouts with an [`Instant`](std::time::Instant) you choose;
 //!   drain [`Emulator::poll_output`] and [`Emulator::poll_event`]; wait until
 //!   [`Emulator::poll_timeout`]. Tests drive it on a virtual clock.
-//! * [`EmulatorHandle`]: a tokio TCP listener on 127.0.0.1 driving an [`Emulator`], with the
-//!   control API (create devices, push shared attributes, send RPCs and await the reply, read
-//!   telemetry and attributes, list sessions and a gateway's children, drop a connection,
-//!   shut down).
+//! * [`EmulatorHandle`]: a tokio TCP listener on 127.0.0.1 driving an [`Emulator`], optionally
+//!   with a TLS listener beside it (ThingsBoard's 1883 and 8883), and the control API (create
+//!   devices, push shared attributes, send RPCs and await the reply, read telemetry and
+//!   attributes, list sessions and a gateway's children, drop a connection, shut down).
 //!
 //! ## Starting it from a test
 //!
@@ -45,6 +45,40 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## With TLS and X.509 device certificates
+//!
+//! [`EmulatorHandle::start_tls`] opens a second listener speaking MQTT over TLS (rustls, *ring*
+//! provider), on 127.0.0.1 like the first. As on ThingsBoard's SSL port, access tokens and
+//! MQTT-basic credentials work over TLS unchanged, and a client may present a certificate: if
+//! it does, that certificate alone decides the device (the CONNECT's user name is ignored; an
+//! unknown, expired or not-yet-valid certificate is refused with CONNACK 5 on MQTT 3.1.1 and
+//! 0x87 + DISCONNECT 0x87 on MQTT 5). Devices get X.509 credentials with [`NewDevice::x509`]
+//! (or [`Credentials::x509_pem`]), or by provisioning with `credentialsType`
+//! `X509_CERTIFICATE`. [`ClientAuth`] chooses how client certificates are checked during the
+//! handshake: ThingsBoard accepts any ([`ClientAuth::AnyCertificate`], the default), or they
+//! can be required to chain to a CA ([`ClientAuth::VerifiedBy`]). The test PKI of the
+//! `gateway-testkit` crate makes the certificates.
+//!
+//! ```no_run
+//! use gateway_emulator::{EmulatorConfig, EmulatorHandle, NewDevice, TlsConfig};
+//!
+//! # async fn demo(ca_pem: &str, server_pem: &str, server_key_pem: &str, device_pem: &str)
+//! # -> Result<(), Box<dyn std::error::Error>> {
+//! // Server certificate for "localhost"/127.0.0.1; clients trust `ca_pem`.
+//! let tls = TlsConfig::new(server_pem, server_key_pem);
+//! let emu = EmulatorHandle::start_tls(EmulatorConfig::default(), tls).await?;
+//! emu.create_device(NewDevice::x509("Meter", device_pem))?; // the device's certificate
+//! emu.create_device(NewDevice::device("Sensor", "SENSOR_TOKEN"))?; // tokens work over TLS too
+//! let plain = emu.addr(); // MQTT, like port 1883
+//! let tls = emu.tls_addr().expect("started with TLS"); // MQTT over TLS, like port 8883
+//! println!("mqtt://{plain} mqtts://localhost:{}", tls.port());
+//! // A client presenting the device certificate (and its key) gets CONNACK 0 as "Meter".
+//! # Ok(()) }
+//! ```
+//!
+//! On the sans-IO [`Emulator`], [`Emulator::open_session_with_peer`] takes the same facts from
+//! any transport: a [`PeerIdentity`] with the client certificate's DER.
+//!
 //! ## Checked by a client nobody here wrote
 //!
 //! `tests/python_sdk.rs` runs the official ThingsBoard Python SDK (`tb-mqtt-client`, pinned in
@@ -56,11 +90,20 @@
 //!
 //! ## What is faithful
 //!
-//! * CONNECT: access token, MQTT basic credentials with ThingsBoard's lookup order; CONNACK
-//!   codes per version (bad token 5 / 0x86, unknown client id 2 / 0x85, nothing 5 / 0x87,
-//!   backend error 3 / 0x88 by fault injection); a v5 refusal followed by DISCONNECT;
-//!   Session Present echoing `!cleanSession`; `provision` user name or client id →
-//!   provision-only session; one session per device, the older one evicted (v5 DISCONNECT 0x8E).
+//! * CONNECT: access token, MQTT basic credentials with ThingsBoard's lookup order, X.509
+//!   client certificates over TLS (looked up like ThingsBoard: by the certificate's base64 DER,
+//!   whose SHA3-256 is the `credentialsId`, see [`x509`]; validity checked unless
+//!   [`EmulatorConfig::skip_validity_check_for_client_cert`]); CONNACK codes per version (bad
+//!   token 5 / 0x86, unknown client id 2 / 0x85, nothing or an unknown certificate 5 / 0x87,
+//!   backend error 3 / 0x88 by fault injection); a v5 refusal followed by DISCONNECT (the same
+//!   code, or 0x89 / 0x83 after a backend error); Session Present echoing `!cleanSession`;
+//!   `provision` user name or client id → provision-only session, even with a certificate; one
+//!   session per device, the older one evicted (v5 DISCONNECT 0x8E).
+//! * TLS ([`TlsConfig`]): client certificates requested but optional; a failed or stalled
+//!   (10 s) handshake ends only that connection.
+//! * Wire forms: PUBACK and DISCONNECT as Netty writes them (`40 02 id` for success, `40 04 id
+//!   rc 00` for a v5 failure, `E0 00` for a normal v5 DISCONNECT); QoS 2 PUBLISH answered with
+//!   PUBACK, QoS 2 subscriptions granted QoS 1, PUBREC/PUBREL/PUBCOMP ignored.
 //! * SUBSCRIBE: the exact filter list (no wildcards), granted QoS ≤ 1, 0x80 / 0x8F per failed
 //!   filter; v5 UNSUBACK 0x00 / 0x11. The last attribute/RPC subscription decides the v1/v2
 //!   topic family of downlinks; downlinks go out at QoS 1 when nothing matches.
@@ -68,8 +111,11 @@
 //!   of children (existing devices adopted; `type` only); one aggregated PUBACK; every error
 //!   class of §2.1 (0x99 kept, 0x83 + DISCONNECT, per-device failure, 0x97 device limit kept,
 //!   0x97 + close for rate limits, no PUBACK + 0x8B for a rate-limited creation, 0x90) and the
-//!   v3.1.1 equivalents, `sendAckOnValidationException`; value typing with type cast and null
-//!   dropping; attribute responses with the `value`/`values` rule; shared attribute updates
+//!   v3.1.1 equivalents, `sendAckOnValidationException` per device profile
+//!   ([`Emulator::set_profile_send_ack_on_validation_exception`]); the v5 per-device notice on
+//!   `v1/gateway/disconnect` (reason 150 after a rate limit when the connection survives it,
+//!   reason 129 after the non-final entries of a QoS 0 multi-device message); value typing
+//!   with type cast and null dropping; attribute responses with the `value`/`values` rule; shared attribute updates
 //!   with `deleted`; server RPC with per-device ids from 0, one-way/two-way, expiry, pending
 //!   delivery when a child comes back; `gateway_device_deleted` / `gateway_device_renamed`.
 //! * Device API: telemetry, attributes, attribute requests (`clientKeys`/`sharedKeys` strings),
@@ -85,16 +131,14 @@
 //!
 //! ## What is not (yet)
 //!
-//! * TLS and X.509 authentication (the credential type exists; such devices cannot connect).
+//! * X.509 certificate-chain provisioning (device profiles with the `X509_CERTIFICATE_CHAIN`
+//!   strategy, which create a device from a CA-issued certificate's CN at handshake time), and
+//!   ThingsBoard's check that each certificate of a presented chain is signed by the next.
 //! * Protobuf payloads (`v2/.../p` topics treat JSON as a parse failure, as the server would).
-//! * QoS 2 PUBLISH: the server answers with PUBACK; the emulator's codec refuses QoS 2 and
-//!   closes (DISCONNECT 0x81).
 //! * Gateway latency metrics (`metadata` → `gatewayMetrics`), persistent RPC states, RPC
 //!   delivery-timeout close (0x98), device credentials updates, per-IP blocking, the
 //!   pre-CONNACK queue, `max_string_value_length`, custom device-profile topics, MQTT 3.1
-//!   (`MQIsdp`), the v5 `v1/gateway/disconnect` notice after a forwarding failure (the server
-//!   usually loses it anyway), short-form v5 PUBACK/DISCONNECT encodings.
-//! * `sendAckOnValidationException` is global here; ThingsBoard sets it per device profile.
+//!   (`MQIsdp`), the session-open rate limit (CONNACK 0x9F).
 //! * Multi-device messages are processed in key order (serde_json maps are sorted), not
 //!   payload order; this only matters when a failure hits in the middle.
 
@@ -107,18 +151,22 @@ mod emulator;
 mod error;
 mod model;
 mod platform;
+mod qos2;
 mod ratelimit;
 mod server;
 mod session;
+mod tls;
+pub mod x509;
 
 pub use config::{Bounds, EmulatorConfig, Quirks};
 pub use emulator::Emulator;
-pub use error::ControlError;
+pub use error::{ControlError, StartError, TlsError};
 pub use model::{
     ClaimOutcome, ClientRpcAnswer, ClientRpcCall, ClientRpcHandler, Credentials, DeviceId,
-    DeviceInfo, Event, LimitedApi, NewDevice, OtaPackage, ProvisionProfile, ProvisionStrategy,
-    RpcCall, RpcOutcome, RpcTicket, SessionId, Stats, TsValue,
+    DeviceInfo, Event, LimitedApi, NewDevice, OtaPackage, PeerIdentity, ProvisionProfile,
+    ProvisionStrategy, RpcCall, RpcOutcome, RpcTicket, SessionId, Stats, TsValue,
 };
 pub use ratelimit::{LimitConfig, TenantLimits};
 pub use server::EmulatorHandle;
 pub use session::{Output, SessionInfo};
+pub use tls::{ClientAuth, TlsConfig};

@@ -42,12 +42,67 @@ pub enum Credentials {
         /// Password; `None` accepts any password.
         password: Option<String>,
     },
-    /// X.509 client certificate, identified by its fingerprint (authenticated at the TLS layer;
-    /// TLS is not implemented yet, so such a device cannot connect).
+    /// X.509 client certificate (`X509_CERTIFICATE`): a client presenting this certificate on
+    /// a TLS connection authenticates as the device, whatever its CONNECT carries. Build it
+    /// with [`Credentials::x509_pem`] or [`Credentials::x509_der`].
     X509 {
-        /// Certificate fingerprint / hash as ThingsBoard stores it.
-        fingerprint: String,
+        /// `credentialsValue` as ThingsBoard stores it: the certificate's base64 DER without
+        /// PEM markers or line breaks (see [`crate::x509`]).
+        certificate: String,
     },
+}
+
+impl Credentials {
+    /// X.509 credentials from a PEM certificate (ThingsBoard trims the markers and line
+    /// breaks, so a bare base64 body works too).
+    pub fn x509_pem(cert_pem: &str) -> Self {
+        Self::X509 {
+            certificate: crate::x509::credentials_value_from_pem(cert_pem),
+        }
+    }
+
+    /// X.509 credentials from a DER certificate.
+    pub fn x509_der(cert_der: &[u8]) -> Self {
+        Self::X509 {
+            certificate: crate::x509::credentials_value_from_der(cert_der),
+        }
+    }
+
+    /// ThingsBoard's `credentialsId` for these credentials where it is a hash of the value:
+    /// the SHA3-256 of the certificate text for X.509, `None` otherwise.
+    pub fn x509_credentials_id(&self) -> Option<String> {
+        match self {
+            Self::X509 { certificate } => Some(crate::x509::credentials_id(certificate)),
+            _ => None,
+        }
+    }
+}
+
+/// What the transport knows about a connection before its CONNECT: whether it is TLS and which
+/// client certificate (leaf, DER) the peer presented. ThingsBoard's MQTT SSL listener asks
+/// every client for a certificate; one that sends none authenticates by its CONNECT.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerIdentity {
+    /// The connection is TLS.
+    pub tls: bool,
+    /// The client's leaf certificate, DER, if it presented one (only over TLS).
+    pub client_cert: Option<Vec<u8>>,
+}
+
+impl PeerIdentity {
+    /// A plain TCP connection (what [`crate::Emulator::open_session`] assumes).
+    pub fn plain() -> Self {
+        Self::default()
+    }
+
+    /// A TLS connection, with the client certificate (DER) if one was presented.
+    pub fn tls(client_cert: Option<Vec<u8>>) -> Self {
+        Self {
+            tls: true,
+            client_cert,
+        }
+    }
 }
 
 /// What to create with [`crate::Emulator::create_device`].
@@ -82,6 +137,21 @@ impl NewDevice {
         Self {
             gateway: true,
             ..Self::device(name, token)
+        }
+    }
+
+    /// A plain device authenticated by an X.509 client certificate (PEM), like a device whose
+    /// credentials type is `X509_CERTIFICATE`. It connects over TLS presenting that
+    /// certificate.
+    pub fn x509(name: impl Into<String>, cert_pem: &str) -> Self {
+        Self::device(name, "").with_credentials(Some(Credentials::x509_pem(cert_pem)))
+    }
+
+    /// A gateway authenticated by an X.509 client certificate (PEM).
+    pub fn x509_gateway(name: impl Into<String>, cert_pem: &str) -> Self {
+        Self {
+            gateway: true,
+            ..Self::x509(name, cert_pem)
         }
     }
 

@@ -132,13 +132,17 @@ pub(crate) enum CreateError {
     DeviceLimit,
 }
 
-/// Why authentication failed (mapped to CONNACK codes by the session).
+/// Why authentication failed (mapped to CONNACK and DISCONNECT codes by the session).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
     BadUsernameOrPassword,
     ClientIdNotValid,
+    /// Nothing matched, or (X.509) the certificate is unknown, expired or not yet valid.
     NotAuthorized,
+    /// The credential check failed on the token/basic path (DISCONNECT 0x89 SERVER_BUSY).
     ServerUnavailable,
+    /// The credential check failed on the X.509 path (DISCONNECT 0x83).
+    X509ServerUnavailable,
 }
 
 /// Result of checking a CONNECT's credentials.
@@ -187,6 +191,8 @@ pub struct Platform {
     provision_profiles: Vec<ProvisionProfile>,
     client_rpc_handler: Option<ClientRpcHandler>,
     auth_unavailable: bool,
+    /// `sendAckOnValidationException` of the device profiles that set it, by profile name.
+    profile_ack_on_validation: HashMap<String, bool>,
     pub(crate) outbox: VecDeque<(SessionId, Notice)>,
     events: VecDeque<Event>,
     pub(crate) stats: Stats,
@@ -225,6 +231,7 @@ impl Platform {
             provision_profiles: Vec::new(),
             client_rpc_handler: None,
             auth_unavailable: false,
+            profile_ack_on_validation: HashMap::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -461,16 +468,46 @@ impl Platform {
 
     // ---- authentication ----------------------------------------------------------------------
 
+    /// Sets a device profile's `sendAckOnValidationException`.
+    pub(crate) fn set_profile_ack_on_validation(&mut self, profile: &str, on: bool) {
+        self.profile_ack_on_validation
+            .insert(profile.to_owned(), on);
+    }
+
+    /// `sendAckOnValidationException` of `device`'s profile (DSC reads it from the device
+    /// profile's MQTT transport configuration); the configured default for other profiles.
+    pub(crate) fn ack_on_validation(&self, device: Option<DeviceId>) -> bool {
+        device
+            .and_then(|d| self.devices.get(&d))
+            .and_then(|d| self.profile_ack_on_validation.get(&d.device_type))
+            .copied()
+            .unwrap_or(self.config.send_ack_on_validation_exception)
+    }
+
     pub(crate) fn set_auth_unavailable(&mut self, on: bool) {
         self.auth_unavailable = on;
     }
 
     /// MQTT CONNECT credential check (MTH `processConnect`; DTAS `validateCredentials`).
-    pub(crate) fn authenticate(&self, connect: &Connect) -> Auth {
+    ///
+    /// Order as in MTH `processConnect`: a `provision` user name or client id first (even with
+    /// a client certificate); then, if the TLS client presented a certificate, X.509 alone
+    /// (`processX509CertConnect`: user name and password are not looked at, an unknown
+    /// certificate is refused with NOT_AUTHORIZED, never retried as a token); otherwise the
+    /// token / MQTT-basic lookup.
+    pub(crate) fn authenticate(
+        &self,
+        connect: &Connect,
+        client_cert: Option<&[u8]>,
+        now: Instant,
+    ) -> Auth {
         let username = connect.username.as_deref();
         let password = connect.password.as_deref();
         if username == Some(PROVISION_IDENTITY) || connect.client_id == PROVISION_IDENTITY {
             return Auth::Provision;
+        }
+        if let Some(der) = client_cert {
+            return self.authenticate_x509(der, now);
         }
         if self.auth_unavailable {
             return Auth::Refused(Refusal::ServerUnavailable);
@@ -490,6 +527,33 @@ impl Platform {
                 Refusal::NotAuthorized
             },
         )
+    }
+
+    /// MTH `processX509CertConnect`: validity check, then the lookup by certificate.
+    fn authenticate_x509(&self, der: &[u8], now: Instant) -> Auth {
+        if !self.config.skip_validity_check_for_client_cert {
+            // `cert.checkValidity()` throws for an expired or not-yet-valid certificate; any
+            // exception there is a NOT_AUTHORIZED refusal. An unreadable certificate is
+            // refused the same way.
+            let wall = self.wall_ms(now);
+            match crate::x509::validity(der) {
+                Some((from, until)) if from <= wall && wall <= until => {}
+                _ => return Auth::Refused(Refusal::NotAuthorized),
+            }
+        }
+        if self.auth_unavailable {
+            return Auth::Refused(Refusal::X509ServerUnavailable);
+        }
+        let value = crate::x509::credentials_value_from_der(der);
+        self.devices
+            .values()
+            .find(|d| match &d.credentials {
+                Some(Credentials::X509 { certificate }) => *certificate == value,
+                _ => false,
+            })
+            .map_or(Auth::Refused(Refusal::NotAuthorized), |d| {
+                Auth::Device(d.id)
+            })
     }
 
     fn find_credentials(
@@ -1089,13 +1153,25 @@ impl Platform {
                         Some(t) if !t.is_empty() => t.clone(),
                         _ => self.generated("token"),
                     }),
+                    CredentialsType::MqttBasic
+                        if [&req.client_id, &req.username, &req.password]
+                            .iter()
+                            .all(|f| f.as_deref().is_none_or(str::is_empty)) =>
+                    {
+                        // No credential data at all: the device keeps the random access token
+                        // it got on creation (DeviceServiceImpl `saveDevice(ProvisionRequest,..)`).
+                        Credentials::AccessToken(self.generated("token"))
+                    }
                     CredentialsType::MqttBasic => Credentials::Basic {
                         client_id: req.client_id.clone(),
                         username: req.username.clone(),
                         password: req.password.clone(),
                     },
-                    CredentialsType::X509Certificate => Credentials::X509 {
-                        fingerprint: req.hash.clone().unwrap_or_default(),
+                    // The request's `hash` carries the certificate itself (PEM or base64); it is
+                    // stored trimmed and looked up by its SHA3 like any X.509 credential.
+                    CredentialsType::X509Certificate => match req.hash.as_deref() {
+                        Some(cert) if !cert.is_empty() => Credentials::x509_pem(cert),
+                        _ => Credentials::AccessToken(self.generated("token")),
                     },
                 };
                 if self.credentials_taken(&credentials) {
@@ -1239,9 +1315,10 @@ fn success(credentials: &Credentials) -> ProvisionResponse {
                 password: password.clone(),
             },
         ),
-        Credentials::X509 { fingerprint } => (
+        // JC `toJson(ProvisionDeviceResponseMsg)`: the stored (trimmed) certificate text.
+        Credentials::X509 { certificate } => (
             CredentialsType::X509Certificate,
-            CredentialsValue::Text(fingerprint.clone()),
+            CredentialsValue::Text(certificate.clone()),
         ),
     };
     ProvisionResponse::Success {

@@ -1,5 +1,10 @@
-//! The tokio runner: a TCP listener on 127.0.0.1 that drives one [`Emulator`] for every
-//! connection, plus a cloneable [`EmulatorHandle`] exposing the control API.
+//! The tokio runner: a TCP listener on 127.0.0.1 (and optionally a TLS listener beside it, like
+//! ThingsBoard's 1883 and 8883) that drives one [`Emulator`] for every connection, plus a
+//! cloneable [`EmulatorHandle`] exposing the control API.
+//!
+//! A TLS connection opens its session only after the handshake, with the client certificate
+//! the peer presented ([`PeerIdentity`]); a failed or stalled handshake (10 s, Netty
+//! `SslHandler`'s default) ends that connection only.
 //!
 //! One `std::sync::Mutex` guards the emulator; it is never held across an `.await`. After
 //! every input the runner drains the emulator's outputs into per-connection channels and its
@@ -12,20 +17,22 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::{AbortHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::EmulatorConfig;
 use crate::emulator::Emulator;
-use crate::error::ControlError;
+use crate::error::{ControlError, StartError};
 use crate::model::{
-    ClaimOutcome, ClientRpcHandler, DeviceInfo, Event, NewDevice, OtaPackage, ProvisionProfile,
-    RpcCall, RpcOutcome, RpcTicket, SessionId, TsValue,
+    ClaimOutcome, ClientRpcHandler, DeviceInfo, Event, NewDevice, OtaPackage, PeerIdentity,
+    ProvisionProfile, RpcCall, RpcOutcome, RpcTicket, SessionId, TsValue,
 };
 use crate::ratelimit::TenantLimits;
 use crate::session::{Output, SessionInfo};
+use crate::tls::TlsConfig;
 
 /// Outputs queued per connection. A client that does not read fills it; the connection is
 /// then closed (ThingsBoard would buffer without bound; the emulator does not).
@@ -34,6 +41,9 @@ const CONNECTION_QUEUE: usize = 4_096;
 const MAX_KEPT_EVENTS: usize = 1_024;
 /// Extra time an RPC caller waits beyond the RPC's own timeout before giving up.
 const RPC_GRACE: Duration = Duration::from_secs(1);
+/// Longest TLS handshake before the connection is dropped (Netty `SslHandler`'s default
+/// `handshakeTimeoutMillis`, 10 s).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct State {
     emu: Emulator,
@@ -47,6 +57,7 @@ struct Shared {
     state: Mutex<State>,
     timer_wake: Notify,
     addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     tasks: Mutex<Vec<AbortHandle>>,
 }
 
@@ -61,6 +72,7 @@ impl std::fmt::Debug for EmulatorHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmulatorHandle")
             .field("addr", &self.shared.addr)
+            .field("tls_addr", &self.shared.tls_addr)
             .finish_non_exhaustive()
     }
 }
@@ -82,7 +94,44 @@ impl EmulatorHandle {
     /// Starts the emulator on `port` of 127.0.0.1 (0 = ephemeral).
     pub async fn start_on(config: EmulatorConfig, port: u16) -> io::Result<Self> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
+        Self::launch(config, listener, None)
+    }
+
+    /// Starts the emulator with a plain listener and a TLS listener, both on ephemeral ports of
+    /// 127.0.0.1 ([`EmulatorHandle::addr`], [`EmulatorHandle::tls_addr`]). Must be called
+    /// inside a tokio runtime.
+    pub async fn start_tls(config: EmulatorConfig, tls: TlsConfig) -> Result<Self, StartError> {
+        Self::start_tls_on(config, tls, 0, 0).await
+    }
+
+    /// Like [`EmulatorHandle::start_tls`] on the given ports of 127.0.0.1 (0 = ephemeral).
+    /// The TLS settings are checked before anything is bound.
+    pub async fn start_tls_on(
+        config: EmulatorConfig,
+        tls: TlsConfig,
+        port: u16,
+        tls_port: u16,
+    ) -> Result<Self, StartError> {
+        let acceptor = TlsAcceptor::from(tls.server_config()?);
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
+        let tls_listener = TcpListener::bind((Ipv4Addr::LOCALHOST, tls_port)).await?;
+        Ok(Self::launch(
+            config,
+            listener,
+            Some((tls_listener, acceptor)),
+        )?)
+    }
+
+    fn launch(
+        config: EmulatorConfig,
+        listener: TcpListener,
+        tls: Option<(TcpListener, TlsAcceptor)>,
+    ) -> io::Result<Self> {
         let addr = listener.local_addr()?;
+        let tls_addr = match &tls {
+            Some((l, _)) => Some(l.local_addr()?),
+            None => None,
+        };
         let emu = Emulator::new(config, Instant::now(), epoch_ms_now());
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -94,17 +143,28 @@ impl EmulatorHandle {
             }),
             timer_wake: Notify::new(),
             addr,
+            tls_addr,
             tasks: Mutex::new(Vec::new()),
         });
         let accept = tokio::spawn(accept_loop(shared.clone(), listener));
         let timer = tokio::spawn(timer_loop(shared.clone()));
-        lock_tasks(&shared).extend([accept.abort_handle(), timer.abort_handle()]);
+        let mut tasks = vec![accept.abort_handle(), timer.abort_handle()];
+        if let Some((tls_listener, acceptor)) = tls {
+            let tls_accept = tokio::spawn(tls_accept_loop(shared.clone(), tls_listener, acceptor));
+            tasks.push(tls_accept.abort_handle());
+        }
+        lock_tasks(&shared).extend(tasks);
         Ok(Self { shared })
     }
 
-    /// The listening address.
+    /// The plain MQTT listening address (ThingsBoard's 1883).
     pub fn addr(&self) -> SocketAddr {
         self.shared.addr
+    }
+
+    /// The MQTT-over-TLS listening address (ThingsBoard's 8883), if started with TLS.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.shared.tls_addr
     }
 
     /// Runs `f` on the emulator under the lock (with the current instant), then delivers what
@@ -199,6 +259,12 @@ impl EmulatorHandle {
     /// Installs the client-side RPC handler (see [`Emulator::set_client_rpc_handler`]).
     pub fn set_client_rpc_handler(&self, handler: Option<ClientRpcHandler>) {
         self.with(|e, _| e.set_client_rpc_handler(handler));
+    }
+
+    /// A device profile's `sendAckOnValidationException` (see
+    /// [`Emulator::set_profile_send_ack_on_validation_exception`]).
+    pub fn set_profile_send_ack_on_validation_exception(&self, profile: &str, on: bool) {
+        self.with(|e, _| e.set_profile_send_ack_on_validation_exception(profile, on));
     }
 
     /// Tenant device limit.
@@ -329,7 +395,8 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             accepted = listener.accept() => {
                 if let Ok((stream, _)) = accepted {
                     let _ = stream.set_nodelay(true);
-                    connections.spawn(serve(shared.clone(), stream));
+                    let (rd, wr) = stream.into_split();
+                    connections.spawn(serve(shared.clone(), rd, wr, PeerIdentity::plain()));
                 }
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -355,15 +422,52 @@ async fn timer_loop(shared: Arc<Shared>) {
     }
 }
 
-async fn serve(shared: Arc<Shared>, stream: TcpStream) {
-    let (mut rd, mut wr) = stream.into_split();
+async fn tls_accept_loop(shared: Arc<Shared>, listener: TcpListener, acceptor: TlsAcceptor) {
+    // As in `accept_loop`: aborting this task aborts every handshake and connection.
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    let _ = stream.set_nodelay(true);
+                    connections.spawn(serve_tls(shared.clone(), acceptor.clone(), stream));
+                }
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// Completes the handshake, then serves the connection with the client's certificate. A
+/// failed handshake (wrong CA, plain MQTT on the TLS port, a rejected client certificate) or
+/// one that takes too long only drops this connection; no session is opened for it.
+async fn serve_tls(shared: Arc<Shared>, acceptor: TlsAcceptor, stream: tokio::net::TcpStream) {
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(_)) | Err(_) => return,
+    };
+    let client_cert = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|leaf| leaf.as_ref().to_vec());
+    let (rd, wr) = tokio::io::split(stream);
+    serve(shared, rd, wr, PeerIdentity::tls(client_cert)).await;
+}
+
+async fn serve<R, W>(shared: Arc<Shared>, mut rd: R, mut wr: W, peer: PeerIdentity)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, mut rx) = mpsc::channel::<Output>(CONNECTION_QUEUE);
     let id = {
         let mut state = lock(&shared);
         if state.shut {
             return;
         }
-        match state.emu.open_session(Instant::now()) {
+        match state.emu.open_session_with_peer(Instant::now(), peer) {
             Ok(id) => {
                 state.conns.insert(id, tx);
                 id

@@ -10,19 +10,20 @@ use bytes::{Bytes, BytesMut};
 use gateway_proto::payload::device::SessionLimits;
 use gateway_proto::payload::{
     self as pl, ClientAttributes, ClientRpcResponse, DeviceAttributeRequest,
-    DeviceAttributeResponse, DeviceTelemetry, GatewayAttributeRequest, GatewayAttributeResponse,
-    GatewayAttributeUpdate, GatewayAttributes, GatewayClaim, GatewayRpcRequest, GatewayRpcResponse,
-    GatewayTelemetry, Payload, PayloadError, ProvisionRequest, RequestedKeys,
+    DeviceAttributeResponse, DeviceTelemetry, DisconnectNotice, GatewayAttributeRequest,
+    GatewayAttributeResponse, GatewayAttributeUpdate, GatewayAttributes, GatewayClaim,
+    GatewayRpcRequest, GatewayRpcResponse, GatewayTelemetry, Payload, PayloadError,
+    ProvisionRequest, RequestedKeys,
 };
 use gateway_proto::topic::{self, IdTopicKind, OtaKind, TopicFamily, UplinkTopic};
 use gateway_proto::wire::{
-    self, ConnAck, Connect, DecodeError, Disconnect, Packet, PubAck, Publish, PublishRef, QoS,
-    SubAck, Subscribe, UnsubAck, Unsubscribe,
+    self, ConnAck, Connect, DecodeError, Packet, Publish, PublishRef, QoS, SubAck, Subscribe,
+    UnsubAck, Unsubscribe,
 };
 use gateway_proto::ProtocolVersion;
 use serde_json::{Map, Value};
 
-use crate::model::{ClientRpcAnswer, ClientRpcCall, DeviceId, SessionId};
+use crate::model::{ClientRpcAnswer, ClientRpcCall, DeviceId, PeerIdentity, SessionId};
 use crate::platform::{Auth, CreateError, Notice, Platform, RateCheck, Refusal, Sender};
 
 /// MQTT's own limit on the remaining length; outgoing packets have no other limit (§5).
@@ -41,6 +42,7 @@ mod rc {
     pub const BAD_USERNAME_OR_PASSWORD: u8 = 0x86;
     pub const NOT_AUTHORIZED: u8 = 0x87;
     pub const SERVER_UNAVAILABLE: u8 = 0x88;
+    pub const SERVER_BUSY: u8 = 0x89;
     pub const SERVER_SHUTTING_DOWN: u8 = 0x8B;
     pub const SESSION_TAKEN_OVER: u8 = 0x8E;
     pub const TOPIC_FILTER_INVALID: u8 = 0x8F;
@@ -77,6 +79,10 @@ pub struct SessionInfo {
     pub children: Vec<String>,
     /// Received bytes not yet decoded (at most one packet of the size limit plus one input).
     pub buffered_bytes: usize,
+    /// The connection is TLS.
+    pub tls: bool,
+    /// The TLS client presented a certificate.
+    pub client_certificate: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +130,7 @@ enum Failure {
 #[derive(Debug)]
 pub(crate) struct Session {
     id: SessionId,
+    peer: PeerIdentity,
     version: ProtocolVersion,
     state: State,
     buf: BytesMut,
@@ -140,9 +147,10 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(id: SessionId, now: Instant) -> Self {
+    pub(crate) fn new(id: SessionId, now: Instant, peer: PeerIdentity) -> Self {
         Self {
             id,
+            peer,
             version: ProtocolVersion::V311,
             state: State::AwaitConnect,
             buf: BytesMut::new(),
@@ -184,6 +192,8 @@ impl Session {
             provision: self.state == State::Provision,
             children,
             buffered_bytes: self.buf.len(),
+            tls: self.peer.tls,
+            client_certificate: self.peer.client_cert.is_some(),
         }
     }
 
@@ -214,6 +224,11 @@ impl Session {
                     // No session yet: no CONNACK, no DISCONNECT.
                     Err(_) => self.close(p),
                 }
+                continue;
+            }
+            if crate::qos2::adapt_front_frame(&mut self.buf, self.version, max)
+                == crate::qos2::Adapted::Dropped
+            {
                 continue;
             }
             match wire::decode(&mut self.buf, self.version, max) {
@@ -368,18 +383,38 @@ impl Session {
         }
     }
 
+    /// PUBACK as Netty's `MqttEncoder.encodePubReplyMessage` writes it: the two-byte short
+    /// form (`40 02 id`) on MQTT 3.1.1 and for a v5 success; `40 04 id rc 00` for a v5 failure
+    /// (reason code plus an empty property block).
     fn puback(&mut self, pkid: u16, code: u8) {
         // MTH `ack`: only for msgId > 0, i.e. never for QoS 0.
         if pkid > 0 {
             let code = self.v5(code);
-            self.send(&Packet::PubAck(PubAck { pkid, code }));
+            let [hi, lo] = pkid.to_be_bytes();
+            let bytes = if code == rc::SUCCESS {
+                Bytes::copy_from_slice(&[0x40, 0x02, hi, lo])
+            } else {
+                Bytes::copy_from_slice(&[0x40, 0x04, hi, lo, code, 0x00])
+            };
+            self.out.push_back(Output::Transmit(bytes));
         }
+    }
+
+    /// A v5 DISCONNECT as Netty's `encodeReasonCodePlusPropertiesMessage` writes it: `E0 00`
+    /// for NORMAL_DISCONNECT, `E0 02 rc 00` otherwise.
+    fn send_disconnect(&mut self, code: u8) {
+        let bytes = if code == rc::SUCCESS {
+            Bytes::from_static(&[0xE0, 0x00])
+        } else {
+            Bytes::copy_from_slice(&[0xE0, 0x02, code, 0x00])
+        };
+        self.out.push_back(Output::Transmit(bytes));
     }
 
     /// Close: on MQTT 5 a DISCONNECT with `code` first.
     fn disconnect(&mut self, code: u8, p: &mut Platform) {
         if self.version == ProtocolVersion::V5 && self.state != State::AwaitConnect {
-            self.send(&Packet::Disconnect(Disconnect { code }));
+            self.send_disconnect(code);
         }
         self.close(p);
     }
@@ -456,7 +491,7 @@ impl Session {
         self.last_activity = now;
         // §6.1 quirk: Session Present echoes !cleanSession, even on refusal.
         let session_present = !connect.clean_session;
-        match p.authenticate(connect) {
+        match p.authenticate(connect, self.peer.client_cert.as_deref(), now) {
             Auth::Provision => {
                 self.state = State::Provision;
                 self.send(&Packet::ConnAck(ConnAck {
@@ -474,11 +509,24 @@ impl Session {
                 p.bind(device, self.id, None, now);
             }
             Auth::Refused(refusal) => {
-                let (v5, v3) = match refusal {
-                    Refusal::BadUsernameOrPassword => (rc::BAD_USERNAME_OR_PASSWORD, 5),
-                    Refusal::ClientIdNotValid => (rc::CLIENT_ID_NOT_VALID, 2),
-                    Refusal::NotAuthorized => (rc::NOT_AUTHORIZED, 5),
-                    Refusal::ServerUnavailable => (rc::SERVER_UNAVAILABLE, 3),
+                // (v5 CONNACK, v3 CONNACK, v5 DISCONNECT). MTH `closeCtx`: a refused lookup
+                // repeats the CONNACK code; a failed credential check sends SERVER_BUSY on the
+                // token path (`processAuthTokenConnect`) and IMPLEMENTATION_SPECIFIC_ERROR on
+                // the X.509 path (`processX509CertConnect`).
+                let (v5, v3, disconnect) = match refusal {
+                    Refusal::BadUsernameOrPassword => (
+                        rc::BAD_USERNAME_OR_PASSWORD,
+                        5,
+                        rc::BAD_USERNAME_OR_PASSWORD,
+                    ),
+                    Refusal::ClientIdNotValid => {
+                        (rc::CLIENT_ID_NOT_VALID, 2, rc::CLIENT_ID_NOT_VALID)
+                    }
+                    Refusal::NotAuthorized => (rc::NOT_AUTHORIZED, 5, rc::NOT_AUTHORIZED),
+                    Refusal::ServerUnavailable => (rc::SERVER_UNAVAILABLE, 3, rc::SERVER_BUSY),
+                    Refusal::X509ServerUnavailable => {
+                        (rc::SERVER_UNAVAILABLE, 3, rc::IMPLEMENTATION_SPECIFIC)
+                    }
                 };
                 let v5_session = self.version == ProtocolVersion::V5;
                 let code = if v5_session { v5 } else { v3 };
@@ -486,9 +534,9 @@ impl Session {
                     session_present,
                     code,
                 }));
-                // §6.1: a v5 refusal is followed by a DISCONNECT with the same code.
+                // §6.1: a v5 refusal is followed by a DISCONNECT.
                 if v5_session {
-                    self.send(&Packet::Disconnect(Disconnect { code }));
+                    self.send_disconnect(disconnect);
                 }
                 self.close(p);
             }
@@ -646,7 +694,7 @@ impl Session {
                     } else {
                         self.puback(pkid, rc::PAYLOAD_FORMAT_INVALID);
                     }
-                } else if p.config.send_ack_on_validation_exception && pkid > 0 {
+                } else if p.ack_on_validation(self.device()) && pkid > 0 {
                     self.puback(pkid, 0);
                 } else {
                     self.close(p);
@@ -854,10 +902,126 @@ impl Session {
         }
     }
 
-    /// Multi-device gateway messages: get-or-create each child, rate-check, store; then one
-    /// aggregated PUBACK (or, with the pre-4.2.1 quirk, one per entry).
+    /// Multi-device gateway messages (AGSH `onDevice{Telemetry,Attributes,Claim}Json` and
+    /// `getAggregatePubAckCallback`), entry by entry in key order as if every callback
+    /// completed in that order: get-or-create the child, convert, rate-check, store. The first
+    /// outcome that acknowledges wins (`ackSent`): a device-limit failure (0x97, session kept),
+    /// a conversion failure (v5 0x99, session kept; v3 close), a rate limit (0x97, then close),
+    /// or the last success (0x00). After a close the remaining entries are still stored, but
+    /// nothing more reaches the client.
+    ///
+    /// The v5 per-device notice on `v1/gateway/disconnect` (`closeDeviceSession`, §3.4) goes
+    /// out after a rate limit (reason 150, lost when that failure closed the connection,
+    /// which the first one always does) and, at QoS 0, after every successful entry that does
+    /// not complete the message (reason 129 MALFORMED_PACKET: the callback sees packet id -1);
+    /// the entry that completes a QoS 0 message tries to build a PUBACK for id -1, which
+    /// throws, so neither an ack nor a notice follows it.
     /// `None` items failed conversion: their device is still looked up or created.
     fn per_device(
+        &mut self,
+        now: Instant,
+        gateway: DeviceId,
+        qos: QoS,
+        pkid: u16,
+        items: Vec<(String, u64, Option<Stored>)>,
+        p: &mut Platform,
+    ) {
+        if p.config.quirks.per_device_pubacks {
+            return self.per_device_legacy(now, gateway, qos, pkid, items, p);
+        }
+        let v5 = self.version == ProtocolVersion::V5;
+        let wall_ms = p.wall_ms(now);
+        let mut remaining = items.len();
+        let mut ack_sent = false;
+        // The channel is closing: outputs are lost, entries are still processed.
+        let mut lost = false;
+        for (name, points, stored) in items {
+            let child = match self.child(now, gateway, &name, None, p) {
+                Ok(c) => c,
+                Err(ChildError::RateLimited) => {
+                    // A synchronous exception: the remaining entries are not processed.
+                    return if lost {
+                        self.close(p)
+                    } else {
+                        self.fail_child_creation(p)
+                    };
+                }
+                Err(ChildError::DeviceLimit) => {
+                    if !ack_sent && !lost {
+                        self.puback(pkid, rc::QUOTA_EXCEEDED);
+                    }
+                    ack_sent = true;
+                    continue;
+                }
+            };
+            let Some(stored) = stored else {
+                // AGSH `ackOrClose`.
+                if v5 {
+                    if !ack_sent && !lost {
+                        self.puback(pkid, rc::PAYLOAD_FORMAT_INVALID);
+                    }
+                    ack_sent = true;
+                } else {
+                    lost = true;
+                }
+                continue;
+            };
+            if p.check_rate(Sender::Child { gateway }, &name, points, now) != RateCheck::Ok {
+                if !ack_sent && !lost {
+                    self.puback(pkid, rc::QUOTA_EXCEEDED);
+                    lost = true;
+                }
+                ack_sent = true;
+                if !lost {
+                    self.device_disconnect_notice(&name, DisconnectNotice::REASON_RATE_LIMIT, p);
+                }
+                continue;
+            }
+            match stored {
+                Stored::Telemetry(entries) => {
+                    for e in entries {
+                        p.store_telemetry(child, e.ts.unwrap_or(wall_ms), &e.values);
+                    }
+                }
+                Stored::Attributes(values) => p.store_client_attributes(child, &values),
+                Stored::Claim(c) => p.allow_claim(child, c.secret_key, c.duration_ms, now),
+            }
+            remaining -= 1;
+            if remaining == 0 && !ack_sent {
+                ack_sent = true;
+                if pkid == 0 {
+                    continue;
+                }
+                if !lost {
+                    self.puback(pkid, rc::SUCCESS);
+                }
+            }
+            if pkid == 0 && !lost {
+                self.device_disconnect_notice(&name, rc::MALFORMED, p);
+            }
+        }
+        if lost {
+            self.close(p);
+        }
+    }
+
+    /// AGSH `closeDeviceSession`: on MQTT 5, `{"device":..,"reason":..}` on
+    /// `v1/gateway/disconnect` (not subscribable, so QoS 1 unless a filter matches).
+    fn device_disconnect_notice(&mut self, device: &str, reason: u8, p: &mut Platform) {
+        if self.version != ProtocolVersion::V5 || self.is_closed() {
+            return;
+        }
+        let notice = DisconnectNotice {
+            device: device.to_owned(),
+            reason,
+        };
+        self.publish(topic::GATEWAY_DISCONNECT, &notice.to_vec(), p);
+    }
+
+    /// Multi-device gateway messages before v4.2.1 (`per_device_pubacks` quirk): one PUBACK
+    /// per stored entry. `None` items failed conversion: their device is still looked up or
+    /// created.
+    fn per_device_legacy(
         &mut self,
         now: Instant,
         gateway: DeviceId,

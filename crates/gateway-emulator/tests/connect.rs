@@ -60,8 +60,10 @@ fn backend_failure_is_3_or_0x88() {
     h.emu.set_auth_unavailable(true);
     let (_, p) = h.connect_with(V311, "c", Some(DEV_TOKEN), None);
     assert_eq!(p, vec![connack(3)]);
+    // MTH `processAuthTokenConnect` onError: CONNACK SERVER_UNAVAILABLE, then
+    // `closeCtx(ctx, SERVER_BUSY)`: the DISCONNECT carries 0x89, not the CONNACK's code.
     let (_, p) = h.connect_with(V5, "c", Some(DEV_TOKEN), None);
-    assert_eq!(p, vec![connack(0x88), disconnect(0x88)]);
+    assert_eq!(p, vec![connack(0x88), disconnect(0x89)]);
 }
 
 #[test]

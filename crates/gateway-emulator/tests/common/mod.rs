@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use gateway_emulator::{Emulator, EmulatorConfig, NewDevice, Output, SessionId};
+use gateway_emulator::{Emulator, EmulatorConfig, NewDevice, Output, PeerIdentity, SessionId};
 use gateway_proto::wire::{self, Connect, Packet, Publish, QoS, Subscribe};
 use gateway_proto::ProtocolVersion;
 use serde_json::Value;
@@ -68,6 +68,47 @@ impl Harness {
         id
     }
 
+    /// Opens a session as the transport would for `peer` (TLS, client certificate).
+    pub fn open_with_peer(&mut self, version: ProtocolVersion, peer: PeerIdentity) -> SessionId {
+        let id = self.emu.open_session_with_peer(self.now, peer).unwrap();
+        self.inbox.entry(id).or_default().version = Some(version);
+        id
+    }
+
+    /// Opens a session for `peer`, sends CONNECT; returns the id and the server's answer.
+    pub fn connect_peer(
+        &mut self,
+        version: ProtocolVersion,
+        peer: PeerIdentity,
+        client_id: &str,
+        username: Option<&str>,
+        password: Option<&str>,
+    ) -> (SessionId, Vec<Packet>) {
+        let id = self.open_with_peer(version, peer);
+        self.send_connect(id, client_id, username, password);
+        let packets = self.take(id);
+        (id, packets)
+    }
+
+    pub fn send_connect(
+        &mut self,
+        id: SessionId,
+        client_id: &str,
+        username: Option<&str>,
+        password: Option<&str>,
+    ) {
+        self.send(
+            id,
+            Packet::Connect(Connect {
+                client_id: client_id.to_owned(),
+                keep_alive: 60,
+                clean_session: true,
+                username: username.map(str::to_owned),
+                password: password.map(str::to_owned),
+            }),
+        );
+    }
+
     pub fn send_raw(&mut self, id: SessionId, bytes: &[u8]) {
         self.emu.handle_bytes(id, self.now, bytes);
         self.pump();
@@ -97,6 +138,13 @@ impl Harness {
         packets
     }
 
+    /// Every byte the server sent to `id` since the last call, undecoded.
+    pub fn take_raw(&mut self, id: SessionId) -> Vec<u8> {
+        self.pump();
+        let inbox = self.inbox.entry(id).or_default();
+        inbox.bytes.split().to_vec()
+    }
+
     pub fn closed(&self, id: SessionId) -> bool {
         self.inbox.get(&id).is_some_and(|i| i.closed)
     }
@@ -116,16 +164,7 @@ impl Harness {
         password: Option<&str>,
     ) -> (SessionId, Vec<Packet>) {
         let id = self.open(version);
-        self.send(
-            id,
-            Packet::Connect(Connect {
-                client_id: client_id.to_owned(),
-                keep_alive: 60,
-                clean_session: true,
-                username: username.map(str::to_owned),
-                password: password.map(str::to_owned),
-            }),
-        );
+        self.send_connect(id, client_id, username, password);
         let packets = self.take(id);
         (id, packets)
     }

@@ -1,0 +1,483 @@
+//! The runner's TLS listener with real TLS clients (tokio-rustls, ring provider) speaking raw
+//! MQTT bytes: token auth over TLS, X.509 device auth, refusals, handshake failures.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use common::{connack, disconnect, puback, V311, V5};
+use gateway_emulator::{
+    ClientAuth, EmulatorConfig, EmulatorHandle, NewDevice, StartError, TlsConfig, TlsError,
+};
+use gateway_proto::wire::{self, Connect, Packet, Publish, QoS};
+use gateway_proto::ProtocolVersion;
+use gateway_testkit::pki::{ClientCert, TestPki};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+
+const TOKEN: &str = "TLS_TOKEN";
+
+/// A client TLS configuration trusting `ca_pem`, presenting `cert` if given.
+fn client_config(ca_pem: &str, cert: Option<&ClientCert>) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let builder =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+    let config = match cert {
+        Some(c) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(c.cert_pem.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    Arc::new(config)
+}
+
+/// Raw MQTT over any stream, with the workspace's codec.
+struct Client<S> {
+    stream: S,
+    version: ProtocolVersion,
+    buf: BytesMut,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    fn new(stream: S, version: ProtocolVersion) -> Self {
+        Self {
+            stream,
+            version,
+            buf: BytesMut::new(),
+        }
+    }
+
+    async fn send(&mut self, p: Packet) -> io::Result<()> {
+        let mut out = BytesMut::new();
+        wire::encode(&p, self.version, &mut out, usize::MAX).unwrap();
+        self.stream.write_all(&out).await?;
+        self.stream.flush().await
+    }
+
+    async fn connect(&mut self, username: Option<&str>) -> io::Result<()> {
+        self.send(Packet::Connect(Connect {
+            client_id: "tls-test".into(),
+            keep_alive: 30,
+            clean_session: true,
+            username: username.map(str::to_owned),
+            password: None,
+        }))
+        .await
+    }
+
+    async fn publish(&mut self, topic: &str, payload: Value, pkid: u16) -> io::Result<()> {
+        self.send(Packet::Publish(Publish {
+            topic: topic.into(),
+            payload: Bytes::from(payload.to_string()),
+            qos: QoS::AtLeastOnce,
+            dup: false,
+            retain: false,
+            pkid,
+        }))
+        .await
+    }
+
+    /// The next packet; `None` at EOF or on a transport error (a TLS alert, a reset).
+    async fn recv(&mut self) -> Option<Packet> {
+        loop {
+            if let Some(p) = wire::decode(&mut self.buf, self.version, usize::MAX).unwrap() {
+                return Some(p);
+            }
+            let mut chunk = [0u8; 4096];
+            let read = timeout(Duration::from_secs(5), self.stream.read(&mut chunk))
+                .await
+                .expect("server answered in time");
+            match read {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+type TlsClient = Client<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// A TLS connection to `addr` verified as `localhost`.
+async fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    version: ProtocolVersion,
+) -> io::Result<TlsClient> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("localhost").unwrap();
+    let stream = timeout(
+        Duration::from_secs(5),
+        TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .expect("handshake finished in time")?;
+    Ok(Client::new(stream, version))
+}
+
+async fn start(pki: &TestPki, client_auth: ClientAuth) -> EmulatorHandle {
+    let tls =
+        TlsConfig::new(&pki.server().cert_pem, &pki.server().key_pem).with_client_auth(client_auth);
+    let emu = EmulatorHandle::start_tls(EmulatorConfig::default(), tls)
+        .await
+        .unwrap();
+    emu.create_device(NewDevice::device("Token Device", TOKEN))
+        .unwrap();
+    emu
+}
+
+/// A token client over TLS connects, publishes and is acknowledged; the data is stored.
+async fn token_round_trip(emu: &EmulatorHandle, pki: &TestPki, value: i64) {
+    let config = client_config(pki.ca_pem(), None);
+    let mut c = tls_connect(emu.tls_addr().unwrap(), config, V311)
+        .await
+        .unwrap();
+    c.connect(Some(TOKEN)).await.unwrap();
+    assert_eq!(c.recv().await, Some(connack(0)));
+    c.publish("v1/devices/me/telemetry", json!({ "n": value }), 1)
+        .await
+        .unwrap();
+    assert_eq!(c.recv().await, Some(puback(1, 0)));
+    assert_eq!(
+        emu.latest_telemetry("Token Device").unwrap()["n"].value,
+        json!(value)
+    );
+}
+
+#[tokio::test]
+async fn token_auth_works_over_tls_and_the_plain_port_stays() {
+    let pki = TestPki::generate().unwrap();
+    let emu = start(&pki, ClientAuth::AnyCertificate).await;
+    assert_ne!(emu.tls_addr(), Some(emu.addr()));
+    assert!(emu.tls_addr().unwrap().ip().is_loopback());
+    token_round_trip(&emu, &pki, 1).await;
+
+    // v5 over TLS, and the session is reported as TLS without a client certificate.
+    let mut c = tls_connect(
+        emu.tls_addr().unwrap(),
+        client_config(pki.ca_pem(), None),
+        V5,
+    )
+    .await
+    .unwrap();
+    c.connect(Some(TOKEN)).await.unwrap();
+    assert_eq!(c.recv().await, Some(connack(0)));
+    let s = emu.sessions();
+    assert_eq!(s.len(), 1, "the v5 session took over the device");
+    assert!(s[0].tls && !s[0].client_certificate);
+
+    // Plain MQTT on the plain port.
+    let mut plain = Client::new(TcpStream::connect(emu.addr()).await.unwrap(), V311);
+    plain.connect(Some(TOKEN)).await.unwrap();
+    assert_eq!(plain.recv().await, Some(connack(0)));
+    assert!(emu.sessions().iter().any(|s| !s.tls));
+    emu.shutdown();
+}
+
+#[tokio::test]
+async fn x509_client_certificate_authenticates_its_device() {
+    let pki = TestPki::generate().unwrap();
+    let emu = start(&pki, ClientAuth::AnyCertificate).await;
+    let cert = pki.client("meter-7").unwrap();
+    emu.create_device(NewDevice::x509("Meter 7", &cert.cert_pem))
+        .unwrap();
+    for version in [V311, V5] {
+        let config = client_config(pki.ca_pem(), Some(&cert));
+        let mut c = tls_connect(emu.tls_addr().unwrap(), config, version)
+            .await
+            .unwrap();
+        // The user name is ignored when a certificate is presented.
+        c.connect(Some("whatever")).await.unwrap();
+        assert_eq!(c.recv().await, Some(connack(0)), "{version:?}");
+        c.publish("v1/devices/me/telemetry", json!({"kwh": 42}), 3)
+            .await
+            .unwrap();
+        assert_eq!(c.recv().await, Some(puback(3, 0)));
+        let s = emu.sessions();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].device.as_deref(), Some("Meter 7"));
+        assert!(s[0].tls && s[0].client_certificate);
+    }
+    assert_eq!(
+        emu.latest_telemetry("Meter 7").unwrap()["kwh"].value,
+        json!(42)
+    );
+    assert!(emu.latest_telemetry("Token Device").unwrap().is_empty());
+    emu.shutdown();
+}
+
+#[tokio::test]
+async fn x509_gateway_over_tls() {
+    let pki = TestPki::generate().unwrap();
+    let emu = start(&pki, ClientAuth::AnyCertificate).await;
+    let cert = pki.client("gateway").unwrap();
+    emu.create_device(NewDevice::x509_gateway("Cert GW", &cert.cert_pem))
+        .unwrap();
+    let config = client_config(pki.ca_pem(), Some(&cert));
+    let mut gw = tls_connect(emu.tls_addr().unwrap(), config, V5)
+        .await
+        .unwrap();
+    gw.connect(None).await.unwrap();
+    assert_eq!(gw.recv().await, Some(connack(0)));
+    gw.publish("v1/gateway/telemetry", json!({"Pump": [{"rpm": 900}]}), 9)
+        .await
+        .unwrap();
+    assert_eq!(gw.recv().await, Some(puback(9, 0)));
+    assert_eq!(
+        emu.latest_telemetry("Pump").unwrap()["rpm"].value,
+        json!(900)
+    );
+    assert_eq!(emu.connected_children("Cert GW").unwrap(), vec!["Pump"]);
+    emu.shutdown();
+}
+
+#[tokio::test]
+async fn unknown_client_certificate_is_refused_with_thingsboards_codes() {
+    let pki = TestPki::generate().unwrap();
+    let emu = start(&pki, ClientAuth::AnyCertificate).await;
+    let stranger = pki.client("stranger").unwrap();
+    let config = client_config(pki.ca_pem(), Some(&stranger));
+
+    let mut v3 = tls_connect(emu.tls_addr().unwrap(), config.clone(), V311)
+        .await
+        .unwrap();
+    // A valid token does not rescue an unknown certificate.
+    v3.connect(Some(TOKEN)).await.unwrap();
+    assert_eq!(v3.recv().await, Some(connack(5)));
+    assert_eq!(v3.recv().await, None, "closed after the refusal");
+
+    let mut v5 = tls_connect(emu.tls_addr().unwrap(), config, V5)
+        .await
+        .unwrap();
+    v5.connect(Some(TOKEN)).await.unwrap();
+    assert_eq!(v5.recv().await, Some(connack(0x87)));
+    assert_eq!(v5.recv().await, Some(disconnect(0x87)));
+    assert_eq!(v5.recv().await, None);
+    assert!(emu.sessions().is_empty());
+    emu.shutdown();
+}
+
+#[tokio::test]
+async fn thingsboard_mode_accepts_self_signed_and_foreign_certificates_at_the_tls_level() {
+    let pki = TestPki::generate().unwrap();
+    let other = TestPki::generate_named("Other CA").unwrap();
+    let emu = start(&pki, ClientAuth::AnyCertificate).await;
+    // Registered self-signed certificate: ThingsBoard's usual X.509 device set-up.
+    let own = TestPki::self_signed_client("self-made").unwrap();
+    emu.create_device(NewDevice::x509("Self Made", &own.cert_pem))
+        .unwrap();
+    let mut c = tls_connect(
+        emu.tls_addr().unwrap(),
+        client_config(pki.ca_pem(), Some(&own)),
+        V311,
+    )
+    .await
+    .unwrap();
+    c.connect(None).await.unwrap();
+    assert_eq!(c.recv().await, Some(connack(0)));
+
+    // A certificate from an unrelated CA completes the handshake and is refused at CONNECT.
+    let foreign = other.client("foreign").unwrap();
+    let mut c = tls_connect(
+        emu.tls_addr().unwrap(),
+        client_config(pki.ca_pem(), Some(&foreign)),
+        V5,
+    )
+    .await
+    .unwrap();
+    c.connect(None).await.unwrap();
+    assert_eq!(c.recv().await, Some(connack(0x87)));
+    emu.shutdown();
+}
+
+#[tokio::test]
+async fn expired_client_certificate_is_refused_at_connect() {
+    let pki = TestPki::generate().unwrap();
+    let emu = start(&pki, ClientAuth::AnyCertificate).await;
+    let old = pki.expired_client("old").unwrap();
+    emu.create_device(NewDevice::x509("Old", &old.cert_pem))
+        .unwrap();
+    let mut c = tls_connect(
+        emu.tls_addr().unwrap(),
+        client_config(pki.ca_pem(), Some(&old)),
+        V311,
+    )
+    .await
+    .unwrap();
+    c.connect(None).await.unwrap();
+    assert_eq!(c.recv().await, Some(connack(5)));
+    emu.shutdown();
+}
+
+/// The handshake fails (on connect or, with TLS 1.3 client auth, on the first read): no CONNACK.
+async fn assert_rejected(addr: SocketAddr, config: Arc<ClientConfig>) {
+    match tls_connect(addr, config, V311).await {
+        Err(_) => {}
+        Ok(mut c) => {
+            let _ = c.connect(Some(TOKEN)).await;
+            assert_eq!(
+                c.recv().await,
+                None,
+                "no MQTT answer after a failed handshake"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn verified_mode_rejects_certificates_the_ca_did_not_issue() {
+    let pki = TestPki::generate().unwrap();
+    let other = TestPki::generate_named("Other CA").unwrap();
+    let emu = start(
+        &pki,
+        ClientAuth::VerifiedBy {
+            ca_pem: pki.ca_pem().to_owned(),
+        },
+    )
+    .await;
+    let good = pki.client("good").unwrap();
+    let own = TestPki::self_signed_client("own").unwrap();
+    let foreign = other.client("foreign").unwrap();
+    emu.create_device(NewDevice::x509("Good", &good.cert_pem))
+        .unwrap();
+    // Even registered, a certificate outside the CA fails the handshake in this mode.
+    emu.create_device(NewDevice::x509("Own", &own.cert_pem))
+        .unwrap();
+    let addr = emu.tls_addr().unwrap();
+    assert_rejected(addr, client_config(pki.ca_pem(), Some(&own))).await;
+    assert_rejected(addr, client_config(pki.ca_pem(), Some(&foreign))).await;
+    assert_rejected(
+        addr,
+        client_config(pki.ca_pem(), Some(&pki.expired_client("old").unwrap())),
+    )
+    .await;
+    assert!(
+        emu.sessions().is_empty(),
+        "no session for a failed handshake"
+    );
+
+    let mut c = tls_connect(addr, client_config(pki.ca_pem(), Some(&good)), V5)
+        .await
+        .unwrap();
+    c.connect(None).await.unwrap();
+    assert_eq!(c.recv().await, Some(connack(0)));
+    // Client certificates stay optional: token clients still get in.
+    token_round_trip(&emu, &pki, 2).await;
+    emu.shutdown();
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_trust_the_ca_fails_and_others_are_served() {
+    let pki = TestPki::generate().unwrap();
+    let other = TestPki::generate_named("Other CA").unwrap();
+    let emu = start(&pki, ClientAuth::AnyCertificate).await;
+    let addr = emu.tls_addr().unwrap();
+    for _ in 0..3 {
+        let err = tls_connect(addr, client_config(other.ca_pem(), None), V311).await;
+        assert!(err.is_err(), "the server certificate must not verify");
+    }
+    token_round_trip(&emu, &pki, 3).await;
+    emu.shutdown();
+}
+
+#[tokio::test]
+async fn plain_mqtt_on_the_tls_port_is_dropped_and_nothing_breaks() {
+    let pki = TestPki::generate().unwrap();
+    let emu = start(&pki, ClientAuth::AnyCertificate).await;
+    let mut plain = Client::new(
+        TcpStream::connect(emu.tls_addr().unwrap()).await.unwrap(),
+        V311,
+    );
+    plain.connect(Some(TOKEN)).await.unwrap();
+    // Whatever comes back (a TLS alert at most) is no MQTT packet; then the connection ends.
+    let mut junk = Vec::new();
+    let read = timeout(Duration::from_secs(5), plain.stream.read_to_end(&mut junk))
+        .await
+        .expect("the emulator closed the connection");
+    assert!(
+        read.is_err() || junk.first() != Some(&0x20),
+        "no CONNACK: {junk:?}"
+    );
+    // A client that connects and says nothing does not block others either.
+    let _silent = TcpStream::connect(emu.tls_addr().unwrap()).await.unwrap();
+    token_round_trip(&emu, &pki, 4).await;
+    let mut c = Client::new(TcpStream::connect(emu.addr()).await.unwrap(), V311);
+    c.connect(Some(TOKEN)).await.unwrap();
+    assert_eq!(c.recv().await, Some(connack(0)));
+    emu.shutdown();
+}
+
+#[tokio::test]
+async fn client_auth_off_does_not_ask_for_certificates() {
+    let pki = TestPki::generate().unwrap();
+    let emu = start(&pki, ClientAuth::Off).await;
+    let cert = pki.client("unasked").unwrap();
+    emu.create_device(NewDevice::x509("Unasked", &cert.cert_pem))
+        .unwrap();
+    // The client has a certificate, but the server never requests it: token auth decides.
+    let mut c = tls_connect(
+        emu.tls_addr().unwrap(),
+        client_config(pki.ca_pem(), Some(&cert)),
+        V311,
+    )
+    .await
+    .unwrap();
+    c.connect(Some(TOKEN)).await.unwrap();
+    assert_eq!(c.recv().await, Some(connack(0)));
+    let s = emu.sessions();
+    assert_eq!(s[0].device.as_deref(), Some("Token Device"));
+    assert!(!s[0].client_certificate);
+    emu.shutdown();
+}
+
+#[tokio::test]
+async fn unusable_tls_settings_are_typed_errors() {
+    let pki = TestPki::generate().unwrap();
+    let cases = [
+        (TlsConfig::new("", &pki.server().key_pem), "no certificate"),
+        (TlsConfig::new(&pki.server().cert_pem, "garbage"), "key"),
+        (
+            // A key that does not belong to the certificate.
+            TlsConfig::new(&pki.server().cert_pem, &pki.client("x").unwrap().key_pem),
+            "rustls",
+        ),
+        (
+            TlsConfig::new(&pki.server().cert_pem, &pki.server().key_pem).with_client_ca(""),
+            "client ca",
+        ),
+    ];
+    for (tls, what) in cases {
+        match EmulatorHandle::start_tls(EmulatorConfig::default(), tls).await {
+            Err(StartError::Tls(e)) => {
+                let ok = match what {
+                    "no certificate" => e == TlsError::NoCertificate,
+                    "key" => matches!(e, TlsError::KeyPem(_)),
+                    "rustls" => matches!(e, TlsError::Rustls(_)),
+                    _ => matches!(e, TlsError::ClientCa(_)),
+                };
+                assert!(ok, "{what}: {e}");
+                assert!(!e.to_string().is_empty());
+            }
+            other => panic!("{what}: expected a TLS error, got {other:?}"),
+        }
+    }
+}

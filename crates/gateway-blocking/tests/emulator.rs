@@ -289,3 +289,29 @@ fn retry_keeps_trying_until_the_server_is_reachable() {
     drop(spawned.client);
     join_within(spawned.thread, Duration::from_secs(5));
 }
+
+#[test]
+fn an_idle_connection_is_kept_alive_by_the_core_deadline() {
+    let platform = Platform::start();
+    let mut options = platform.gateway_options();
+    options.config.keep_alive = Duration::from_secs(1);
+    let (client, _events) = connect(options).unwrap();
+    let before = client.stats().unwrap();
+    // Nothing but the core's deadline wakes the driver thread now: PINGREQ, PINGRESP.
+    thread::sleep(Duration::from_millis(2_500));
+    let after = client.stats().unwrap();
+    assert!(
+        after.packets_sent >= before.packets_sent + 2,
+        "{before:?} {after:?}"
+    );
+    assert!(after.packets_received >= before.packets_received + 2);
+    assert_eq!((after.connections, after.disconnects), (1, 0));
+    assert_eq!(
+        client
+            .telemetry(map(json!({"alive": true})))
+            .unwrap()
+            .wait(),
+        Ok(Delivery::Acknowledged)
+    );
+    client.close();
+}

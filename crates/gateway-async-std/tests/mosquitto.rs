@@ -29,4 +29,7 @@ on_both_executors!(
     connects_with_v311_and_v5,
     wrong_password_is_a_typed_refusal,
     broker_restart_during_qos1_stream,
+    tls_with_a_test_ca,
+    mutual_tls_required,
+    wrong_ca_is_a_tls_error,
 );

@@ -10,11 +10,14 @@
 use std::future::Future;
 use std::time::Duration;
 
-use gateway_client::{Client, ClientOptions, ConnectError, Delivery, Events};
+use gateway_client::{
+    Client, ClientOptions, ConnectError, Delivery, Events, TlsError, TlsOptions, TransportError,
+};
 use gateway_proto::{ConnectRefusal, Credentials, ProtocolVersion, ReasonCode, Role};
 use serde_json::{json, Map};
 
-use crate::mosquitto::{BrokerConfig, CountingSubscriber, Mosquitto};
+use crate::mosquitto::{BrokerConfig, BrokerTls, CountingSubscriber, Mosquitto, PemFile};
+use crate::pki::TestPki;
 
 const TELEMETRY: &str = "v1/devices/me/telemetry";
 
@@ -179,4 +182,106 @@ where
         "unacknowledged messages were sent again: {stats:?}"
     );
     client.close().await;
+}
+
+fn tls_broker(pki: &TestPki, require_certificate: bool) -> Mosquitto {
+    let server = pki.server();
+    let tls = BrokerTls::new(
+        PemFile::contents(pki.ca_pem()),
+        PemFile::contents(server.cert_pem.clone()),
+        PemFile::contents(server.key_pem.clone()),
+    )
+    .require_certificate(require_certificate);
+    Mosquitto::start(BrokerConfig::new().tls(tls)).expect("mosquitto with TLS")
+}
+
+/// TLS with a CA generated at test time: the client verifies the broker's certificate
+/// (issued for 127.0.0.1) and publishes through it.
+pub async fn tls_with_a_test_ca<C, F>(connect: C)
+where
+    C: Fn(ClientOptions) -> F,
+    F: Future<Output = Result<(Client, Events), ConnectError>>,
+{
+    let pki = TestPki::generate().expect("pki");
+    let broker = tls_broker(&pki, false);
+    let options = options_for(
+        &broker,
+        Credentials::AccessToken("tls".into()),
+        ProtocolVersion::V5,
+    )
+    .tls(TlsOptions::with_ca_pem(pki.ca_pem()));
+    let (client, _events) = connect(options).await.expect("connects over TLS");
+    let sent = client.telemetry(reading(1)).await.unwrap().await;
+    assert_eq!(sent, Ok(Delivery::Acknowledged));
+    client.close().await;
+}
+
+/// Mutual TLS with `require_certificate`: a client certificate from the CA connects
+/// (ThingsBoard's X.509 credentials: no user name or password in the CONNECT); without one
+/// the broker ends the handshake, which is a typed TLS error and no connection.
+pub async fn mutual_tls_required<C, F>(connect: C)
+where
+    C: Fn(ClientOptions) -> F,
+    F: Future<Output = Result<(Client, Events), ConnectError>>,
+{
+    let pki = TestPki::generate().expect("pki");
+    let broker = tls_broker(&pki, true);
+    let device = pki.client("device-7").expect("client certificate");
+    let with_cert = options_for(&broker, Credentials::X509, ProtocolVersion::V311).tls(
+        TlsOptions::with_ca_pem(pki.ca_pem())
+            .client_identity_pem(device.cert_pem.clone(), device.key_pem.clone()),
+    );
+    let (client, _events) = connect(with_cert)
+        .await
+        .expect("connects with a certificate");
+    let sent = client.telemetry(reading(1)).await.unwrap().await;
+    assert_eq!(sent, Ok(Delivery::Acknowledged));
+    client.close().await;
+
+    let without = options_for(&broker, Credentials::X509, ProtocolVersion::V311)
+        .tls(TlsOptions::with_ca_pem(pki.ca_pem()));
+    match connect(without).await {
+        // TLS 1.3: the client finishes its side of the handshake first and then reads the
+        // broker's alert; TLS 1.2: the handshake itself fails. Both are TLS errors.
+        Err(ConnectError::Transport(TransportError::Tls(TlsError::Handshake(e)))) => {
+            assert!(
+                matches!(e, rustls::Error::AlertReceived(_)),
+                "a certificate alert from the broker: {e:?}"
+            );
+        }
+        other => panic!("expected a TLS error, got {other:?}"),
+    }
+}
+
+/// A client that trusts another CA refuses the broker's certificate: a typed TLS error, and
+/// nothing is sent in clear.
+pub async fn wrong_ca_is_a_tls_error<C, F>(connect: C)
+where
+    C: Fn(ClientOptions) -> F,
+    F: Future<Output = Result<(Client, Events), ConnectError>>,
+{
+    let pki = TestPki::generate().expect("pki");
+    let other = TestPki::generate().expect("another pki");
+    let broker = tls_broker(&pki, false);
+    let options = options_for(
+        &broker,
+        Credentials::AccessToken("tls".into()),
+        ProtocolVersion::V5,
+    )
+    .tls(TlsOptions::with_ca_pem(other.ca_pem()));
+    match connect(options).await {
+        Err(ConnectError::Transport(TransportError::Tls(TlsError::Handshake(e)))) => {
+            assert!(
+                matches!(e, rustls::Error::InvalidCertificate(_)),
+                "the broker's certificate is rejected: {e:?}"
+            );
+        }
+        other => panic!("expected a TLS error, got {other:?}"),
+    }
+    // The broker never saw an MQTT CONNECT.
+    assert!(
+        !broker.log().contains("New client connected"),
+        "{}",
+        broker.log_tail()
+    );
 }

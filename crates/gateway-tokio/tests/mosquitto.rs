@@ -20,3 +20,18 @@ async fn wrong_password_is_a_typed_refusal() {
 async fn broker_restart_during_qos1_stream() {
     broker_suite::broker_restart_during_qos1_stream(connect).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_test_ca() {
+    broker_suite::tls_with_a_test_ca(connect).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_required() {
+    broker_suite::mutual_tls_required(connect).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_ca_is_a_tls_error() {
+    broker_suite::wrong_ca_is_a_tls_error(connect).await;
+}

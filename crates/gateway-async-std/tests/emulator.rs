@@ -39,6 +39,7 @@ on_both_executors!(
     a_wrong_token_is_a_typed_refusal,
     nobody_listening_is_a_typed_transport_error,
     dropping_the_last_client_ends_the_spawned_thread,
+    round_trip_over_mutual_tls_with_x509_authentication,
 );
 
 /// Drains the event stream and checks it ends with the local close.
@@ -66,6 +67,17 @@ async fn gateway_and_device_round_trip() {
     client.close().await;
     assert!(client.is_closed());
     ends_with_local_close(&events).await;
+}
+
+async fn round_trip_over_mutual_tls_with_x509_authentication() {
+    let platform = Platform::start_x509();
+    let (client, events) = connect(platform.x509_gateway_options()).await.unwrap();
+    scenario::gateway_and_device_round_trip(&platform, &client, &events).await;
+    scenario::reconnect_and_reannounce(&platform, &client, &events).await;
+    let sessions = platform.emu.sessions();
+    assert!(sessions
+        .iter()
+        .any(|s| s.tls && s.device.as_deref() == Some(scenario::GATEWAY_NAME)));
 }
 
 async fn reconnects_and_reannounces_after_the_server_drops_the_connection() {

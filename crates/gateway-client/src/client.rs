@@ -29,6 +29,9 @@ pub type Wake = Arc<dyn Fn() + Send + Sync>;
 /// returned [`Pending`] resolves to its outcome.
 #[derive(Clone)]
 pub struct Client {
+    // Field order matters: fields drop in declaration order, so when the last handle goes,
+    // the queue is closed *before* the wake closure is dropped. An adapter may wake its
+    // driver from that closure's drop and must then find the queue closed.
     tx: Sender<Request>,
     wake: Option<Wake>,
 }

@@ -140,7 +140,7 @@ impl fmt::Display for ConnectError {
         match self {
             Self::Config(e) => write!(f, "invalid configuration: {e}"),
             Self::Transport(e) => e.fmt(f),
-            Self::Refused(r) => write!(f, "connection refused: {r}"),
+            Self::Refused(r) => r.fmt(f),
             Self::Disconnected(r) => write!(f, "connection failed: {r}"),
         }
     }

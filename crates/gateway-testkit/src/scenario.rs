@@ -10,9 +10,10 @@
 use std::future::Future;
 use std::time::Duration;
 
-use gateway_client::{Client, ClientEvent, ClientOptions, Delivery, Events};
+use gateway_client::{Client, ClientEvent, ClientOptions, Delivery, Events, TlsOptions};
 use gateway_emulator::{
     ClaimOutcome, ClientRpcAnswer, EmulatorConfig, EmulatorHandle, NewDevice, RpcCall, RpcOutcome,
+    TlsConfig,
 };
 use gateway_proto::payload::{Claim, ClientRpcResponse};
 use gateway_proto::{AttributeScope, Credentials, Event};
@@ -27,6 +28,8 @@ pub const GATEWAY_NAME: &str = "Scenario Gateway";
 pub struct Platform {
     /// The emulator's control handle.
     pub emu: EmulatorHandle,
+    /// With [`Platform::start_x509`]: the test CA and the gateway's client certificate.
+    pub x509: Option<(crate::pki::TestPki, crate::pki::ClientCert)>,
     /// Always `Some` until dropped.
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -40,6 +43,25 @@ impl Platform {
 
     /// The same with a custom emulator configuration.
     pub fn start_with(config: EmulatorConfig) -> Self {
+        Self::launch(config, None)
+    }
+
+    /// An emulator with a TLS port (certificate from a CA made now, for 127.0.0.1) whose
+    /// gateway ([`GATEWAY_NAME`]) authenticates by an X.509 client certificate, as
+    /// ThingsBoard's X.509 device credentials do; connect with
+    /// [`x509_gateway_options`](Self::x509_gateway_options).
+    pub fn start_x509() -> Self {
+        let pki = crate::pki::TestPki::generate().expect("test pki");
+        let cert = pki.client(GATEWAY_NAME).expect("gateway certificate");
+        let server = pki.server();
+        let tls = TlsConfig::new(server.cert_pem.clone(), server.key_pem.clone());
+        Self::launch(EmulatorConfig::default(), Some((tls, pki, cert)))
+    }
+
+    fn launch(
+        config: EmulatorConfig,
+        x509: Option<(TlsConfig, crate::pki::TestPki, crate::pki::ClientCert)>,
+    ) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -47,23 +69,54 @@ impl Platform {
             .expect("tokio runtime for the emulator");
         // Started from a plain thread: the caller may itself be inside a tokio runtime.
         let handle = runtime.handle().clone();
+        let tls = x509.as_ref().map(|(tls, _, _)| tls.clone());
         let emu = std::thread::scope(|scope| {
             scope
-                .spawn(|| handle.block_on(EmulatorHandle::start(config)))
+                .spawn(|| {
+                    handle.block_on(async move {
+                        match tls {
+                            None => EmulatorHandle::start(config)
+                                .await
+                                .map_err(|e| e.to_string()),
+                            Some(tls) => EmulatorHandle::start_tls(config, tls)
+                                .await
+                                .map_err(|e| e.to_string()),
+                        }
+                    })
+                })
                 .join()
                 .expect("emulator start thread")
         })
         .expect("emulator starts");
-        emu.create_device(NewDevice::gateway(GATEWAY_NAME, GATEWAY_TOKEN))
-            .expect("gateway device");
+        let gateway = match &x509 {
+            None => NewDevice::gateway(GATEWAY_NAME, GATEWAY_TOKEN),
+            Some((_, _, cert)) => NewDevice::x509_gateway(GATEWAY_NAME, &cert.cert_pem),
+        };
+        emu.create_device(gateway).expect("gateway device");
         emu.set_client_rpc_handler(Some(Box::new(|call| match call.method.as_str() {
             "getCurrentTime" => ClientRpcAnswer::Reply(json!(1_700_000_000_000_i64)),
             _ => ClientRpcAnswer::NoAnswer,
         })));
         Self {
             emu,
+            x509: x509.map(|(_, pki, cert)| (pki, cert)),
             runtime: Some(runtime),
         }
+    }
+
+    /// Client options for the X.509 gateway of [`start_x509`](Self::start_x509): mutual TLS
+    /// to the emulator's TLS port, trusting only the test CA, no token.
+    pub fn x509_gateway_options(&self) -> ClientOptions {
+        let (pki, cert) = self.x509.as_ref().expect("started with start_x509");
+        let addr = self.emu.tls_addr().expect("TLS port");
+        let mut options = ClientOptions::new(addr.ip().to_string(), addr.port(), Credentials::X509)
+            .tls(
+                TlsOptions::with_ca_pem(pki.ca_pem())
+                    .client_identity_pem(cert.cert_pem.clone(), cert.key_pem.clone()),
+            );
+        options.config.reconnect.initial_delay = Duration::from_millis(50);
+        options.config.reconnect.max_delay = Duration::from_millis(500);
+        options
     }
 
     /// Client options for the gateway, plain TCP to the emulator, with short reconnect

@@ -63,3 +63,15 @@ async fn nobody_listening_is_a_typed_transport_error() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn round_trip_over_mutual_tls_with_x509_authentication() {
+    let platform = Platform::start_x509();
+    let (client, events) = connect(platform.x509_gateway_options()).await.unwrap();
+    scenario::gateway_and_device_round_trip(&platform, &client, &events).await;
+    scenario::reconnect_and_reannounce(&platform, &client, &events).await;
+    let sessions = platform.emu.sessions();
+    assert!(sessions
+        .iter()
+        .any(|s| s.tls && s.device.as_deref() == Some(scenario::GATEWAY_NAME)));
+}

@@ -23,6 +23,8 @@ const SUB_DEVICES: [(&str, &str); 3] = [
     (METER, "meter"),
 ];
 const ROUNDS: u32 = 3;
+/// Between telemetry rounds, so the data flows at a visible pace.
+const ROUND_PAUSE: Duration = Duration::from_millis(250);
 /// The bound of every single wait.
 const WAIT: Duration = Duration::from_secs(5);
 /// The bound of the whole demo.
@@ -296,6 +298,9 @@ impl Demo {
 
         // Telemetry rounds.
         for round in 1..=ROUNDS {
+            if round > 1 {
+                tokio::time::sleep(ROUND_PAUSE).await;
+            }
             let readings = readings(round);
             let line = format!("round {round}: {}", describe(&readings));
             if round == 1 {
@@ -518,7 +523,7 @@ impl Demo {
             METER,
             "readMeter",
             json!({}),
-            json!({"energy_kwh": 1207.5}),
+            json!({"energy_kwh": 1206.6}),
         )
         .await?;
         self.say(format!(

@@ -119,6 +119,12 @@ fn plan(args: &EmulatorArgs) -> Result<Vec<Planned>, BoxError> {
             shared: Map::new(),
         });
     }
+    let mut names = std::collections::BTreeSet::new();
+    for p in &devices {
+        if !names.insert(p.device.name.as_str()) {
+            return Err(format!("device {:?} is given twice", p.device.name).into());
+        }
+    }
     Ok(devices)
 }
 
@@ -166,6 +172,15 @@ pub async fn run(args: EmulatorArgs) -> Result<(), BoxError> {
 async fn serve(emu: &EmulatorHandle, devices: Vec<Planned>) -> Result<(), BoxError> {
     let addr = emu.addr();
     println!("tbgw emulator: listening on {addr}");
+    // A gateway's token for the hint below.
+    let example = devices
+        .iter()
+        .find(|p| p.device.gateway)
+        .and_then(|p| match &p.device.credentials {
+            Some(Credentials::AccessToken(token)) => Some(token.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "TOKEN".to_owned());
     for planned in devices {
         let line = describe(&planned.device);
         let name = planned.device.name.clone();
@@ -180,8 +195,9 @@ async fn serve(emu: &EmulatorHandle, devices: Vec<Planned>) -> Result<(), BoxErr
         }
     }
     println!(
-        "MQTT on {addr}: devices connect with their access token as the user name \
-         (e.g. tbgw gateway --host {} --port {} --token TOKEN). Ctrl-C stops.",
+        "Devices connect with their access token as the MQTT user name, e.g.\n  \
+         tbgw gateway --host {} --port {} --token {example} --devices 10 --rate 100\n\
+         Ctrl-C stops.",
         addr.ip(),
         addr.port()
     );
@@ -348,6 +364,17 @@ mod tests {
         assert_eq!(devices.len(), 2);
         assert!(devices[0].device.gateway && !devices[1].device.gateway);
         assert!(describe(&devices[0].device).contains("gateway \"GW\""));
+        let twice = EmulatorArgs {
+            devices: vec![NamedToken {
+                name: "GW".into(),
+                token: "V".into(),
+            }],
+            ..args.clone()
+        };
+        assert!(plan(&twice)
+            .unwrap_err()
+            .to_string()
+            .contains("given twice"));
         let missing = EmulatorArgs {
             config: Some("/nonexistent/tbgw.json".into()),
             ..args

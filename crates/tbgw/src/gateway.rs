@@ -121,6 +121,7 @@ impl Collected {
 struct Sessions {
     connected: AtomicU64,
     lost: AtomicU64,
+    failed_attempts: AtomicU64,
     rpcs: AtomicU64,
 }
 
@@ -177,22 +178,32 @@ fn connect_failed(address: &str, e: &ConnectError) -> String {
 /// Counts sessions, reports connection losses, and answers server-side RPCs to the
 /// simulated sub-devices.
 async fn watch_events(client: Client, events: Events, sessions: Arc<Sessions>) {
+    // The first session is the one `connect` waited for.
+    let mut up = true;
     while let Some(event) = events.recv().await {
         match event {
             ClientEvent::Proto(Event::Connected { .. }) => {
+                up = true;
                 let before = sessions.connected.fetch_add(1, Ordering::Relaxed);
-                // The first one is the session `connect` waited for.
                 if before > 0 {
-                    eprintln!("tbgw gateway: connected again");
+                    notice("connected again");
                 }
             }
             ClientEvent::Proto(Event::Disconnected { reason, .. })
                 if reason != gateway_proto::DisconnectReason::Local =>
             {
-                sessions.lost.fetch_add(1, Ordering::Relaxed);
-                eprintln!("tbgw gateway: connection lost ({reason}); reconnecting");
+                if up {
+                    up = false;
+                    sessions.lost.fetch_add(1, Ordering::Relaxed);
+                    notice(&format!("connection lost ({reason}); reconnecting"));
+                } else {
+                    sessions.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    if !matches!(reason, gateway_proto::DisconnectReason::TransportClosed) {
+                        notice(&format!("reconnect attempt failed ({reason})"));
+                    }
+                }
             }
-            ClientEvent::TransportFailed(e) => eprintln!("tbgw gateway: {e}"),
+            ClientEvent::TransportFailed(e) => notice(&format!("reconnect attempt failed: {e}")),
             ClientEvent::Proto(Event::RpcRequest {
                 device: Some(device),
                 id,
@@ -211,6 +222,15 @@ async fn watch_events(client: Client, events: Events, sessions: Arc<Sessions>) {
             }
             _ => {}
         }
+    }
+}
+
+/// A line on stderr, clearing a progress line first on a terminal.
+fn notice(text: &str) {
+    if std::io::stderr().is_terminal() {
+        eprintln!("\r\x1b[2Ktbgw gateway: {text}");
+    } else {
+        eprintln!("tbgw gateway: {text}");
     }
 }
 
@@ -383,7 +403,7 @@ async fn drive(
     let missing = sent.saturating_sub(outcomes.finished());
     if missing > 0 {
         println!(
-            "  no outcome    {missing} (still in flight after waiting {:.1} s)",
+            "  no outcome    {missing} (still queued or in flight after waiting {:.1} s)",
             args.drain.as_secs_f64()
         );
     }
@@ -397,9 +417,13 @@ async fn drive(
     let lost = sessions.lost.load(Ordering::Relaxed);
     match stats {
         Some(s) => println!(
-            "  connection    {}, {lost} lost, {} retransmitted, {} bytes sent, {} received, \
-             {} RPCs answered",
+            "  connection    {}, {lost} lost, {}, {} retransmitted, {} bytes sent, {} \
+             received, {} RPCs answered",
             plural(s.connections, "session"),
+            plural(
+                sessions.failed_attempts.load(Ordering::Relaxed),
+                "failed reconnect attempt"
+            ),
             s.retransmitted,
             s.bytes_sent,
             s.bytes_received,

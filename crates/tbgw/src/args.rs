@@ -340,7 +340,8 @@ Load:
   --duration SECONDS     How long to send: 30, 2.5, 500ms, 2m [default: 10]
   --qos 0|1              Telemetry QoS [default: 1]
   --mqtt 3|5             MQTT version (3 means 3.1.1) [default: 5]
-  --drain SECONDS        Wait at most this long for outstanding outcomes [default: 10]
+  --drain SECONDS        Wait at most this long for outstanding outcomes after the last
+                         send, and for the announce (at least 5 s) [default: 10]
   --prefix TEXT          Sub-device name prefix [default: tbgw-sim-]
   -h, --help             Print help
 

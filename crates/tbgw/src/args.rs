@@ -32,17 +32,54 @@ pub struct NamedToken {
     pub token: String,
 }
 
+/// A device named on the command line as `NAME=CERT.pem` (X.509 credentials).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedCert {
+    /// Device name.
+    pub name: String,
+    /// PEM file with the device's certificate (the first certificate in it is used).
+    pub cert: PathBuf,
+}
+
+/// Client certificates the emulator's TLS listener accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientCerts {
+    /// Any certificate (the client must hold its key), like ThingsBoard.
+    Any,
+    /// Only certificates issued by the CA in this PEM file.
+    VerifiedBy(PathBuf),
+}
+
+/// The emulator's TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmulatorTls {
+    /// Port on 127.0.0.1 (0: any free port).
+    pub port: u16,
+    /// PEM file with the server certificate (chain).
+    pub cert: PathBuf,
+    /// PEM file with the server's private key.
+    pub key: PathBuf,
+    /// Which client certificates are accepted.
+    pub client_certs: ClientCerts,
+}
+
 /// Options of `tbgw emulator`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmulatorArgs {
     /// Port on 127.0.0.1 (0: any free port).
     pub port: u16,
+    /// The TLS listener, if any.
+    pub tls: Option<EmulatorTls>,
     /// JSON file with devices to create.
     pub config: Option<PathBuf>,
     /// Gateway devices to create.
     pub gateways: Vec<NamedToken>,
     /// Plain devices to create.
     pub devices: Vec<NamedToken>,
+    /// Gateway devices with X.509 credentials to create.
+    pub x509_gateways: Vec<NamedCert>,
+    /// Plain devices with X.509 credentials to create.
+    pub x509_devices: Vec<NamedCert>,
 }
 
 /// How the simulated gateway authenticates.
@@ -276,13 +313,15 @@ Options:
 pub const EMULATOR_HELP: &str = "\
 tbgw emulator: the ThingsBoard MQTT emulator as a server, until Ctrl-C
 
-Serves ThingsBoard's MQTT device API and gateway API on 127.0.0.1. Devices connect with
-their access token as the MQTT user name. Prints the listening address, every device it
-creates, and sessions as they connect and go. TLS is not available (the emulator in this
-build has no TLS listener).
+Serves ThingsBoard's MQTT device API and gateway API on 127.0.0.1, and with --tls-cert and
+--tls-key also MQTT over TLS on a second port (ThingsBoard's 8883). Devices connect with
+their access token as the MQTT user name, with MQTT basic credentials, or (over TLS) with
+an X.509 client certificate. Prints the listening addresses, every device it creates, and
+sessions as they connect and go.
 
-Usage: tbgw emulator [--listen 127.0.0.1:PORT] [--config FILE] [--gateway NAME=TOKEN]...
-                     [--device NAME=TOKEN]...
+Usage: tbgw emulator [--listen 127.0.0.1:PORT] [TLS] [--config FILE]
+                     [--gateway NAME=TOKEN]... [--device NAME=TOKEN]...
+                     [--x509-gateway NAME=CERT]... [--x509-device NAME=CERT]...
 
 Options:
   --listen ADDR          127.0.0.1:PORT, localhost:PORT or PORT; loopback only; port 0
@@ -290,7 +329,22 @@ Options:
   --config FILE          JSON file with devices to create (format below)
   --gateway NAME=TOKEN   Create a gateway device (repeatable); NAME may not contain '='
   --device NAME=TOKEN    Create a plain device (repeatable)
+  --x509-gateway NAME=CERT
+                         Create a gateway device authenticated by the X.509 certificate in
+                         the PEM file CERT (repeatable); it connects over TLS presenting
+                         that certificate
+  --x509-device NAME=CERT
+                         Create a plain device authenticated by an X.509 certificate
   -h, --help             Print help
+TLS:
+  --tls-cert FILE        Server certificate (chain), PEM; enables the TLS listener
+  --tls-key FILE         The server certificate's private key, PEM
+  --tls-listen ADDR      Address of the TLS listener, like --listen
+                         [default: 127.0.0.1:8883]
+  --client-ca FILE       Accept only client certificates issued by this CA (PEM). Without
+                         it any client certificate is accepted at the TLS level and the
+                         device is chosen by the certificate at CONNECT, as ThingsBoard does;
+                         clients without a certificate always connect (token or basic)
 
 Config file:
   {
@@ -300,12 +354,15 @@ Config file:
        \"shared\": {\"interval\": 5}},
       {\"name\": \"Meter\", \"basic\": {\"client_id\": \"meter\", \"username\": \"u\",
        \"password\": \"p\"}},
+      {\"name\": \"Secure Gateway\", \"gateway\": true, \"certificate\": \"certs/gw.pem\"},
       {\"name\": \"Child\", \"type\": \"boiler\"}
     ]
   }
-  name is required; type defaults to \"default\"; gateway to false; token or basic (any of
-  client_id, username, password) give credentials, neither makes a device reachable only
-  through a gateway; shared sets shared attributes. Unknown fields are errors.
+  name is required; type defaults to \"default\"; gateway to false. One of token, basic (any
+  of client_id, username, password) or certificate gives credentials; none makes a device
+  reachable only through a gateway. certificate is a PEM file (relative paths are relative
+  to the config file's directory) whose first certificate is the device's X.509 credential.
+  shared sets shared attributes. Unknown fields are errors.
 ";
 
 /// `tbgw gateway --help`.
@@ -389,9 +446,15 @@ type Spec = (&'static str, bool);
 
 const EMULATOR_OPTIONS: &[Spec] = &[
     ("--listen", true),
+    ("--tls-listen", true),
+    ("--tls-cert", true),
+    ("--tls-key", true),
+    ("--client-ca", true),
     ("--config", true),
     ("--gateway", true),
     ("--device", true),
+    ("--x509-gateway", true),
+    ("--x509-device", true),
 ];
 
 const GATEWAY_OPTIONS: &[Spec] = &[
@@ -473,27 +536,92 @@ fn set_once<T>(
     Ok(())
 }
 
+/// The emulator's default TLS port (ThingsBoard's MQTT SSL port).
+pub const DEFAULT_TLS_PORT: u16 = 8883;
+
 fn emulator(given: Given) -> Result<EmulatorArgs, ArgError> {
     const C: &str = "emulator";
     let mut port = None;
+    let mut tls_port = None;
+    let mut tls_cert = None;
+    let mut tls_key = None;
+    let mut client_ca = None;
     let mut config = None;
     let mut gateways = Vec::new();
     let mut devices = Vec::new();
-    for (option, value) in given {
-        let value = value.unwrap_or_default();
-        match option {
-            "--listen" => set_once(&mut port, parse_listen(C, option, &value)?, C, option)?,
-            "--config" => set_once(&mut config, PathBuf::from(value), C, option)?,
-            "--gateway" => gateways.push(parse_named(C, option, &value)?),
-            "--device" => devices.push(parse_named(C, option, &value)?),
+    let mut x509_gateways = Vec::new();
+    let mut x509_devices = Vec::new();
+    for (o, value) in given {
+        let v = value.unwrap_or_default();
+        match o {
+            "--listen" => set_once(&mut port, parse_listen(C, o, &v)?, C, o)?,
+            "--tls-listen" => set_once(&mut tls_port, parse_listen(C, o, &v)?, C, o)?,
+            "--tls-cert" => set_once(&mut tls_cert, non_empty_path(C, o, v)?, C, o)?,
+            "--tls-key" => set_once(&mut tls_key, non_empty_path(C, o, v)?, C, o)?,
+            "--client-ca" => set_once(&mut client_ca, non_empty_path(C, o, v)?, C, o)?,
+            "--config" => set_once(&mut config, non_empty_path(C, o, v)?, C, o)?,
+            "--gateway" => gateways.push(parse_named(C, o, &v)?),
+            "--device" => devices.push(parse_named(C, o, &v)?),
+            "--x509-gateway" => x509_gateways.push(parse_named_cert(C, o, &v)?),
+            "--x509-device" => x509_devices.push(parse_named_cert(C, o, &v)?),
             _ => {}
         }
     }
+    let port = port.unwrap_or(1883);
+    let tls = match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls_port = tls_port.unwrap_or(DEFAULT_TLS_PORT);
+            if tls_port != 0 && tls_port == port {
+                return Err(ArgError::InvalidValue {
+                    command: C,
+                    option: "--tls-listen",
+                    value: tls_port.to_string(),
+                    expected: "a port other than the plain listener's (--listen)",
+                });
+            }
+            Some(EmulatorTls {
+                port: tls_port,
+                cert,
+                key,
+                client_certs: client_ca.map_or(ClientCerts::Any, ClientCerts::VerifiedBy),
+            })
+        }
+        (Some(_), None) => {
+            return Err(ArgError::Missing {
+                command: C,
+                what: "--tls-key (--tls-cert needs it)",
+            })
+        }
+        (None, Some(_)) => {
+            return Err(ArgError::Missing {
+                command: C,
+                what: "--tls-cert (--tls-key needs it)",
+            })
+        }
+        (None, None) => {
+            if tls_port.is_some() {
+                return Err(ArgError::Missing {
+                    command: C,
+                    what: "--tls-cert and --tls-key (--tls-listen needs them)",
+                });
+            }
+            if client_ca.is_some() {
+                return Err(ArgError::Missing {
+                    command: C,
+                    what: "--tls-cert and --tls-key (--client-ca needs them)",
+                });
+            }
+            None
+        }
+    };
     Ok(EmulatorArgs {
-        port: port.unwrap_or(1883),
+        port,
+        tls,
         config,
         gateways,
         devices,
+        x509_gateways,
+        x509_devices,
     })
 }
 
@@ -685,6 +813,14 @@ fn non_empty(command: &'static str, option: &'static str, v: String) -> Result<S
     Ok(v)
 }
 
+fn non_empty_path(
+    command: &'static str,
+    option: &'static str,
+    v: String,
+) -> Result<PathBuf, ArgError> {
+    non_empty(command, option, v).map(PathBuf::from)
+}
+
 fn invalid(
     command: &'static str,
     option: &'static str,
@@ -736,6 +872,21 @@ fn parse_named(
             token: token.to_owned(),
         }),
         _ => Err(invalid(command, option, v, "NAME=TOKEN, both non-empty")),
+    }
+}
+
+/// `NAME=CERT.pem`, split at the first `=`.
+fn parse_named_cert(
+    command: &'static str,
+    option: &'static str,
+    v: &str,
+) -> Result<NamedCert, ArgError> {
+    match v.split_once('=') {
+        Some((name, cert)) if !name.is_empty() && !cert.is_empty() => Ok(NamedCert {
+            name: name.to_owned(),
+            cert: PathBuf::from(cert),
+        }),
+        _ => Err(invalid(command, option, v, "NAME=CERT.pem, both non-empty")),
     }
 }
 
@@ -925,6 +1076,120 @@ mod tests {
         );
         assert!(matches!(
             parse(["emulator", "--listen", "1", "--listen", "2"]),
+            Err(ArgError::Repeated { .. })
+        ));
+    }
+
+    #[test]
+    fn emulator_tls_and_x509_options() {
+        let Cli::Emulator(e) = parse([
+            "emulator",
+            "--listen",
+            "0",
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "server.pem",
+            "--tls-key=server.key",
+            "--x509-gateway",
+            "GW=certs/gw.pem",
+            "--x509-device",
+            "Sensor=s=1.pem",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            e.tls,
+            Some(EmulatorTls {
+                port: 0,
+                cert: "server.pem".into(),
+                key: "server.key".into(),
+                client_certs: ClientCerts::Any,
+            })
+        );
+        assert_eq!(
+            e.x509_gateways,
+            vec![NamedCert {
+                name: "GW".into(),
+                cert: "certs/gw.pem".into()
+            }]
+        );
+        assert_eq!(e.x509_devices[0].cert, PathBuf::from("s=1.pem"));
+        let Cli::Emulator(e) = parse([
+            "emulator",
+            "--tls-cert",
+            "s.pem",
+            "--tls-key",
+            "s.key",
+            "--client-ca",
+            "ca.pem",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        let tls = e.tls.unwrap();
+        assert_eq!(tls.port, DEFAULT_TLS_PORT);
+        assert_eq!(tls.client_certs, ClientCerts::VerifiedBy("ca.pem".into()));
+        assert_eq!(
+            parse(["emulator"]).map(|c| matches!(c, Cli::Emulator(EmulatorArgs { tls: None, .. }))),
+            Ok(true)
+        );
+
+        for (args, what) in [
+            (&["--tls-cert", "s.pem"][..], "--tls-key"),
+            (&["--tls-key", "s.key"][..], "--tls-cert"),
+            (&["--tls-listen", "0"][..], "--tls-listen needs"),
+            (&["--client-ca", "ca.pem"][..], "--client-ca needs"),
+        ] {
+            let mut all = vec!["emulator"];
+            all.extend_from_slice(args);
+            let e = parse(all).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    ArgError::Missing {
+                        command: "emulator",
+                        ..
+                    }
+                ),
+                "{args:?}: {e:?}"
+            );
+            assert!(e.to_string().contains(what), "{args:?}: {e}");
+        }
+        let same = parse([
+            "emulator",
+            "--listen",
+            "1884",
+            "--tls-listen",
+            "1884",
+            "--tls-cert",
+            "s.pem",
+            "--tls-key",
+            "s.key",
+        ]);
+        assert!(matches!(
+            same,
+            Err(ArgError::InvalidValue {
+                option: "--tls-listen",
+                ..
+            })
+        ));
+        for bad in ["GW", "=gw.pem", "GW="] {
+            assert!(
+                matches!(
+                    parse(["emulator", "--x509-gateway", bad]),
+                    Err(ArgError::InvalidValue { .. })
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            parse(["emulator", "--tls-listen", "0.0.0.0:8883"]),
+            Err(ArgError::InvalidValue { .. })
+        ));
+        assert!(matches!(
+            parse(["emulator", "--tls-cert", "a", "--tls-cert", "b"]),
             Err(ArgError::Repeated { .. })
         ));
     }

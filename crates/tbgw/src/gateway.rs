@@ -11,7 +11,7 @@ use gateway_emulator::{EmulatorConfig, EmulatorHandle, NewDevice};
 use gateway_proto::{Credentials, Event, ProtocolVersion, QoS};
 use gateway_tokio::{
     connect, Client, ClientError, ClientEvent, ClientOptions, ConnectError, Delivery, Events,
-    TlsOptions,
+    TlsError, TlsOptions, TransportError,
 };
 use serde_json::{json, Map, Value};
 use tokio::time::{timeout, timeout_at, Instant, MissedTickBehavior};
@@ -88,6 +88,10 @@ async fn prepare(
                     tls = tls.client_identity_files(cert, key);
                 }
                 options = options.tls(tls);
+                // Unreadable PEM files are a local problem: say so before dialling.
+                options
+                    .tls_setup()
+                    .map_err(|e| format!("cannot set up TLS: {e}"))?;
             }
             let target = format!("{}{}", options.address(), if *tls { " (TLS)" } else { "" });
             (options, target, None)
@@ -136,7 +140,7 @@ async fn load(
     let bound = options.config.connect_timeout + Duration::from_secs(5);
     let (client, events) = match timeout(bound, connect(options)).await {
         Ok(Ok(connected)) => connected,
-        Ok(Err(e)) => return Err(connect_failed(&address, &e).into()),
+        Ok(Err(e)) => return Err(connect_failed(&address, &e, &args.target).into()),
         Err(_) => {
             return Err(format!(
                 "could not connect to {address}: no session within {} s",
@@ -159,11 +163,41 @@ async fn load(
     result
 }
 
-/// One clear line for a failed first connection.
-fn connect_failed(address: &str, e: &ConnectError) -> String {
+/// One clear line for a failed first connection, with a hint where the cause is likely.
+fn connect_failed(address: &str, e: &ConnectError, target: &Target) -> String {
+    let (ca, x509) = match target {
+        Target::Server { ca, auth, .. } => (ca.as_deref(), matches!(auth, Auth::X509 { .. })),
+        Target::Emulator => (None, false),
+    };
     match e {
         // "connection refused: <reason>" already.
+        ConnectError::Refused(refusal) if x509 => format!(
+            "{address}: {refusal} (is the certificate given with --cert registered as the \
+             gateway's X.509 credentials?)"
+        ),
         ConnectError::Refused(refusal) => format!("{address}: {refusal}"),
+        ConnectError::Transport(TransportError::Tls(tls @ TlsError::Handshake(cause))) => {
+            let hint = match cause {
+                rustls::Error::InvalidCertificate(_) => match ca {
+                    Some(ca) => format!(
+                        " (the server's certificate must be issued by the CA in {} and name \
+                         the host)",
+                        ca.display()
+                    ),
+                    None => " (the server's certificate must be trusted by the system roots \
+                             and name the host; give its CA with --ca)"
+                        .to_owned(),
+                },
+                rustls::Error::AlertReceived(_) if x509 => " (the server refused the \
+                    handshake: does it accept client certificates issued like --cert?)"
+                    .to_owned(),
+                rustls::Error::AlertReceived(_) => " (the server refused the handshake: does \
+                    it require a client certificate? see --cert and --key)"
+                    .to_owned(),
+                _ => String::new(),
+            };
+            format!("could not connect to {address}: {tls}{hint}")
+        }
         other => {
             let text = other.to_string();
             if text.contains(address) {
@@ -554,6 +588,43 @@ async fn progress(collected: Arc<Collected>, start: Instant, done: &'static str)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_connections_get_a_hint_where_the_cause_is_likely() {
+        let server = |auth, ca: Option<&str>| Target::Server {
+            host: "127.0.0.1".into(),
+            port: 8883,
+            auth,
+            tls: true,
+            ca: ca.map(Into::into),
+        };
+        let x509 = Auth::X509 {
+            cert: "gw.pem".into(),
+            key: "gw.key".into(),
+        };
+        let handshake = |e| ConnectError::Transport(TransportError::Tls(TlsError::Handshake(e)));
+        let untrusted = handshake(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ));
+        let refused = handshake(rustls::Error::AlertReceived(
+            rustls::AlertDescription::UnknownCA,
+        ));
+        let text = connect_failed("h:1", &untrusted, &server(x509.clone(), Some("ca.pem")));
+        assert!(
+            text.starts_with("could not connect to h:1: TLS handshake failed")
+                && text.ends_with("issued by the CA in ca.pem and name the host)"),
+            "{text}"
+        );
+        let text = connect_failed("h:1", &untrusted, &server(Auth::Token("T".into()), None));
+        assert!(text.contains("system roots"), "{text}");
+        let text = connect_failed("h:1", &refused, &server(x509.clone(), None));
+        assert!(
+            text.contains("client certificates issued like --cert"),
+            "{text}"
+        );
+        let text = connect_failed("h:1", &refused, &server(Auth::Token("T".into()), None));
+        assert!(text.contains("require a client certificate"), "{text}");
+    }
 
     #[test]
     fn pacing() {

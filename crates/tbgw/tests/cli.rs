@@ -1,16 +1,20 @@
 //! The built `tbgw` binary, run as a user would: the demo, the load generator against an
-//! in-process emulator, usage errors, and the emulator server accepting a real gateway
-//! client. Every wait is bounded; child processes are killed on the way out.
+//! in-process emulator, usage errors, the emulator server accepting a real gateway client,
+//! and `tbgw gateway` with an X.509 certificate over mutual TLS against `tbgw emulator`'s TLS
+//! listener. Every wait is bounded; child processes are killed on the way out.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use gateway_proto::Credentials;
+use gateway_testkit::mosquitto::TempDir;
+use gateway_testkit::pki::TestPki;
 use gateway_tokio::{connect, ClientOptions, Delivery};
 
 const TBGW: &str = env!("CARGO_BIN_EXE_tbgw");
@@ -203,56 +207,78 @@ fn bad_arguments_exit_2_with_usage() {
     }
 }
 
-#[test]
-fn emulator_server_accepts_a_gateway() {
-    let child = Command::new(TBGW)
-        .args([
-            "emulator",
-            "--listen",
-            "127.0.0.1:0",
-            "--gateway",
-            "GW=TOKEN",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tbgw starts");
-    let mut running = Running(child);
-    let stdout = running.0.stdout.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
+/// `tbgw emulator ...` running in the background, its stdout read line by line.
+struct EmulatorProcess {
+    /// Kept only to kill the process when the test ends.
+    _running: Running,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl EmulatorProcess {
+    fn start<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Self {
+        let child = Command::new(TBGW)
+            .arg("emulator")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tbgw starts");
+        let mut running = Running(child);
+        let stdout = running.0.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
             }
+        });
+        Self {
+            _running: running,
+            lines,
+            seen: Vec::new(),
         }
-    });
-    let mut seen = Vec::new();
-    let mut wait_for = |needle: &str| -> String {
+    }
+
+    /// The next line containing `needle`, waiting at most 10 s.
+    fn wait_for(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
+            match self.lines.recv_timeout(left) {
                 Ok(line) => {
-                    seen.push(line.clone());
+                    self.seen.push(line.clone());
                     if line.contains(needle) {
                         return line;
                     }
                 }
-                Err(_) => panic!("no line with {needle:?}; got {seen:#?}"),
+                Err(_) => panic!("no line with {needle:?}; got {:#?}", self.seen),
             }
         }
-    };
-    let listening = wait_for("listening on ");
-    let addr: SocketAddr = listening
-        .rsplit(' ')
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {listening:?}"));
-    assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
-    wait_for("created gateway \"GW\"");
+    }
+
+    /// The loopback address at the end of the next line containing `needle`.
+    fn address(&mut self, needle: &str) -> SocketAddr {
+        let line = self.wait_for(needle);
+        let addr: SocketAddr = line
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
+        addr
+    }
+}
+
+#[test]
+fn emulator_server_accepts_a_gateway() {
+    let mut emulator =
+        EmulatorProcess::start(&["--listen", "127.0.0.1:0", "--gateway", "GW=TOKEN"]);
+    let addr = emulator.address("listening on ");
+    emulator.wait_for("created gateway \"GW\"");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -281,13 +307,173 @@ fn emulator_server_accepts_a_gateway() {
         (client, events)
     });
     // The emulator reports the session and its sub-device (it looks twice a second).
-    wait_for("\"GW\" connected");
-    wait_for("1 sub-device(s): Child");
+    emulator.wait_for("\"GW\" connected");
+    emulator.wait_for("1 sub-device(s): Child");
     runtime.block_on(async {
         tokio::time::timeout(bound, client.0.close())
             .await
             .expect("closes in time");
     });
-    wait_for("\"GW\" disconnected");
-    drop(running);
+    emulator.wait_for("\"GW\" disconnected");
+    drop(emulator);
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("temporary paths are UTF-8")
+}
+
+/// `tbgw gateway` against `port` of 127.0.0.1 with an X.509 certificate and a CA file,
+/// sending 100 messages for 3 sub-devices within a second.
+fn x509_gateway(port: u16, cert: &Path, key: &Path, ca: &Path) -> Finished {
+    tbgw(
+        &[
+            "gateway",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--cert",
+            path(cert),
+            "--key",
+            path(key),
+            "--ca",
+            path(ca),
+            "--devices",
+            "3",
+            "--rate",
+            "100",
+            "--duration",
+            "1",
+            "--qos",
+            "1",
+        ],
+        Duration::from_secs(60),
+    )
+}
+
+fn assert_all_acknowledged(run: &Finished) {
+    assert!(
+        run.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        run.status,
+        run.stdout,
+        run.stderr
+    );
+    let report = &run.stdout;
+    assert!(
+        report.contains("(TLS), 3 sub-devices (3 announced)"),
+        "{report}"
+    );
+    assert_eq!(report_number(report, "sent"), 100, "{report}");
+    assert_eq!(report_number(report, "acknowledged"), 100, "{report}");
+    assert_eq!(report_number(report, "failed"), 0, "{report}");
+}
+
+fn assert_tls_failure(run: &Finished, needle: &str) {
+    assert_eq!(
+        run.status.code(),
+        Some(1),
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout,
+        run.stderr
+    );
+    let error = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("tbgw gateway: error: "))
+        .unwrap_or_else(|| panic!("no error line in:\n{}", run.stderr));
+    assert!(
+        error.contains("TLS") && error.to_lowercase().contains("certificate"),
+        "{error}"
+    );
+    assert!(error.contains(needle), "{error}");
+    assert!(!run.stdout.contains("report"), "{}", run.stdout);
+}
+
+#[test]
+fn gateway_with_an_x509_certificate_over_mutual_tls_against_the_emulator_server() {
+    let dir = TempDir::new("tbgw-cli-tls").unwrap();
+    let pki = TestPki::generate_named("tbgw CLI test CA").unwrap();
+    let files = pki.write_to(dir.path()).unwrap();
+    let gw = pki
+        .client("GW")
+        .unwrap()
+        .write_to(dir.path(), "gw")
+        .unwrap();
+    // A CA that signed nothing the emulator presents.
+    let unrelated = dir.path().join("unrelated");
+    std::fs::create_dir(&unrelated).unwrap();
+    let unrelated_ca = TestPki::generate_named("unrelated CA")
+        .unwrap()
+        .write_to(&unrelated)
+        .unwrap()
+        .ca;
+
+    let mut emulator = EmulatorProcess::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        path(&files.server_cert),
+        "--tls-key",
+        path(&files.server_key),
+        "--x509-gateway",
+        &format!("GW={}", path(&gw.cert)),
+    ]);
+    let plain = emulator.address("tbgw emulator: listening on ");
+    let tls = emulator.address("tbgw emulator: TLS listening on ");
+    assert_ne!(plain, tls);
+    emulator.wait_for("created gateway \"GW\" (type default), X.509 certificate");
+
+    let run = x509_gateway(tls.port(), &gw.cert, &gw.key, &files.ca);
+    assert_all_acknowledged(&run);
+    // The emulator knew the session by the certificate's device.
+    emulator.wait_for("\"GW\" connected");
+
+    let run = x509_gateway(tls.port(), &gw.cert, &gw.key, &unrelated_ca);
+    assert_tls_failure(&run, "must be issued by the CA in");
+    drop(emulator);
+}
+
+#[test]
+fn emulator_with_a_client_ca_refuses_certificates_it_did_not_issue() {
+    let dir = TempDir::new("tbgw-cli-client-ca").unwrap();
+    let pki = TestPki::generate_named("tbgw CLI test CA").unwrap();
+    let files = pki.write_to(dir.path()).unwrap();
+    let gw = pki
+        .client("GW")
+        .unwrap()
+        .write_to(dir.path(), "gw")
+        .unwrap();
+    // Registered as a gateway's credentials, but no CA issued it.
+    let own = TestPki::self_signed_client("Own")
+        .unwrap()
+        .write_to(dir.path(), "own")
+        .unwrap();
+
+    let mut emulator = EmulatorProcess::start(&[
+        "--listen",
+        "0",
+        "--tls-listen",
+        "0",
+        "--tls-cert",
+        path(&files.server_cert),
+        "--tls-key",
+        path(&files.server_key),
+        "--client-ca",
+        path(&files.ca),
+        "--x509-gateway",
+        &format!("GW={}", path(&gw.cert)),
+        "--x509-gateway",
+        &format!("Own={}", path(&own.cert)),
+    ]);
+    let tls = emulator.address("TLS listening on ");
+    emulator.wait_for("must be issued by");
+    emulator.wait_for("created gateway \"Own\"");
+
+    assert_all_acknowledged(&x509_gateway(tls.port(), &gw.cert, &gw.key, &files.ca));
+    let run = x509_gateway(tls.port(), &own.cert, &own.key, &files.ca);
+    assert_tls_failure(&run, "the server refused the handshake");
+    drop(emulator);
 }

@@ -245,6 +245,7 @@
 
 mod api;
 mod backoff;
+pub mod checksum;
 mod codec;
 mod command;
 mod config;

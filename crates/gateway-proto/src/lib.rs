@@ -253,9 +253,11 @@ mod connection;
 mod correlation;
 mod error;
 mod event;
+pub mod ota;
 mod outbound;
 mod output;
 pub mod payload;
+pub mod provision;
 mod reason;
 mod registry;
 mod stats;
@@ -271,7 +273,9 @@ pub use config::{
 pub use connection::{Connection, Input, State};
 pub use error::{CommandError, ConfigError, ProtocolError};
 pub use event::{DisconnectReason, Event, RequestError, RequestId, Warning};
+pub use ota::{OtaCommand, OtaConfig, OtaEvent, OtaKind, OtaPackage, OtaVersion};
 pub use output::Output;
+pub use provision::{ProvisionError, ProvisionedCredentials};
 pub use reason::{ConnectRefusal, ReasonCode};
 pub use stats::Stats;
 

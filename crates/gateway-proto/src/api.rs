@@ -651,7 +651,12 @@ impl Api {
 
     /// Whether connection-made publishes are waiting (they go before the queue).
     pub(crate) fn lane_pending(&self) -> bool {
-        !self.lane.is_empty() || self.ota.as_ref().is_some_and(Ota::wants_send)
+        !self.lane.is_empty()
+    }
+
+    /// Whether an OTA request waits (served after the queue).
+    pub(crate) fn ota_pending(&self) -> bool {
+        self.ota.as_ref().is_some_and(Ota::wants_send)
     }
 
     /// Takes the next connection-made publish and writes its topic and payload. Items for
@@ -665,9 +670,7 @@ impl Api {
         topic_out.clear();
         payload.clear();
         loop {
-            let Some(item) = self.lane.pop_front() else {
-                return self.next_ota_publish(now, topic_out, payload);
-            };
+            let item = self.lane.pop_front()?;
             let (LaneItem::Announce(device) | LaneItem::Keepalive(device)) = &item;
             let Some(device_type) = self.registry.device_type(device) else {
                 continue;
@@ -713,13 +716,16 @@ impl Api {
         }
     }
 
-    /// The OTA attribute request, or the next chunk request.
-    fn next_ota_publish(
+    /// Takes the OTA attribute request, or the next chunk request, and writes its topic and
+    /// payload.
+    pub(crate) fn next_ota(
         &mut self,
         now: Instant,
         topic_out: &mut String,
         payload: &mut Vec<u8>,
     ) -> Option<ControlTag> {
+        topic_out.clear();
+        payload.clear();
         let ota = self.ota.as_mut()?;
         if ota.take_info() {
             let keys = ota.info_keys();

@@ -700,39 +700,22 @@ impl Connection {
             else {
                 break;
             };
-            let Some(pkid) = self.outbound.reserve_control(window, tag.clone()) else {
-                // Every packet id is taken: wait for acknowledgements.
-                self.api.unpop_lane(tag);
+            if !self.send_control(now, window, tag) {
                 break;
-            };
-            let publish = codec::PublishRef {
-                topic: &self.scratch_topic,
-                payload: &self.scratch,
-                qos: QoS::AtLeastOnce,
-                dup: false,
-                retain: false,
-                pkid,
-            };
-            match codec::encode_publish(&publish, protocol, self.out.transmit_buffer(), max) {
-                Ok(n) => {
-                    self.count_sent(now, n);
-                    match tag {
-                        ControlTag::Announce(_) => self.stats.reannounced += 1,
-                        ControlTag::Keepalive(_) => self.stats.keepalives_sent += 1,
-                        ControlTag::OtaInfo(_) | ControlTag::OtaChunk(_) => {}
-                    }
-                }
-                Err(_) => {
-                    // Only a device name near the packet limit gets here; the application's
-                    // own commands for it are refused the same way.
-                    self.outbound.ack(pkid);
-                }
             }
         }
         if self.api.lane_pending() {
             return;
         }
-        while let Some(ready) = self.outbound.next_ready(window) {
+        // OTA requests (one at a time) go after the queue, which may not take the last free
+        // slot of the window while one waits: a download never starves, and the state
+        // telemetry of a command goes out before the requests it starts.
+        let queue_window = if self.api.ota_pending() {
+            window - 1
+        } else {
+            window
+        };
+        while let Some(ready) = self.outbound.next_ready(queue_window) {
             let (entry, qos, dup, pkid) = match &ready {
                 Ready::AtMostOnce(_, entry) => (entry, QoS::AtMostOnce, false, 0),
                 Ready::AtLeastOnce { id, pkid, dup } => match self.outbound.get(*id) {
@@ -774,6 +757,52 @@ impl Connection {
                 }
             }
         }
+        while self.api.ota_pending() && self.outbound.window_open(window) {
+            let Some(tag) = self
+                .api
+                .next_ota(now, &mut self.scratch_topic, &mut self.scratch)
+            else {
+                break;
+            };
+            if !self.send_control(now, window, tag) {
+                break;
+            }
+        }
+    }
+
+    /// Sends the connection-made publish in the scratch buffers. Returns false (and puts it
+    /// back) when no packet id is free.
+    fn send_control(&mut self, now: Instant, window: usize, tag: ControlTag) -> bool {
+        let Some(pkid) = self.outbound.reserve_control(window, tag.clone()) else {
+            // Every packet id is taken: wait for acknowledgements.
+            self.api.unpop_lane(tag);
+            return false;
+        };
+        let publish = codec::PublishRef {
+            topic: &self.scratch_topic,
+            payload: &self.scratch,
+            qos: QoS::AtLeastOnce,
+            dup: false,
+            retain: false,
+            pkid,
+        };
+        let (protocol, max) = (self.config.protocol, self.config.max_outgoing_packet);
+        match codec::encode_publish(&publish, protocol, self.out.transmit_buffer(), max) {
+            Ok(n) => {
+                self.count_sent(now, n);
+                match tag {
+                    ControlTag::Announce(_) => self.stats.reannounced += 1,
+                    ControlTag::Keepalive(_) => self.stats.keepalives_sent += 1,
+                    ControlTag::OtaInfo(_) | ControlTag::OtaChunk(_) => {}
+                }
+            }
+            Err(_) => {
+                // Only a device name near the packet limit gets here; the application's
+                // own commands for it are refused the same way. (OTA requests are small.)
+                self.outbound.ack(pkid);
+            }
+        }
+        true
     }
 
     fn send(&mut self, now: Instant, packet: &Packet) -> Result<(), codec::EncodeError> {

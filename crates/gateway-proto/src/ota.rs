@@ -720,8 +720,10 @@ impl Ota {
         if let Some(kind) = self.active {
             let max = self.max_attempts;
             let mut failed = None;
+            let mut waited = false;
             if let Some(d) = self.download(kind) {
                 if d.step == Step::AwaitInfo {
+                    waited = true;
                     d.attempts += 1;
                     if d.attempts >= max {
                         failed = Some(OtaError::ChunkTimeout {
@@ -731,7 +733,9 @@ impl Ota {
                     }
                 }
             }
-            self.chunk_retries += 1;
+            if waited {
+                self.chunk_retries += 1;
+            }
             if let Some(error) = failed {
                 self.fail(kind, error, out);
             }

@@ -461,7 +461,17 @@ fn chunk_requests(sent: &[Sent]) -> Vec<(String, String)> {
 
 /// Serves chunk requests from `image` until the client stops asking; returns everything the
 /// client sent meanwhile, and the chunk events.
-fn serve(h: &mut Harness, image: &[u8], mut pending: Vec<Sent>) -> (Vec<Sent>, Vec<OtaEvent>) {
+fn serve(h: &mut Harness, image: &[u8], pending: Vec<Sent>) -> (Vec<Sent>, Vec<OtaEvent>) {
+    serve_both(h, image, image, pending)
+}
+
+/// [`serve`] with a firmware and a software image.
+fn serve_both(
+    h: &mut Harness,
+    fw: &[u8],
+    sw: &[u8],
+    mut pending: Vec<Sent>,
+) -> (Vec<Sent>, Vec<OtaEvent>) {
     let mut all = Vec::new();
     let mut events = Vec::new();
     loop {
@@ -472,6 +482,11 @@ fn serve(h: &mut Harness, image: &[u8], mut pending: Vec<Sent>) -> (Vec<Sent>, V
             return (all, events);
         };
         all.extend(pending);
+        let image = if req.topic.starts_with("v2/sw/") {
+            sw
+        } else {
+            fw
+        };
         let size: usize = req.payload.parse().unwrap();
         let n: usize = req.topic.rsplit('/').next().unwrap().parse().unwrap();
         let start = (n * size).min(image.len());
@@ -1091,8 +1106,98 @@ fn state_names() {
     let _ = ProvisionRequest::default().to_vec();
 }
 
+#[test]
+fn one_download_at_a_time_the_other_kind_waits_its_turn() {
+    let fw = image(6);
+    let sw = image(5);
+    let mut ota = OtaConfig::new();
+    ota.auto_download = true;
+    ota.chunk_size = 4;
+    let (mut h, id) = ota_device(ota);
+    let mut shared = fw_attrs(&fw, ChecksumAlgorithm::Sha256, "2");
+    let sw_alg = ChecksumAlgorithm::Crc32;
+    for (k, v) in [
+        ("sw_title", json!("app")),
+        ("sw_version", json!("9")),
+        ("sw_size", json!(sw.len())),
+        ("sw_checksum_algorithm", json!(sw_alg.as_str())),
+        ("sw_checksum", json!(sw_alg.checksum(&sw))),
+    ] {
+        shared[k] = v;
+    }
+    answer_info(&mut h, id, shared);
+    let events = ota_events(&mut h);
+    assert!(
+        matches!(
+            events.as_slice(),
+            [OtaEvent::Available(a), OtaEvent::Started(b), OtaEvent::Available(c)]
+                if a.kind == OtaKind::Firmware && b.kind == OtaKind::Firmware
+                    && c.kind == OtaKind::Software
+        ),
+        "{events:?}"
+    );
+    let first = sent(&mut h);
+    assert!(chunk_requests(&first)
+        .iter()
+        .all(|(t, _)| t.starts_with("v2/fw/")));
+    // Firmware done: software starts by itself, with a new request id.
+    let (all, events) = serve_both(&mut h, &fw, &sw, first);
+    let kinds: Vec<(OtaKind, &str)> = events
+        .iter()
+        .filter_map(|e| match e {
+            OtaEvent::Started(p) => Some((p.kind, "started")),
+            OtaEvent::Verified(p) => Some((p.kind, "verified")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (OtaKind::Firmware, "verified"),
+            (OtaKind::Software, "started"),
+            (OtaKind::Software, "verified")
+        ]
+    );
+    assert!(chunk_requests(&all)
+        .iter()
+        .any(|(t, _)| t == "v2/sw/request/2/chunk/1"));
+    assert_eq!(
+        states(&all),
+        [
+            "DOWNLOADING",
+            "DOWNLOADED",
+            "VERIFIED",
+            "DOWNLOADING",
+            "DOWNLOADED",
+            "VERIFIED"
+        ]
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever arrives on `/provision/response`, the connection reports exactly one outcome
+    /// and closes.
+    #[test]
+    fn any_provisioning_response_ends_the_connection(
+        payload in prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..80),
+            Just(br#"{"status":"SUCCESS","credentialsType":"ACCESS_TOKEN","credentialsValue":"t"}"#.to_vec()),
+            Just(br#"{"status":"SUCCESS","credentialsType":"MQTT_BASIC","credentialsValue":7}"#.to_vec()),
+            Just(br#"{"status":"NOT_FOUND"}"#.to_vec()),
+        ],
+    ) {
+        let mut h = provisioning(V5, request());
+        provision_session(&mut h);
+        push(&mut h, "/provision/response", payload);
+        let events = h.take_events();
+        prop_assert_eq!(
+            events.iter().filter(|e| matches!(e, Event::Provisioned(_))).count(),
+            1
+        );
+        prop_assert_eq!(h.conn.state(), State::Closed);
+    }
 
     /// Any image, any chunk size, any algorithm: the chunks put together are the image and
     /// the download verifies.

@@ -284,7 +284,7 @@ pub fn state_telemetry(
 
 /// Application requests about updates ([`Command::Ota`](crate::Command::Ota)). Each one
 /// publishes its state telemetry on `v1/devices/me/telemetry` at QoS 1 and ends like a
-/// publish ([`Event::Delivered`](crate::Event::Delivered) or `Failed`).
+/// publish ([`Event::Delivered`] or `Failed`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum OtaCommand {
@@ -331,7 +331,7 @@ impl OtaCommand {
     }
 }
 
-/// What the connection tells the application about updates ([`Event::Ota`](crate::Event::Ota)).
+/// What the connection tells the application about updates ([`Event::Ota`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum OtaEvent {

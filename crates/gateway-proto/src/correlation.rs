@@ -34,6 +34,9 @@ pub(crate) enum Expect {
     ClientRpc,
     /// The answer to a sub-device keep-alive; consumed silently.
     Keepalive { device: String },
+    /// `v1/devices/me/attributes/response/{id}` with the OTA package attributes; consumed
+    /// by the OTA state machine.
+    OtaInfo,
 }
 
 /// One request awaiting its response.

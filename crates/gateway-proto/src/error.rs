@@ -5,6 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::codec::{DecodeError, EncodeError};
+use crate::ota::OtaCommandError;
 use crate::payload::PayloadError;
 
 /// A [`Config`](crate::Config) value the protocol or ThingsBoard cannot work with.
@@ -46,6 +47,16 @@ pub enum ConfigError {
     SubscriptionsTooLarge(usize),
     /// A duration that must be positive is zero.
     ZeroDuration(&'static str),
+    /// A provisioning request that cannot work (empty key or secret, too large).
+    InvalidProvisionRequest(&'static str),
+    /// [`OtaConfig::chunk_size`](crate::OtaConfig::chunk_size) is zero, above ThingsBoard's
+    /// payload limit, or does not fit `max_incoming_packet` with its topic.
+    OtaChunkSize {
+        /// The value given.
+        value: usize,
+        /// The largest allowed with this configuration.
+        max: usize,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -63,7 +74,9 @@ impl fmt::Display for ConfigError {
                 write!(f, "keep-alive {d:?} is not a whole number of seconds")
             }
             Self::ZeroInflight => f.write_str("max_inflight must be at least 1"),
-            Self::ZeroAttempts => f.write_str("max_publish_attempts must be at least 1"),
+            Self::ZeroAttempts => {
+                f.write_str("max_publish_attempts and ota.chunk_attempts must be at least 1")
+            }
             Self::PacketLimitOutOfRange { name, value } => {
                 write!(f, "{name} = {value} is outside 128..=268435455")
             }
@@ -74,6 +87,10 @@ impl fmt::Display for ConfigError {
                 "the SUBSCRIBE for all configured filters needs {len} bytes, above max_outgoing_packet"
             ),
             Self::ZeroDuration(name) => write!(f, "{name} must be longer than zero"),
+            Self::InvalidProvisionRequest(why) => write!(f, "invalid provisioning request: {why}"),
+            Self::OtaChunkSize { value, max } => {
+                write!(f, "ota.chunk_size {value} is outside 1..={max}")
+            }
         }
     }
 }
@@ -130,6 +147,10 @@ pub enum CommandError {
     /// The payload cannot be built (e.g. an attribute key with a comma in a device
     /// attribute request).
     Payload(PayloadError),
+    /// A provisioning connection takes no commands: it sends its one request by itself.
+    ProvisioningOnly,
+    /// An OTA command that cannot be carried out now.
+    Ota(OtaCommandError),
 }
 
 impl fmt::Display for CommandError {
@@ -159,6 +180,8 @@ impl fmt::Display for CommandError {
             } => write!(f, "no pending RPC {id} for sub-device {device:?}"),
             Self::UnknownRpc { device: None, id } => write!(f, "no pending RPC {id}"),
             Self::Payload(e) => write!(f, "cannot build the payload: {e}"),
+            Self::ProvisioningOnly => f.write_str("a provisioning connection takes no commands"),
+            Self::Ota(e) => write!(f, "OTA command refused: {e}"),
         }
     }
 }
@@ -167,6 +190,7 @@ impl std::error::Error for CommandError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Payload(e) => Some(e),
+            Self::Ota(e) => Some(e),
             _ => None,
         }
     }

@@ -7,8 +7,10 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::codec::EncodeError;
-use crate::error::ProtocolError;
+use crate::error::{CommandError, ProtocolError};
+use crate::ota::{OtaEvent, OtaKind};
 use crate::payload::{ClientRpcResponse, PayloadError};
+use crate::provision::{ProvisionError, ProvisionedCredentials};
 use crate::reason::{ConnectRefusal, ReasonCode};
 
 /// Identifies an accepted command. Ids grow monotonically and are never reused, not even
@@ -138,6 +140,11 @@ pub enum Event {
         /// New name.
         new_name: String,
     },
+    /// The answer of a provisioning connection ([`Config::provisioning`](crate::Config::provisioning)),
+    /// or why there is none. The connection closes right after it.
+    Provisioned(Result<ProvisionedCredentials, ProvisionError>),
+    /// Firmware or software update news ([`Config::ota`](crate::Config::ota)).
+    Ota(OtaEvent),
 }
 
 impl Event {
@@ -175,6 +182,9 @@ pub enum DisconnectReason {
     Protocol(ProtocolError),
     /// The application called [`Connection::close`](crate::Connection::close).
     Local,
+    /// A provisioning connection closed itself: its answer arrived, or it gave up waiting
+    /// (see [`Event::Provisioned`]).
+    ProvisioningEnded,
 }
 
 impl fmt::Display for DisconnectReason {
@@ -187,6 +197,7 @@ impl fmt::Display for DisconnectReason {
             Self::ServerDisconnect(code) => write!(f, "server disconnected: {code}"),
             Self::Protocol(e) => e.fmt(f),
             Self::Local => f.write_str("closed by the application"),
+            Self::ProvisioningEnded => f.write_str("provisioning connection finished"),
         }
     }
 }
@@ -275,6 +286,21 @@ pub enum Warning {
         /// Its id.
         id: u64,
     },
+    /// OTA state telemetry the connection reports by itself (`DOWNLOADED`, `VERIFIED`,
+    /// `FAILED`, ...) could not be queued (e.g. the send buffer is full); it was dropped.
+    OtaReportDropped {
+        /// Firmware or software.
+        kind: OtaKind,
+        /// Why it was not queued.
+        error: CommandError,
+    },
+    /// OTA state telemetry the connection reported by itself was not delivered.
+    OtaReportFailed {
+        /// Firmware or software.
+        kind: OtaKind,
+        /// Why.
+        error: RequestError,
+    },
 }
 
 impl fmt::Display for Warning {
@@ -309,6 +335,12 @@ impl fmt::Display for Warning {
             }
             Self::ServerRpcForgotten { device: None, id } => {
                 write!(f, "forgot pending RPC {id} (table full)")
+            }
+            Self::OtaReportDropped { kind, error } => {
+                write!(f, "{kind:?} state report dropped: {error}")
+            }
+            Self::OtaReportFailed { kind, error } => {
+                write!(f, "{kind:?} state report failed: {error}")
             }
         }
     }

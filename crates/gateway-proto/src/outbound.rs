@@ -53,6 +53,10 @@ pub(crate) enum ControlTag {
     Announce(String),
     /// Keep-alive attribute request with this wire id.
     Keepalive(u32),
+    /// The OTA package attribute request with this wire id.
+    OtaInfo(u32),
+    /// An OTA chunk request.
+    OtaChunk(crate::ota::ChunkRequest),
 }
 
 /// What a PUBACK's packet id referred to.

@@ -63,4 +63,8 @@ pub struct Stats {
     pub pending_requests: usize,
     /// Server-side RPCs awaiting the application's reply.
     pub pending_server_rpcs: usize,
+    /// OTA chunks received and passed on.
+    pub ota_chunks: u64,
+    /// OTA chunk requests repeated after a timeout.
+    pub ota_chunk_retries: u64,
 }

@@ -23,17 +23,23 @@ pub(crate) enum Timer {
     SubDeviceSweep,
     /// When to ask for a new transport after a disconnect.
     Reconnect,
+    /// When the outstanding OTA chunk is due.
+    OtaChunk,
+    /// When a provisioning connection stops waiting for its answer.
+    Provision,
 }
 
 impl Timer {
     /// Firing order when several expire at once: the session-ending ones first, so a
     /// publish deadline that coincides with a dead link still sees the link as dead.
-    pub(crate) const ALL: [Timer; 7] = [
+    pub(crate) const ALL: [Timer; 9] = [
         Timer::Connect,
         Timer::PingResponse,
+        Timer::Provision,
         Timer::KeepAlive,
         Timer::PublishDeadline,
         Timer::ResponseDeadline,
+        Timer::OtaChunk,
         Timer::SubDeviceSweep,
         Timer::Reconnect,
     ];
@@ -47,6 +53,8 @@ impl Timer {
             Timer::Reconnect => 4,
             Timer::ResponseDeadline => 5,
             Timer::SubDeviceSweep => 6,
+            Timer::OtaChunk => 7,
+            Timer::Provision => 8,
         }
     }
 }
@@ -54,7 +62,7 @@ impl Timer {
 /// One optional deadline per [`Timer`].
 #[derive(Debug, Default, Clone)]
 pub(crate) struct TimerTable {
-    slots: [Option<Instant>; 7],
+    slots: [Option<Instant>; 9],
 }
 
 impl TimerTable {

@@ -165,7 +165,7 @@ impl Connection {
             commit,
         } = self.api.prepare(command, self.config.telemetry_qos)?;
         let id = self.accept_publish(now, topic, payload, qos)?;
-        self.api.commit(now, id.0, commit);
+        self.api.commit(now, id.0, commit, qos);
         self.pump(now);
         self.refresh_timers();
         Ok(id)

@@ -482,7 +482,12 @@ fn numbers_survive_encode_and_parse_exactly() {
         let first = Value::parse(text.as_bytes()).unwrap();
         let encoded = first.to_vec();
         let second = Value::parse(&encoded).unwrap();
-        assert_eq!(second, first, "{text} -> {}", String::from_utf8_lossy(&encoded));
+        assert_eq!(
+            second,
+            first,
+            "{text} -> {}",
+            String::from_utf8_lossy(&encoded)
+        );
         assert_eq!(second.to_vec(), encoded, "{text}");
         // Through a payload type too: a client RPC response carries any JSON.
         let rpc = ClientRpcResponse::parse(&encoded).unwrap();

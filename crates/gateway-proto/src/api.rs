@@ -92,6 +92,11 @@ pub(crate) struct Api {
     /// means the server did not connect them: they are forgotten. Bounded like the publishes
     /// they belong to (`max_buffered_bytes`); entries leave with their outcome.
     connects: HashMap<u64, Vec<String>>,
+    /// Application disconnect commands not finished yet: request id → device. If the device
+    /// is tracked again when its disconnect finishes (a later command named it, and the
+    /// re-announce after a reconnect may have gone out before this older disconnect), it is
+    /// announced once more so the server's last word is a connect. Bounded like `connects`.
+    disconnects: HashMap<u64, String>,
     keepalive_after: Option<Duration>,
     attribute_timeout: Duration,
     rpc_timeout: Duration,
@@ -108,6 +113,7 @@ impl Api {
             server_rpcs: ServerRpcs::new(config.max_pending_server_rpcs),
             lane: VecDeque::new(),
             connects: HashMap::new(),
+            disconnects: HashMap::new(),
             keepalive_after: config.sub_device_keepalive,
             attribute_timeout: config.attribute_request_timeout,
             rpc_timeout: config.rpc_timeout,
@@ -426,6 +432,7 @@ impl Api {
             }
             Commit::Disconnect(device) => {
                 self.registry.remove(&device);
+                self.disconnects.insert(id, device);
             }
             Commit::Request {
                 wire,
@@ -490,6 +497,11 @@ impl Api {
                 }
             }
         }
+        if let Some(device) = self.disconnects.remove(&id) {
+            if self.role == Role::Gateway && self.registry.mark_queued(&device) {
+                self.lane.push_back(LaneItem::Announce(device));
+            }
+        }
         match result {
             Ok(()) if self.requests.tracks(id) => {
                 self.requests.mark_acked(id);
@@ -550,6 +562,7 @@ impl Api {
         self.lane.clear();
         self.next_sweep = None;
         self.connects.clear();
+        self.disconnects.clear();
         self.requests
             .drain_all()
             .into_iter()

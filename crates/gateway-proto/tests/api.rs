@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{config, server_publish, Harness};
+use common::{config, publishes, server_publish, Harness};
 use gateway_proto::payload::{ClientRpcResponse, GatewayTelemetry, PayloadError, TelemetryEntry};
 use gateway_proto::wire::{self, Packet, ProtocolVersion};
 use gateway_proto::{
@@ -1529,5 +1529,53 @@ mod names {
             );
             prop_assert!(h.conn.is_sub_device_registered(&name));
         }
+    }
+}
+
+/// Found by the simulation (gateway-sim): a disconnect queued while offline, then a command
+/// naming the same device again (tracking it anew). After the reconnect the re-announce went
+/// out first and the older disconnect after it, so the server dropped a device the gateway
+/// kept tracking: RPCs and attribute updates for it stopped. Now a disconnect that finishes
+/// while its device is tracked again is followed by one more announce.
+#[test]
+fn a_queued_disconnect_does_not_undo_a_later_reregistration() {
+    for version in [V5, V3] {
+        let mut h = gateway(version);
+        cmd(&mut h, Command::connect_device("D", None));
+        let ack = one(&mut h);
+        puback(&mut h, ack.pkid, 0);
+        h.drop_transport();
+        cmd(&mut h, Command::disconnect_device("D"));
+        cmd(
+            &mut h,
+            Command::request_device_attributes("D", AttributeScope::Shared, ["k"]),
+        );
+        assert!(h.conn.is_sub_device_registered("D"));
+        h.advance_to_timeout();
+        let after = h.connect();
+        let topics: Vec<&str> = publishes(&after).iter().map(|p| p.topic.as_str()).collect();
+        assert_eq!(
+            topics,
+            [
+                "v1/gateway/connect",
+                "v1/gateway/disconnect",
+                "v1/gateway/attributes/request"
+            ],
+            "{version:?}"
+        );
+        let disconnect = publishes(&after)[1].pkid;
+        puback(&mut h, disconnect, 0);
+        let again = sent(&mut h);
+        assert_eq!(again.len(), 1, "{again:?}");
+        assert_eq!(
+            (again[0].topic.as_str(), again[0].payload.as_str()),
+            ("v1/gateway/connect", r#"{"device":"D"}"#),
+            "{version:?}"
+        );
+        // A disconnect of a device that stays forgotten is not followed by anything.
+        cmd(&mut h, Command::disconnect_device("D"));
+        let p = one(&mut h);
+        puback(&mut h, p.pkid, 0);
+        assert!(sent(&mut h).is_empty());
     }
 }

@@ -488,13 +488,25 @@ impl Api {
     /// already ended (its answer or response deadline came first).
     pub(crate) fn on_outcome(&mut self, id: u64, result: Result<(), &RequestError>) -> bool {
         if let Some(devices) = self.connects.remove(&id) {
-            if matches!(result, Err(RequestError::Rejected(_))) {
-                // Not connected on the server (device limit or another failure): forget
-                // them, or the gateway would believe them reachable and every reconnect
-                // would announce them again.
-                for device in devices {
-                    self.registry.remove(&device);
+            match result {
+                Err(RequestError::Rejected(_)) => {
+                    // Not connected on the server (device limit or another failure): forget
+                    // them, or the gateway would believe them reachable and every reconnect
+                    // would announce them again.
+                    for device in devices {
+                        self.registry.remove(&device);
+                    }
                 }
+                Err(RequestError::Timeout) => {
+                    // Whether the server connected them is unknown (a late refusal is not
+                    // matched to a finished request): announce them, whose answer settles it.
+                    for device in devices {
+                        if self.registry.mark_queued(&device) {
+                            self.lane.push_back(LaneItem::Announce(device));
+                        }
+                    }
+                }
+                _ => {}
             }
         }
         if let Some(device) = self.disconnects.remove(&id) {

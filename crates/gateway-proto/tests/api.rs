@@ -1579,3 +1579,42 @@ fn a_queued_disconnect_does_not_undo_a_later_reregistration() {
         assert!(sent(&mut h).is_empty());
     }
 }
+
+/// Found by the simulation (gateway-sim): data that started tracking a sub-device timed out
+/// (network stalled) and the server's 0x97 refusal came after the timeout, matched to no
+/// request. The device stayed tracked though the server never connected it. Now a timed-out
+/// request announces the devices it started tracking, and that announce's answer settles it.
+#[test]
+fn a_timed_out_implicit_connect_is_settled_by_an_announce() {
+    let mut h = gateway(V5);
+    let id = cmd(
+        &mut h,
+        Command::request_device_attributes("New", AttributeScope::Shared, ["k"]),
+    );
+    let request = one(&mut h);
+    h.advance(Duration::from_secs(31));
+    let events = h.take_events();
+    assert_eq!(
+        events,
+        vec![Event::Failed {
+            request: id,
+            error: RequestError::Timeout
+        }]
+    );
+    let announce = one(&mut h);
+    assert_eq!(
+        (announce.topic.as_str(), announce.payload.as_str()),
+        ("v1/gateway/connect", r#"{"device":"New"}"#)
+    );
+    puback(&mut h, request.pkid, 0x97);
+    assert!(h.take_events().is_empty(), "a late refusal completes nothing");
+    puback(&mut h, announce.pkid, 0x97);
+    assert_eq!(
+        h.take_events(),
+        vec![Event::Warning(Warning::ReannounceRejected {
+            device: "New".into(),
+            code: ReasonCode::QuotaExceeded,
+        })]
+    );
+    assert!(!h.conn.is_sub_device_registered("New"));
+}

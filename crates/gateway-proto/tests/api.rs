@@ -1607,7 +1607,10 @@ fn a_timed_out_implicit_connect_is_settled_by_an_announce() {
         ("v1/gateway/connect", r#"{"device":"New"}"#)
     );
     puback(&mut h, request.pkid, 0x97);
-    assert!(h.take_events().is_empty(), "a late refusal completes nothing");
+    assert!(
+        h.take_events().is_empty(),
+        "a late refusal completes nothing"
+    );
     puback(&mut h, announce.pkid, 0x97);
     assert_eq!(
         h.take_events(),

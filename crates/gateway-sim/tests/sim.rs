@@ -23,7 +23,7 @@ fn simulated_seeds_keep_every_invariant() {
         Some(seed) => (seed, 1),
         None => (
             env("SIM_SEED_START").unwrap_or(0),
-            env("SIM_SEEDS").unwrap_or(3_000),
+            env("SIM_SEEDS").unwrap_or(2_500),
         ),
     };
     let began = Instant::now();

@@ -75,3 +75,28 @@ fn simulated_seeds_keep_every_invariant() {
         "failing seeds: {failures:?} (replay with SIM_SEED=n)"
     );
 }
+
+/// Seeds that found bugs, kept whatever the default range becomes (each message names the
+/// regression test in `gateway-proto/tests/api.rs`).
+#[test]
+fn seeds_that_found_bugs_stay_fixed() {
+    let found = [
+        (
+            63,
+            "qos0_data_for_a_new_sub_device_announces_it_and_a_refusal_forgets_it",
+        ),
+        (
+            497,
+            "a_queued_disconnect_does_not_undo_a_later_reregistration",
+        ),
+        (
+            1365,
+            "a_timed_out_implicit_connect_is_settled_by_an_announce",
+        ),
+    ];
+    for (seed, test) in found {
+        if let Err(f) = run(seed, &Options::default()) {
+            panic!("{f}\n(first found with {test})");
+        }
+    }
+}

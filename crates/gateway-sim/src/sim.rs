@@ -48,6 +48,8 @@ pub struct Options {
     pub steps: usize,
     /// A heal-and-check every this many steps (and always at the end).
     pub heal_every: usize,
+    /// Actions kept for the failure report.
+    pub trace: usize,
 }
 
 impl Default for Options {
@@ -55,6 +57,7 @@ impl Default for Options {
         Self {
             steps: 120,
             heal_every: 60,
+            trace: 80,
         }
     }
 }
@@ -124,7 +127,7 @@ impl fmt::Display for Failure {
 pub fn run(seed: u64, options: &Options) -> Result<Report, Failure> {
     let mut sim = None;
     let result = panic::catch_unwind(AssertUnwindSafe(|| {
-        let s = sim.insert(Sim::new(seed));
+        let s = sim.insert(Sim::new(seed, options.trace));
         s.run(options)
     }));
     let (step, trace) = sim
@@ -213,6 +216,9 @@ struct Sim {
     probes: BTreeSet<(String, String)>,
     tag: u64,
     trace: VecDeque<String>,
+    trace_len: usize,
+    known_devices: usize,
+    known_children: Vec<String>,
     report: Report,
 }
 
@@ -238,7 +244,7 @@ fn frame_len(buf: &[u8]) -> Option<usize> {
 }
 
 impl Sim {
-    fn new(seed: u64) -> Self {
+    fn new(seed: u64, trace_len: usize) -> Self {
         let mut rng = Rng::new(seed);
         let now = Instant::now();
         let mut config = Config::new(Credentials::AccessToken(TOKEN.into()));
@@ -305,6 +311,9 @@ impl Sim {
             probes: BTreeSet::new(),
             tag: 0,
             trace: VecDeque::new(),
+            trace_len,
+            known_devices: 1,
+            known_children: Vec::new(),
             report: Report::default(),
         }
     }
@@ -313,7 +322,7 @@ impl Sim {
         let t = self.now.saturating_duration_since(self.start);
         self.trace
             .push_back(format!("[{:>9.3}s] {}", t.as_secs_f64(), what.into()));
-        if self.trace.len() > 80 {
+        if self.trace.len() > self.trace_len {
             self.trace.pop_front();
         }
     }
@@ -881,6 +890,22 @@ impl Sim {
                 }
             }
         }
+        let devices = self.emu.devices();
+        if devices.len() != self.known_devices {
+            for d in devices.iter().skip(self.known_devices) {
+                self.trace.push_back(format!(
+                    "            platform: device {:?} created ({})",
+                    d.name, d.device_type
+                ));
+            }
+            self.known_devices = devices.len();
+        }
+        let children = self.emu.connected_children(GATEWAY).unwrap_or_default();
+        if children != self.known_children {
+            let line = format!("            platform: children {children:?}");
+            self.trace.push_back(line);
+            self.known_children = children;
+        }
         while let Some(e) = self.emu.poll_event() {
             if let gateway_emulator::Event::RateLimited { device, .. } = &e {
                 if self.config.protocol == ProtocolVersion::V311 {
@@ -1160,11 +1185,12 @@ impl Sim {
             ));
         }
         // Invariant 4: every registered sub-device is connected and reachable.
-        let children = self.emu.connected_children(GATEWAY).unwrap_or_default();
         for name in DEVICES {
             if !self.conn.is_sub_device_registered(name) {
                 continue;
             }
+            // Fresh each time: a keep-alive may have connected one meanwhile.
+            let children = self.emu.connected_children(GATEWAY).unwrap_or_default();
             if self.config.protocol == ProtocolVersion::V311 && self.emu.device(name).is_none() {
                 // The same 3.1.1 limitation: the refused announce looked acknowledged.
                 self.report.v311_unconfirmed += 1;
@@ -1172,7 +1198,9 @@ impl Sim {
             }
             if !children.iter().any(|c| c == name) {
                 return Err(format!(
-                    "sub-device {name:?} registered but not connected on the platform (children {children:?})"
+                    "sub-device {name:?} registered but not connected on the platform (children \
+                     {children:?}; platform device {:?})",
+                    self.emu.device(name)
                 ));
             }
             let tag = self.next_tag();

@@ -3,7 +3,8 @@
 //! * `cargo test -p gateway-sim --test sim`: the default seed range (a few thousand seeds).
 //! * `SIM_SEEDS=100000`: that many seeds; `SIM_SEED_START=n` moves the range.
 //! * `SIM_SEED=n`: replays exactly one seed and prints its trace.
-//! * `SIM_STEPS=n`: steps per seed (default 120).
+//! * `SIM_STEPS=n`: steps per seed (default 120); `SIM_TRACE=n`: actions a failure prints
+//!   (default 80).
 
 use std::time::Instant;
 
@@ -18,6 +19,9 @@ fn simulated_seeds_keep_every_invariant() {
     let mut options = Options::default();
     if let Some(steps) = env("SIM_STEPS") {
         options.steps = steps as usize;
+    }
+    if let Some(trace) = env("SIM_TRACE") {
+        options.trace = trace as usize;
     }
     let (start, count) = match env("SIM_SEED") {
         Some(seed) => (seed, 1),

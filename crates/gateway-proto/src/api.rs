@@ -99,9 +99,17 @@ pub(crate) struct Api {
     /// Announces and keep-alives waiting for the in-flight window. At most one entry per
     /// tracked sub-device (the registry's `queued` mark); cleared when the session ends.
     lane: VecDeque<LaneItem>,
-    /// Application connect commands not finished yet: request id → device. Bounded like the
-    /// publishes they belong to (`max_buffered_bytes`); entries leave with their outcome.
-    connects: HashMap<u64, String>,
+    /// Requests not finished yet that (may) have put sub-devices on the server: an
+    /// application connect (its device), or data that started tracking new sub-devices
+    /// (those). A rejection (MQTT 5 PUBACK failure code, e.g. 0x97 at the device limit)
+    /// means the server did not connect them: they are forgotten. Bounded like the publishes
+    /// they belong to (`max_buffered_bytes`); entries leave with their outcome.
+    connects: HashMap<u64, Vec<String>>,
+    /// Application disconnect commands not finished yet: request id → device. If the device
+    /// is tracked again when its disconnect finishes (a later command named it, and the
+    /// re-announce after a reconnect may have gone out before this older disconnect), it is
+    /// announced once more so the server's last word is a connect. Bounded like `connects`.
+    disconnects: HashMap<u64, String>,
     keepalive_after: Option<Duration>,
     attribute_timeout: Duration,
     rpc_timeout: Duration,
@@ -120,6 +128,7 @@ impl Api {
             server_rpcs: ServerRpcs::new(config.max_pending_server_rpcs),
             lane: VecDeque::new(),
             connects: HashMap::new(),
+            disconnects: HashMap::new(),
             keepalive_after: config.sub_device_keepalive,
             attribute_timeout: config.attribute_request_timeout,
             rpc_timeout: config.rpc_timeout,
@@ -460,7 +469,14 @@ impl Api {
     }
 
     /// The publish of `prepared` was admitted as request `id`: record what it implies.
-    pub(crate) fn commit(&mut self, now: Instant, id: u64, commit: Commit, out: &mut OutputQueue) {
+    pub(crate) fn commit(
+        &mut self,
+        now: Instant,
+        id: u64,
+        commit: Commit,
+        qos: QoS,
+        out: &mut OutputQueue,
+    ) {
         match commit {
             Commit::Nothing => {}
             Commit::OtaDownload(kind) => {
@@ -479,19 +495,25 @@ impl Api {
                 }
             }
             Commit::Touch(devices) => {
+                let mut new = Vec::new();
                 for device in devices {
+                    if !self.registry.contains(&device) {
+                        new.push(device.clone());
+                    }
                     self.registry.touch(&device, None, now);
                 }
+                self.track_new(id, qos, new);
             }
             Commit::Connect {
                 device,
                 device_type,
             } => {
                 self.registry.touch(&device, device_type.as_deref(), now);
-                self.connects.insert(id, device);
+                self.connects.insert(id, vec![device]);
             }
             Commit::Disconnect(device) => {
                 self.registry.remove(&device);
+                self.disconnects.insert(id, device);
             }
             Commit::Request {
                 wire,
@@ -500,7 +522,11 @@ impl Api {
                 device,
             } => {
                 if let Some(device) = device {
+                    let new = !self.registry.contains(&device);
                     self.registry.touch(&device, None, now);
+                    if new {
+                        self.track_new(id, qos, vec![device]);
+                    }
                 }
                 self.requests
                     .insert_at(wire, Some(id), expect, now + timeout);
@@ -517,15 +543,56 @@ impl Api {
         }
     }
 
+    /// Data just started tracking the sub-devices `new` (an implicit connect on the server).
+    /// At QoS 1 its PUBACK tells whether the server could connect them (`on_outcome`); at
+    /// QoS 0 nothing would, so they are announced explicitly (a QoS 1 `v1/gateway/connect`
+    /// from the lane, ahead of the data), whose refusal forgets them like a re-announce's.
+    /// Without this, a device the server refused (device limit) stayed tracked, and the
+    /// gateway believed it reachable until the next reconnect.
+    fn track_new(&mut self, id: u64, qos: QoS, new: Vec<String>) {
+        if new.is_empty() || self.role != Role::Gateway {
+            return;
+        }
+        if qos == QoS::AtMostOnce {
+            for device in new {
+                if self.registry.mark_queued(&device) {
+                    self.lane.push_back(LaneItem::Announce(device));
+                }
+            }
+        } else {
+            self.connects.insert(id, new);
+        }
+    }
+
     /// A publish ended: `Ok` = acknowledged (or sent, at QoS 0). Returns whether that is the
     /// request's outcome; `false` when the request still awaits its answer, or when it had
     /// already ended (its answer or response deadline came first).
     pub(crate) fn on_outcome(&mut self, id: u64, result: Result<(), &RequestError>) -> bool {
-        if let Some(device) = self.connects.remove(&id) {
-            if matches!(result, Err(RequestError::Rejected(_))) {
-                // Not connected on the server (device limit or another failure): forget it,
-                // or every reconnect would announce it again.
-                self.registry.remove(&device);
+        if let Some(devices) = self.connects.remove(&id) {
+            match result {
+                Err(RequestError::Rejected(_)) => {
+                    // Not connected on the server (device limit or another failure): forget
+                    // them, or the gateway would believe them reachable and every reconnect
+                    // would announce them again.
+                    for device in devices {
+                        self.registry.remove(&device);
+                    }
+                }
+                Err(RequestError::Timeout) => {
+                    // Whether the server connected them is unknown (a late refusal is not
+                    // matched to a finished request): announce them, whose answer settles it.
+                    for device in devices {
+                        if self.registry.mark_queued(&device) {
+                            self.lane.push_back(LaneItem::Announce(device));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(device) = self.disconnects.remove(&id) {
+            if self.role == Role::Gateway && self.registry.mark_queued(&device) {
+                self.lane.push_back(LaneItem::Announce(device));
             }
         }
         match result {
@@ -623,6 +690,7 @@ impl Api {
         self.lane.clear();
         self.next_sweep = None;
         self.connects.clear();
+        self.disconnects.clear();
         self.requests
             .drain_all()
             .into_iter()

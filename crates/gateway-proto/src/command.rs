@@ -57,6 +57,13 @@ pub enum AttributeScope {
 /// [`Config::max_sub_devices`](crate::Config::max_sub_devices)) so it is re-announced after
 /// every reconnect, except [`GatewayCommand::Disconnect`], which forgets it.
 ///
+/// Data for a sub-device not tracked yet is an implicit connect on the server. At QoS 1, a
+/// refusal of that message (an MQTT 5 PUBACK failure code, e.g. 0x97 at the tenant's device
+/// limit) forgets the device again, as for a refused [`GatewayCommand::Connect`]; at QoS 0,
+/// which nothing acknowledges, the connection first announces the device itself with a QoS 1
+/// `v1/gateway/connect`, and a refusal of that announce forgets it
+/// ([`Warning::ReannounceRejected`](crate::Warning::ReannounceRejected)).
+///
 /// Outcomes: [`GatewayCommand::RequestAttributes`] ends in
 /// [`Event::AttributeResponse`](crate::Event::AttributeResponse) or `Failed`; every other
 /// variant ends like a [`Command::Publish`] at QoS 1 (`Delivered` / `Failed`), except

@@ -205,7 +205,7 @@ impl Connection {
             commit,
         } = self.api.prepare(command, self.config.telemetry_qos)?;
         let id = self.accept_publish(now, topic, payload, qos)?;
-        self.api.commit(now, id.0, commit, &mut self.out);
+        self.api.commit(now, id.0, commit, qos, &mut self.out);
         self.pump(now);
         self.refresh_timers();
         Ok(id)

@@ -7,10 +7,11 @@
 //! ([`Api::on_outcome`]), when a server PUBLISH arrives ([`Api::on_message`]), and around the
 //! session's life (connect, loss, close, timers).
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::codec::QoS;
@@ -38,7 +39,8 @@ use crate::topic::{self, InboundTopic, TopicFamily};
 /// A command turned into a publish, with what to remember once it is accepted.
 #[derive(Debug)]
 pub(crate) struct Prepared {
-    pub(crate) topic: String,
+    /// API topics are static; only per-request device topics are built.
+    pub(crate) topic: Cow<'static, str>,
     pub(crate) payload: Bytes,
     pub(crate) qos: QoS,
     pub(crate) commit: Commit,
@@ -48,6 +50,8 @@ pub(crate) struct Prepared {
 #[derive(Debug)]
 pub(crate) enum Commit {
     Nothing,
+    /// Data for this sub-device: track it, record the uplink.
+    TouchOne(String),
     /// Data for these sub-devices: track them, record the uplink.
     Touch(Vec<String>),
     Connect {
@@ -94,6 +98,9 @@ pub(crate) struct Api {
     rpc_timeout: Duration,
     /// When the next idle sweep is due (while connected).
     next_sweep: Option<Instant>,
+    /// Reused buffer the payloads of commands are written into; each payload is then copied
+    /// into an allocation of its exact size (no growth steps, no slack kept per message).
+    scratch: Vec<u8>,
 }
 
 impl Api {
@@ -109,6 +116,7 @@ impl Api {
             attribute_timeout: config.attribute_request_timeout,
             rpc_timeout: config.rpc_timeout,
             next_sweep: None,
+            scratch: Vec::new(),
         }
     }
 
@@ -137,7 +145,7 @@ impl Api {
                 payload,
                 qos,
             } => Ok(Prepared {
-                topic,
+                topic: Cow::Owned(topic),
                 payload,
                 qos,
                 commit: Commit::Nothing,
@@ -158,7 +166,8 @@ impl Api {
         telemetry_qos: QoS,
     ) -> Result<Prepared, CommandError> {
         let qos1 = QoS::AtLeastOnce;
-        let mut buf = BytesMut::new();
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
         let (topic, qos, commit) = match cmd {
             GatewayCommand::Connect {
                 device,
@@ -196,7 +205,7 @@ impl Api {
                 (
                     topic::GATEWAY_TELEMETRY,
                     telemetry_qos,
-                    Commit::Touch(vec![device]),
+                    Commit::TouchOne(device),
                 )
             }
             GatewayCommand::TelemetryBatch(batch) => {
@@ -222,13 +231,13 @@ impl Api {
                 (
                     topic::GATEWAY_ATTRIBUTES,
                     telemetry_qos,
-                    Commit::Touch(vec![device]),
+                    Commit::TouchOne(device),
                 )
             }
             GatewayCommand::Claim { device, claim } => {
                 self.registry.check([device.as_str()])?;
                 write_gateway_claim(&mut buf, &device, &claim);
-                (topic::GATEWAY_CLAIM, qos1, Commit::Touch(vec![device]))
+                (topic::GATEWAY_CLAIM, qos1, Commit::TouchOne(device))
             }
             GatewayCommand::RequestAttributes {
                 device,
@@ -297,9 +306,11 @@ impl Api {
                 )
             }
         };
+        let payload = Bytes::copy_from_slice(&buf);
+        self.scratch = buf;
         Ok(Prepared {
-            topic: topic.to_owned(),
-            payload: buf.freeze(),
+            topic: Cow::Borrowed(topic),
+            payload,
             qos,
             commit,
         })
@@ -311,8 +322,9 @@ impl Api {
         telemetry_qos: QoS,
     ) -> Result<Prepared, CommandError> {
         let qos1 = QoS::AtLeastOnce;
-        let mut buf = BytesMut::new();
-        let (topic, qos, commit) = match cmd {
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        let (topic, qos, commit): (Cow<'static, str>, _, _) = match cmd {
             DeviceCommand::Telemetry(entries) => {
                 check_entries(&entries)?;
                 match entries.as_slice() {
@@ -320,7 +332,7 @@ impl Api {
                     _ => crate::payload::DeviceTelemetry { entries }.encode_into(&mut buf),
                 }
                 (
-                    topic::DEVICE_TELEMETRY.to_owned(),
+                    Cow::Borrowed(topic::DEVICE_TELEMETRY),
                     telemetry_qos,
                     Commit::Nothing,
                 )
@@ -328,14 +340,14 @@ impl Api {
             DeviceCommand::Attributes(values) => {
                 ClientAttributes { values }.encode_into(&mut buf);
                 (
-                    topic::DEVICE_ATTRIBUTES.to_owned(),
+                    Cow::Borrowed(topic::DEVICE_ATTRIBUTES),
                     telemetry_qos,
                     Commit::Nothing,
                 )
             }
             DeviceCommand::Claim(claim) => {
                 claim.encode_into(&mut buf);
-                (topic::DEVICE_CLAIM.to_owned(), qos1, Commit::Nothing)
+                (Cow::Borrowed(topic::DEVICE_CLAIM), qos1, Commit::Nothing)
             }
             DeviceCommand::RequestAttributes {
                 client_keys,
@@ -351,7 +363,7 @@ impl Api {
                 request.encode_into(&mut buf);
                 let wire = self.requests.allocate();
                 (
-                    topic::attribute_request_topic(u64::from(wire)),
+                    topic::attribute_request_topic(u64::from(wire)).into(),
                     qos1,
                     Commit::Request {
                         wire,
@@ -367,7 +379,7 @@ impl Api {
                 };
                 data.encode_into(&mut buf);
                 (
-                    topic::rpc_response_topic_v2(family, id),
+                    topic::rpc_response_topic_v2(family, id).into(),
                     qos1,
                     Commit::RpcReply { device: None, id },
                 )
@@ -381,7 +393,7 @@ impl Api {
                 RpcRequest { method, params }.encode_into(&mut buf);
                 let wire = self.requests.allocate();
                 (
-                    topic::rpc_request_topic(u64::from(wire)),
+                    topic::rpc_request_topic(u64::from(wire)).into(),
                     qos1,
                     Commit::Request {
                         wire,
@@ -392,9 +404,11 @@ impl Api {
                 )
             }
         };
+        let payload = Bytes::copy_from_slice(&buf);
+        self.scratch = buf;
         Ok(Prepared {
             topic,
-            payload: buf.freeze(),
+            payload,
             qos,
             commit,
         })
@@ -404,6 +418,7 @@ impl Api {
     pub(crate) fn commit(&mut self, now: Instant, id: u64, commit: Commit) {
         match commit {
             Commit::Nothing => {}
+            Commit::TouchOne(device) => self.registry.touch(&device, None, now),
             Commit::Touch(devices) => {
                 for device in devices {
                     self.registry.touch(&device, None, now);

@@ -493,12 +493,12 @@ impl Connection {
     fn accept_publish(
         &mut self,
         now: Instant,
-        topic: String,
+        topic: std::borrow::Cow<'static, str>,
         payload: bytes::Bytes,
         qos: QoS,
     ) -> Result<RequestId, CommandError> {
         if !valid_topic_name(&topic) {
-            return Err(CommandError::InvalidTopic(topic));
+            return Err(CommandError::InvalidTopic(topic.into_owned()));
         }
         let remaining = publish_remaining_len(self.config.protocol, &topic, payload.len(), qos);
         if remaining > self.config.max_outgoing_packet {
@@ -610,7 +610,7 @@ impl Connection {
         }
         while let Some(ready) = self.outbound.next_ready(window) {
             let (entry, qos, dup, pkid) = match &ready {
-                Ready::AtMostOnce(_, entry) => (entry, QoS::AtMostOnce, false, 0),
+                Ready::AtMostOnce(_, entry) => (&**entry, QoS::AtMostOnce, false, 0),
                 Ready::AtLeastOnce { id, pkid, dup } => match self.outbound.get(*id) {
                     Some(entry) => (entry, QoS::AtLeastOnce, *dup, *pkid),
                     None => continue,

@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{criterion_group, BatchSize, Criterion, Throughput};
 use gateway_benches::{
     answer_acks, bench_config, connected, encode, telemetry_command, telemetry_json,
     TELEMETRY_TOPIC, TS0,
@@ -443,5 +443,85 @@ fn reannounce(c: &mut Criterion) {
     group.finish();
 }
 
+/// The floor and the core in alternating batches (A B C A B C …), so that the machine's
+/// noise (other processes on its two cores) hits every variant alike; one ratio per round.
+fn interleaved_ratios() {
+    const ROUNDS: usize = 31;
+    const BATCH: u64 = 20_000;
+    let now = Instant::now();
+    let mut out = BytesMut::with_capacity(1 << 16);
+    let mut acks = Vec::new();
+    let mut config = bench_config();
+    config.telemetry_qos = QoS::AtMostOnce;
+    let mut qos0 = connected(config, now);
+    let mut qos1 = connected(bench_config(), now);
+    let mut i = 0u64;
+    let floor = |i: u64, out: &mut BytesMut| {
+        let payload = serde_json::to_vec(&telemetry_json(i)).unwrap();
+        let mut p =
+            mqttbytes::v4::Publish::new(TELEMETRY_TOPIC, mqttbytes::QoS::AtLeastOnce, payload);
+        p.pkid = (i % 65_535 + 1) as u16;
+        if out.len() > 1 << 15 {
+            out.clear();
+        }
+        p.write(out).unwrap();
+    };
+    let mut r0 = Vec::new();
+    let mut r1 = Vec::new();
+    let mut ns = [Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        for _ in 0..BATCH {
+            i += 1;
+            floor(i, &mut out);
+        }
+        let f = t.elapsed().as_nanos() as f64 / BATCH as f64;
+        let t = Instant::now();
+        for _ in 0..BATCH {
+            i += 1;
+            qos0.command(now, telemetry_command(i)).unwrap();
+            drain(&mut qos0, &mut acks);
+        }
+        let c0 = t.elapsed().as_nanos() as f64 / BATCH as f64;
+        let t = Instant::now();
+        for _ in 0..BATCH {
+            i += 1;
+            qos1.command(now, telemetry_command(i)).unwrap();
+            drain(&mut qos1, &mut acks);
+            ack(&mut qos1, now, &mut acks);
+        }
+        let c1 = t.elapsed().as_nanos() as f64 / BATCH as f64;
+        r0.push(c0 / f);
+        r1.push(c1 / f);
+        ns[0].push(f);
+        ns[1].push(c0);
+        ns[2].push(c1);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    println!("\ngateway telemetry, interleaved: {ROUNDS} rounds of {BATCH} messages per variant");
+    println!("| variant | ns/message, median (min–max) | ratio to the floor, median (min–max) |");
+    println!("|---|---:|---:|");
+    let (m, lo, hi) = med(&mut ns[0]);
+    println!("| floor: serde_json + mqttbytes | {m:.0} ({lo:.0}–{hi:.0}) | 1 |");
+    let (m, lo, hi) = med(&mut ns[1]);
+    let (rm, rlo, rhi) = med(&mut r0);
+    println!("| core, QoS 0: command → wire bytes | {m:.0} ({lo:.0}–{hi:.0}) | {rm:.2}× ({rlo:.2}–{rhi:.2}) |");
+    let (m, lo, hi) = med(&mut ns[2]);
+    let (rm, rlo, rhi) = med(&mut r1);
+    println!("| core, QoS 1: command → wire bytes → PUBACK → outcome | {m:.0} ({lo:.0}–{hi:.0}) | {rm:.2}× ({rlo:.2}–{rhi:.2}) |");
+}
+
 criterion_group!(benches, telemetry, inbound, registry, reannounce);
-criterion_main!(benches);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    // Not when only listing or smoke-testing (`cargo test --benches`) or profiling.
+    let quick = std::env::args().any(|a| a == "--list" || a == "--test" || a == "--profile-time");
+    if !quick {
+        interleaved_ratios();
+    }
+}

@@ -277,6 +277,14 @@ impl Driver {
             && self.backlog.is_empty()
     }
 
+    /// Whether at least three quarters of the in-flight window await their PUBACK (see
+    /// [`ClientOptions::read_coalescing`]).
+    #[must_use]
+    pub fn window_mostly_full(&self) -> bool {
+        let window = usize::from(self.conn.config().max_inflight);
+        self.conn.inflight() * 4 >= window * 3
+    }
+
     /// The core connection, for inspection.
     pub fn connection(&self) -> &Connection {
         &self.conn

@@ -240,6 +240,12 @@ impl Connection {
         stats
     }
 
+    /// QoS 1 publishes (and timed-out tombstones) awaiting their PUBACK now; the same number
+    /// as [`Stats::inflight`], without building the whole snapshot.
+    pub fn inflight(&self) -> usize {
+        self.outbound.inflight()
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.config

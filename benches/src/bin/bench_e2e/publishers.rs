@@ -75,7 +75,11 @@ pub(crate) fn ours(args: &Args) -> Result<(), String> {
     };
     config.max_inflight = c.inflight;
     config.max_sub_devices = 100_000;
-    let options = ClientOptions::with_config("127.0.0.1", c.port, config);
+    let mut options = ClientOptions::with_config("127.0.0.1", c.port, config);
+    let coalesce_us = args.get("coalesce-us", 0u64)?;
+    if coalesce_us > 0 {
+        options.read_coalescing = Some(Duration::from_micros(coalesce_us));
+    }
     runtime()?.block_on(async move {
         let (client, _events) = connect(options)
             .await

@@ -22,6 +22,8 @@ const IDLE_LIMIT: Duration = Duration::from_secs(10);
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Client {
     Ours,
+    /// Our adapter with `ClientOptions::read_coalescing`.
+    OursCoalesced,
     Rumqttc,
     Sdk,
     /// Our adapter publishing into the emulator instead of mosquitto.
@@ -32,6 +34,7 @@ impl Client {
     fn name(self) -> &'static str {
         match self {
             Client::Ours => "ours (gateway-tokio)",
+            Client::OursCoalesced => "ours, read coalescing 1 ms",
             Client::Rumqttc => "rumqttc 0.25.1",
             Client::Sdk => "Python SDK tb-mqtt-client 1.13.14",
             Client::OursToEmulator => "ours → emulator (ingest)",
@@ -143,6 +146,8 @@ struct Setup {
     python: Option<PathBuf>,
     sdk_script: PathBuf,
     inflight: u16,
+    /// `--coalesce-us` for our publisher (0: off).
+    coalesce_us: u64,
 }
 
 impl Setup {
@@ -158,9 +163,12 @@ impl Setup {
             self.inflight.to_string(),
         ];
         let mut cmd = match client {
-            Client::Ours | Client::OursToEmulator => {
+            Client::Ours | Client::OursCoalesced | Client::OursToEmulator => {
                 let mut c = Command::new(&self.exe);
                 c.arg("ours");
+                if client == Client::OursCoalesced {
+                    c.args(["--coalesce-us", &self.coalesce_us.to_string()]);
+                }
                 if client == Client::OursToEmulator {
                     c.args(["--token", EMULATOR_TOKEN]);
                 }
@@ -303,16 +311,22 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
         sdk_script: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("e2e/sdk_publisher.py"),
         python,
         inflight,
+        coalesce_us: args.get("coalesce-us", 1000)?,
     };
     let broker = Mosquitto::start(BrokerConfig::new().max_queued_messages(0))
         .map_err(|e| format!("mosquitto: {e}"))?;
     let sub = Subscriber::start(broker.port(), TELEMETRY_TOPIC)?;
     eprintln!(
-        "mosquitto on port {}, {rounds} rounds of {count} messages ({sdk_count} for the SDK), in-flight window {inflight}",
-        broker.port()
+        "mosquitto on port {}, {rounds} rounds of {count} messages ({sdk_count} for the SDK), in-flight window {inflight}, read coalescing variant {} µs",
+        broker.port(),
+        setup.coalesce_us
     );
 
-    let mut plan: Vec<(Client, u8)> = vec![(Client::Ours, 1), (Client::Rumqttc, 1)];
+    let mut plan: Vec<(Client, u8)> = vec![
+        (Client::Ours, 1),
+        (Client::Rumqttc, 1),
+        (Client::OursCoalesced, 1),
+    ];
     if setup.python.is_some() {
         plan.push((Client::Sdk, 1));
     }
@@ -372,6 +386,7 @@ fn print_tables(runs: &[Vec<Run>]) {
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     let cases = [
         (Client::Ours, 1),
+        (Client::OursCoalesced, 1),
         (Client::Rumqttc, 1),
         (Client::Sdk, 1),
         (Client::Ours, 0),
@@ -435,6 +450,16 @@ fn print_tables(runs: &[Vec<Run>]) {
     ratio("QoS 1 CPU/msg: rumqttc / ours", "≥ 4×", &|r| {
         Some(cpu(Client::Rumqttc, 1)(r)? / cpu(Client::Ours, 1)(r)?)
     });
+    ratio(
+        "QoS 1 msg/s: ours coalescing / rumqttc",
+        "≥ 1.5×",
+        &|r| Some(rate(Client::OursCoalesced, 1)(r)? / rate(Client::Rumqttc, 1)(r)?),
+    );
+    ratio(
+        "QoS 1 CPU/msg: rumqttc / ours coalescing",
+        "≥ 4×",
+        &|r| Some(cpu(Client::Rumqttc, 1)(r)? / cpu(Client::OursCoalesced, 1)(r)?),
+    );
     ratio("QoS 0 msg/s: ours / rumqttc", "≥ 1.2×", &|r| {
         Some(rate(Client::Ours, 0)(r)? / rate(Client::Rumqttc, 0)(r)?)
     });

@@ -570,6 +570,11 @@ impl Api {
         use crate::outbound::ControlTag;
         loop {
             let item = self.lane.pop_front()?;
+            if self.lane.is_empty() && self.lane.capacity() > 1024 {
+                // A re-announce of many sub-devices grew the lane; do not keep that memory
+                // (32 bytes per sub-device) for the rest of the session.
+                self.lane = VecDeque::new();
+            }
             let (LaneItem::Announce(device) | LaneItem::Keepalive(device)) = &item;
             let Some(device_type) = self.registry.device_type(device) else {
                 continue;

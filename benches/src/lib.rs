@@ -1,1 +1,141 @@
-//! Benchmarks live in `benches/benches/`.
+//! Shared pieces of the workspace's benchmarks.
+//!
+//! * `benches/core.rs` (criterion): the core's hot paths beside their floor.
+//! * `benches/memory.rs`: bytes per tracked sub-device, with a counting allocator, and the
+//!   offline buffer's byte bound.
+//! * `src/bin/bench_e2e`: the end-to-end comparison through a real mosquitto (our tokio
+//!   adapter, rumqttc, the official Python SDK) and the emulator's ingest rate.
+//!
+//! Everything here measures; nothing asserts a speed. See BENCHMARKS.md at the top level.
+
+use std::time::Instant;
+
+use bytes::BytesMut;
+use gateway_proto::payload::TelemetryEntry;
+use gateway_proto::wire::{self, Packet, ProtocolVersion};
+use gateway_proto::{Command, Config, Connection, Credentials, GatewayCommand, Input};
+use serde_json::{Map, Value};
+
+/// The topic of the workload.
+pub const TELEMETRY_TOPIC: &str = "v1/gateway/telemetry";
+
+/// Device names the workload cycles over (the anchor's 1000).
+pub const DEVICES: u64 = 1000;
+
+/// The first timestamp; message `i` carries `TS0 + i`.
+pub const TS0: i64 = 1_700_000_000_000;
+
+/// The name of the `i`-th device of the workload, `Device {i % 1000}`.
+pub fn device_name(i: u64) -> String {
+    format!("Device {}", i % DEVICES)
+}
+
+/// The values of every message: `{"temperature":23.5,"humidity":61}`.
+pub fn telemetry_values() -> Map<String, Value> {
+    let mut values = Map::new();
+    values.insert("temperature".into(), Value::from(23.5));
+    values.insert("humidity".into(), Value::from(61));
+    values
+}
+
+/// The anchor's message `i` as a typed gateway command:
+/// `{"Device 17":[{"ts":1700000000017,"values":{..}}]}` on `v1/gateway/telemetry`.
+pub fn telemetry_command(i: u64) -> Command {
+    Command::Gateway(GatewayCommand::Telemetry {
+        device: device_name(i),
+        entries: vec![TelemetryEntry::at(TS0 + i as i64, telemetry_values())],
+    })
+}
+
+/// The same message as a JSON value, for clients that take bytes (rumqttc, the floor).
+pub fn telemetry_json(i: u64) -> Value {
+    let mut entry = Map::new();
+    entry.insert("ts".into(), Value::from(TS0 + i as i64));
+    entry.insert("values".into(), Value::Object(telemetry_values()));
+    let mut message = Map::new();
+    message.insert(device_name(i), Value::Array(vec![Value::Object(entry)]));
+    Value::Object(message)
+}
+
+/// A core configuration for benchmarks: MQTT 3.1.1 (what rumqttc and the Python SDK speak),
+/// no publish timeout, everything else at its default.
+pub fn bench_config() -> Config {
+    let mut c = Config::new(Credentials::AccessToken("BENCH_TOKEN".into()));
+    c.protocol = ProtocolVersion::V311;
+    c.publish_timeout = None;
+    c
+}
+
+/// A connection whose session is up (transport opened, CONNACK fed, SUBACK fed), all outputs
+/// drained. Time does not move unless the caller moves it.
+pub fn connected(config: Config, now: Instant) -> Connection {
+    let version = config.protocol;
+    let mut conn = Connection::new(config, now).unwrap_or_else(|e| panic!("config: {e}"));
+    while conn.poll_output().is_some() {}
+    conn.handle_input(now, Input::TransportOpened);
+    while conn.poll_output().is_some() {}
+    let mut connack = BytesMut::new();
+    encode(
+        &Packet::ConnAck(wire::ConnAck {
+            session_present: false,
+            code: 0,
+        }),
+        version,
+        &mut connack,
+    );
+    conn.handle_input(now, Input::Bytes(&connack));
+    let mut sent = BytesMut::new();
+    while let Some(o) = conn.poll_output() {
+        if let gateway_proto::Output::Transmit(b) = o {
+            sent.extend_from_slice(&b);
+        }
+    }
+    // Acknowledge the SUBSCRIBE (packet id 1 on a fresh session) so nothing stays pending.
+    let mut acks = Vec::new();
+    answer_acks(&sent, &mut acks);
+    conn.handle_input(now, Input::Bytes(&acks));
+    while conn.poll_output().is_some() {}
+    conn
+}
+
+/// Encodes a packet (benchmark packets always fit).
+pub fn encode(packet: &Packet, version: ProtocolVersion, out: &mut BytesMut) {
+    wire::encode(packet, version, out, 1 << 24).unwrap_or_else(|e| panic!("encode: {e}"));
+}
+
+/// What a broker answers to client bytes, as cheaply as possible: for every QoS 1 PUBLISH a
+/// PUBACK, for every SUBSCRIBE a SUBACK granting QoS 1 to one filter (MQTT 3.1.1 framing).
+/// Returns how many PUBLISH packets the bytes held. Scans frame headers only.
+pub fn answer_acks(mut bytes: &[u8], acks: &mut Vec<u8>) -> usize {
+    let mut publishes = 0;
+    while !bytes.is_empty() {
+        let kind = bytes[0];
+        let mut len = 0usize;
+        let mut shift = 0;
+        let mut at = 1;
+        loop {
+            let b = bytes[at];
+            len |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            at += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let body = &bytes[at..at + len];
+        match kind >> 4 {
+            3 => {
+                publishes += 1;
+                if (kind >> 1) & 3 == 1 {
+                    let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+                    let pkid = &body[2 + topic_len..4 + topic_len];
+                    acks.extend_from_slice(&[0x40, 0x02, pkid[0], pkid[1]]);
+                }
+            }
+            8 => acks.extend_from_slice(&[0x90, 0x03, body[0], body[1], 0x01]),
+            _ => {}
+        }
+        bytes = &bytes[at + len..];
+    }
+    publishes
+}

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use crate::error::ClientError;
 use crate::request::{
     to_answer, to_attributes, to_delivery, to_rpc, Answer, AttributeValues, Convert, Delivery,
-    Pending, Request, RequestKind,
+    Pending, Reply, Request, RequestKind,
 };
 
 /// Called after each request is queued, for drivers that cannot wait on the queue itself
@@ -86,10 +86,10 @@ impl Client {
         command: Command,
         convert: Convert<T>,
     ) -> Result<Pending<T>, ClientError> {
-        let (reply, rx) = async_channel::bounded(1);
+        let (reply, pending) = Reply::new(convert);
         self.enqueue(RequestKind::Command { command, reply })
             .await?;
-        Ok(Pending::new(rx, convert))
+        Ok(pending)
     }
 
     /// Counters and buffer levels of the connection.
@@ -129,9 +129,9 @@ impl BlockingClient {
     }
 
     fn submit<T>(&self, command: Command, convert: Convert<T>) -> Result<Pending<T>, ClientError> {
-        let (reply, rx) = async_channel::bounded(1);
+        let (reply, pending) = Reply::new(convert);
         self.enqueue(RequestKind::Command { command, reply })?;
-        Ok(Pending::new(rx, convert))
+        Ok(pending)
     }
 
     /// Counters and buffer levels of the connection.

@@ -10,6 +10,7 @@
 //! that asked and events to the application.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Instant;
 
 use async_channel::{Receiver, Sender};
@@ -20,7 +21,7 @@ use crate::client::{Client, Wake};
 use crate::error::{ClientError, ConnectError, TransportError};
 use crate::events::{ClientEvent, Events};
 use crate::options::ClientOptions;
-use crate::request::{Request, RequestKind};
+use crate::request::{Reply, Request, RequestKind};
 
 /// Something the adapter must do to the transport, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,7 +133,7 @@ pub struct Driver {
     conn: Connection,
     /// Outcome senders of requests still in the core. Bound: one per unfinished request,
     /// which the core bounds (buffered bytes, pending requests).
-    routes: HashMap<RequestId, Sender<Result<Event, ClientError>>>,
+    routes: HashMap<RequestId, Reply, BuildHasherDefault<IdHasher>>,
     actions: VecDeque<Action>,
     write: BytesMut,
     /// Events waiting for room in the application's queue. Bound: what one call produced.
@@ -163,7 +164,7 @@ impl Driver {
         let (startup_tx, startup_rx) = async_channel::bounded(1);
         let mut driver = Driver {
             conn,
-            routes: HashMap::new(),
+            routes: HashMap::default(),
             actions: VecDeque::new(),
             write: BytesMut::new(),
             backlog: VecDeque::new(),
@@ -193,7 +194,7 @@ impl Driver {
                 }
                 Err(e) => {
                     // The caller may have stopped waiting; then nobody needs the error.
-                    let _ = reply.try_send(Err(ClientError::Refused(e)));
+                    reply.send(Err(ClientError::Refused(e)));
                 }
             },
             RequestKind::Stats(reply) => {
@@ -321,6 +322,14 @@ impl Driver {
             && self.backlog.is_empty()
     }
 
+    /// Whether at least three quarters of the in-flight window await their PUBACK (see
+    /// [`ClientOptions::read_coalescing`]).
+    #[must_use]
+    pub fn window_mostly_full(&self) -> bool {
+        let window = usize::from(self.conn.config().max_inflight);
+        self.conn.inflight() * 4 >= window * 3
+    }
+
     /// The core connection, for inspection.
     pub fn connection(&self) -> &Connection {
         &self.conn
@@ -362,7 +371,7 @@ impl Driver {
     fn route(&mut self, event: Event) -> bool {
         if let Some(id) = event.request() {
             if let Some(reply) = self.routes.remove(&id) {
-                let _ = reply.try_send(Ok(event));
+                reply.send(Ok(event));
                 return false;
             }
         }
@@ -395,5 +404,27 @@ impl Driver {
         }
         self.backlog.push_back(ClientEvent::Proto(event));
         close
+    }
+}
+
+/// Hashes request ids with one multiplication (Fibonacci hashing). The core hands them out
+/// in sequence, so SipHash's resistance to chosen keys buys nothing, and the route table is
+/// touched twice per request.
+#[derive(Debug, Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }

@@ -2,10 +2,10 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 
-use async_channel::{Receiver, Sender};
-use futures_core::Stream;
+use async_channel::Sender;
 use gateway_proto::payload::ClientRpcResponse;
 use gateway_proto::{Command, Event, Stats};
 use serde_json::{Map, Value};
@@ -21,10 +21,7 @@ pub struct Request(pub(crate) RequestKind);
 #[derive(Debug)]
 pub(crate) enum RequestKind {
     /// A command; its outcome goes to `reply` (if the caller still waits).
-    Command {
-        command: Command,
-        reply: Sender<Result<Event, ClientError>>,
-    },
+    Command { command: Command, reply: Reply },
     /// A snapshot of the connection's counters.
     Stats(Sender<Stats>),
     /// Close the connection for good; `done` is dropped when the driver stops.
@@ -110,6 +107,90 @@ pub(crate) fn to_rpc(event: Event) -> Result<ClientRpcResponse, ClientError> {
     }
 }
 
+/// What a request's outcome slot holds.
+type Outcome = Result<Event, ClientError>;
+
+/// One request's outcome, shared by the driver's [`Reply`] and the caller's [`Pending`]: a
+/// one-shot slot (a mutex, the async waiter's waker, and a condition variable for a blocking
+/// waiter), one allocation per request. Cheaper than a channel per request: no queue, and no
+/// wake-up unless someone waits.
+#[derive(Debug, Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+    ready: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    outcome: Option<Outcome>,
+    /// The driver dropped its [`Reply`] without an outcome (it stopped).
+    closed: bool,
+    waker: Option<Waker>,
+    /// A thread waits in [`Pending::wait`].
+    blocked: bool,
+}
+
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stores the outcome (or marks the slot closed) and wakes whoever waits.
+    fn finish(&self, outcome: Option<Outcome>) {
+        let mut state = self.lock();
+        match outcome {
+            Some(o) => state.outcome = Some(o),
+            None => state.closed = true,
+        }
+        let waker = state.waker.take();
+        let blocked = state.blocked;
+        drop(state);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        if blocked {
+            self.ready.notify_all();
+        }
+    }
+}
+
+/// The driver's end of one request's outcome. Dropping it unsent resolves the [`Pending`]
+/// with [`ClientError::Closed`].
+#[derive(Debug)]
+pub(crate) struct Reply(Option<Arc<Slot>>);
+
+impl Reply {
+    /// A new outcome slot: the driver's end and the caller's end.
+    pub(crate) fn new<T>(convert: Convert<T>) -> (Self, Pending<T>) {
+        let slot = Arc::new(Slot::default());
+        (
+            Self(Some(Arc::clone(&slot))),
+            Pending {
+                slot: Some(slot),
+                convert,
+            },
+        )
+    }
+
+    /// Delivers the outcome (a no-op if the caller stopped waiting).
+    pub(crate) fn send(mut self, outcome: Outcome) {
+        if let Some(slot) = self.0.take() {
+            // Nobody waits any more when the caller's end is gone.
+            if Arc::strong_count(&slot) > 1 {
+                slot.finish(Some(outcome));
+            }
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0.take() {
+            slot.finish(None);
+        }
+    }
+}
+
 /// The outcome of one accepted request, to `.await` (any runtime) or [`wait`](Self::wait)
 /// for (blocking).
 ///
@@ -118,7 +199,8 @@ pub(crate) fn to_rpc(event: Event) -> Result<ClientRpcResponse, ClientError> {
 /// its outcome is then discarded.
 #[must_use = "the outcome says whether the request succeeded"]
 pub struct Pending<T> {
-    rx: Pin<Box<Receiver<Result<Event, ClientError>>>>,
+    /// `None` once the outcome was taken.
+    slot: Option<Arc<Slot>>,
     convert: Convert<T>,
 }
 
@@ -129,20 +211,33 @@ impl<T> std::fmt::Debug for Pending<T> {
 }
 
 impl<T> Pending<T> {
-    pub(crate) fn new(rx: Receiver<Result<Event, ClientError>>, convert: Convert<T>) -> Self {
-        Self {
-            rx: Box::pin(rx),
-            convert,
+    fn resolve(&self, outcome: Outcome) -> Result<T, ClientError> {
+        match outcome {
+            Ok(event) => (self.convert)(event),
+            Err(e) => Err(e),
         }
     }
 
     /// Blocks the calling thread until the outcome arrives. Do not call it inside an async
     /// task; `.await` the `Pending` there.
-    pub fn wait(self) -> Result<T, ClientError> {
-        match self.rx.recv_blocking() {
-            Ok(Ok(event)) => (self.convert)(event),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(ClientError::Closed),
+    pub fn wait(mut self) -> Result<T, ClientError> {
+        let Some(slot) = self.slot.take() else {
+            return Err(ClientError::Closed);
+        };
+        let mut state = slot.lock();
+        loop {
+            if let Some(outcome) = state.outcome.take() {
+                drop(state);
+                return self.resolve(outcome);
+            }
+            if state.closed {
+                return Err(ClientError::Closed);
+            }
+            state.blocked = true;
+            state = slot
+                .ready
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 }
@@ -152,11 +247,24 @@ impl<T> Future for Pending<T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        match this.rx.as_mut().poll_next(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(event))) => Poll::Ready((this.convert)(event)),
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Err(e)),
-            Poll::Ready(None) => Poll::Ready(Err(ClientError::Closed)),
+        let Some(slot) = this.slot.as_ref() else {
+            return Poll::Ready(Err(ClientError::Closed));
+        };
+        let mut state = slot.lock();
+        if let Some(outcome) = state.outcome.take() {
+            drop(state);
+            this.slot = None;
+            return Poll::Ready(this.resolve(outcome));
         }
+        if state.closed {
+            drop(state);
+            this.slot = None;
+            return Poll::Ready(Err(ClientError::Closed));
+        }
+        match &state.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => state.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 }

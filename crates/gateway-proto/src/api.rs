@@ -7,10 +7,11 @@
 //! ([`Api::on_outcome`]), when a server PUBLISH arrives ([`Api::on_message`]), and around the
 //! session's life (connect, loss, close, timers).
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::codec::QoS;
@@ -42,7 +43,8 @@ use crate::topic::{self, InboundTopic, TopicFamily};
 /// A command turned into a publish, with what to remember once it is accepted.
 #[derive(Debug)]
 pub(crate) struct Prepared {
-    pub(crate) topic: String,
+    /// API topics are static; only per-request device topics are built.
+    pub(crate) topic: Cow<'static, str>,
     pub(crate) payload: Bytes,
     pub(crate) qos: QoS,
     pub(crate) commit: Commit,
@@ -52,6 +54,8 @@ pub(crate) struct Prepared {
 #[derive(Debug)]
 pub(crate) enum Commit {
     Nothing,
+    /// Data for this sub-device: track it, record the uplink.
+    TouchOne(String),
     /// Data for these sub-devices: track them, record the uplink.
     Touch(Vec<String>),
     Connect {
@@ -117,6 +121,9 @@ pub(crate) struct Api {
     next_sweep: Option<Instant>,
     /// Firmware/software updates, when configured.
     ota: Option<Ota>,
+    /// Reused buffer the payloads of commands are written into; each payload is then copied
+    /// into an allocation of its exact size (no growth steps, no slack kept per message).
+    scratch: Vec<u8>,
 }
 
 impl Api {
@@ -138,6 +145,7 @@ impl Api {
             } else {
                 config.ota.as_ref().map(Ota::new)
             },
+            scratch: Vec::new(),
         }
     }
 
@@ -170,7 +178,7 @@ impl Api {
                 payload,
                 qos,
             } => Ok(Prepared {
-                topic,
+                topic: Cow::Owned(topic),
                 payload,
                 qos,
                 commit: Commit::Nothing,
@@ -213,7 +221,7 @@ impl Api {
             ),
         };
         Ok(Prepared {
-            topic: topic::DEVICE_TELEMETRY.to_owned(),
+            topic: topic::DEVICE_TELEMETRY.into(),
             payload,
             qos: QoS::AtLeastOnce,
             commit,
@@ -226,7 +234,8 @@ impl Api {
         telemetry_qos: QoS,
     ) -> Result<Prepared, CommandError> {
         let qos1 = QoS::AtLeastOnce;
-        let mut buf = BytesMut::new();
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
         let (topic, qos, commit) = match cmd {
             GatewayCommand::Connect {
                 device,
@@ -264,7 +273,7 @@ impl Api {
                 (
                     topic::GATEWAY_TELEMETRY,
                     telemetry_qos,
-                    Commit::Touch(vec![device]),
+                    Commit::TouchOne(device),
                 )
             }
             GatewayCommand::TelemetryBatch(batch) => {
@@ -290,13 +299,13 @@ impl Api {
                 (
                     topic::GATEWAY_ATTRIBUTES,
                     telemetry_qos,
-                    Commit::Touch(vec![device]),
+                    Commit::TouchOne(device),
                 )
             }
             GatewayCommand::Claim { device, claim } => {
                 self.registry.check([device.as_str()])?;
                 write_gateway_claim(&mut buf, &device, &claim);
-                (topic::GATEWAY_CLAIM, qos1, Commit::Touch(vec![device]))
+                (topic::GATEWAY_CLAIM, qos1, Commit::TouchOne(device))
             }
             GatewayCommand::RequestAttributes {
                 device,
@@ -365,9 +374,11 @@ impl Api {
                 )
             }
         };
+        let payload = Bytes::copy_from_slice(&buf);
+        self.scratch = buf;
         Ok(Prepared {
-            topic: topic.to_owned(),
-            payload: buf.freeze(),
+            topic: Cow::Borrowed(topic),
+            payload,
             qos,
             commit,
         })
@@ -379,8 +390,9 @@ impl Api {
         telemetry_qos: QoS,
     ) -> Result<Prepared, CommandError> {
         let qos1 = QoS::AtLeastOnce;
-        let mut buf = BytesMut::new();
-        let (topic, qos, commit) = match cmd {
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        let (topic, qos, commit): (Cow<'static, str>, _, _) = match cmd {
             DeviceCommand::Telemetry(entries) => {
                 check_entries(&entries)?;
                 match entries.as_slice() {
@@ -388,7 +400,7 @@ impl Api {
                     _ => crate::payload::DeviceTelemetry { entries }.encode_into(&mut buf),
                 }
                 (
-                    topic::DEVICE_TELEMETRY.to_owned(),
+                    Cow::Borrowed(topic::DEVICE_TELEMETRY),
                     telemetry_qos,
                     Commit::Nothing,
                 )
@@ -396,14 +408,14 @@ impl Api {
             DeviceCommand::Attributes(values) => {
                 ClientAttributes { values }.encode_into(&mut buf);
                 (
-                    topic::DEVICE_ATTRIBUTES.to_owned(),
+                    Cow::Borrowed(topic::DEVICE_ATTRIBUTES),
                     telemetry_qos,
                     Commit::Nothing,
                 )
             }
             DeviceCommand::Claim(claim) => {
                 claim.encode_into(&mut buf);
-                (topic::DEVICE_CLAIM.to_owned(), qos1, Commit::Nothing)
+                (Cow::Borrowed(topic::DEVICE_CLAIM), qos1, Commit::Nothing)
             }
             DeviceCommand::RequestAttributes {
                 client_keys,
@@ -419,7 +431,7 @@ impl Api {
                 request.encode_into(&mut buf);
                 let wire = self.requests.allocate();
                 (
-                    topic::attribute_request_topic(u64::from(wire)),
+                    topic::attribute_request_topic(u64::from(wire)).into(),
                     qos1,
                     Commit::Request {
                         wire,
@@ -435,7 +447,7 @@ impl Api {
                 };
                 data.encode_into(&mut buf);
                 (
-                    topic::rpc_response_topic_v2(family, id),
+                    topic::rpc_response_topic_v2(family, id).into(),
                     qos1,
                     Commit::RpcReply { device: None, id },
                 )
@@ -449,7 +461,7 @@ impl Api {
                 RpcRequest { method, params }.encode_into(&mut buf);
                 let wire = self.requests.allocate();
                 (
-                    topic::rpc_request_topic(u64::from(wire)),
+                    topic::rpc_request_topic(u64::from(wire)).into(),
                     qos1,
                     Commit::Request {
                         wire,
@@ -460,9 +472,11 @@ impl Api {
                 )
             }
         };
+        let payload = Bytes::copy_from_slice(&buf);
+        self.scratch = buf;
         Ok(Prepared {
             topic,
-            payload: buf.freeze(),
+            payload,
             qos,
             commit,
         })
@@ -492,6 +506,13 @@ impl Api {
             Commit::OtaFailed(kind) => {
                 if let Some(ota) = &mut self.ota {
                     ota.on_app_failed(kind, out);
+                }
+            }
+            Commit::TouchOne(device) => {
+                let new = !self.registry.contains(&device);
+                self.registry.touch(&device, None, now);
+                if new {
+                    self.track_new(id, qos, vec![device]);
                 }
             }
             Commit::Touch(devices) => {
@@ -739,6 +760,11 @@ impl Api {
         payload.clear();
         loop {
             let item = self.lane.pop_front()?;
+            if self.lane.is_empty() && self.lane.capacity() > 1024 {
+                // A re-announce of many sub-devices grew the lane; do not keep that memory
+                // (32 bytes per sub-device) for the rest of the session.
+                self.lane = VecDeque::new();
+            }
             let (LaneItem::Announce(device) | LaneItem::Keepalive(device)) = &item;
             let Some(device_type) = self.registry.device_type(device) else {
                 continue;

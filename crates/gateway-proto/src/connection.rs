@@ -140,7 +140,7 @@ impl Connection {
             let id = conn
                 .accept_publish(
                     now,
-                    topic::PROVISION_REQUEST.to_owned(),
+                    topic::PROVISION_REQUEST.into(),
                     payload,
                     QoS::AtLeastOnce,
                 )
@@ -317,6 +317,12 @@ impl Connection {
         };
         self.api.fill_stats(&mut stats);
         stats
+    }
+
+    /// QoS 1 publishes (and timed-out tombstones) awaiting their PUBACK now; the same number
+    /// as [`Stats::inflight`], without building the whole snapshot.
+    pub fn inflight(&self) -> usize {
+        self.outbound.inflight()
     }
 
     /// The configuration in force.
@@ -611,12 +617,12 @@ impl Connection {
     fn accept_publish(
         &mut self,
         now: Instant,
-        topic: String,
+        topic: std::borrow::Cow<'static, str>,
         payload: bytes::Bytes,
         qos: QoS,
     ) -> Result<RequestId, CommandError> {
         if !valid_topic_name(&topic) {
-            return Err(CommandError::InvalidTopic(topic));
+            return Err(CommandError::InvalidTopic(topic.into_owned()));
         }
         let remaining = publish_remaining_len(self.config.protocol, &topic, payload.len(), qos);
         if remaining > self.config.max_outgoing_packet {
@@ -717,7 +723,7 @@ impl Connection {
         };
         while let Some(ready) = self.outbound.next_ready(queue_window) {
             let (entry, qos, dup, pkid) = match &ready {
-                Ready::AtMostOnce(_, entry) => (entry, QoS::AtMostOnce, false, 0),
+                Ready::AtMostOnce(_, entry) => (&**entry, QoS::AtMostOnce, false, 0),
                 Ready::AtLeastOnce { id, pkid, dup } => match self.outbound.get(*id) {
                     Some(entry) => (entry, QoS::AtLeastOnce, *dup, *pkid),
                     None => continue,
@@ -825,7 +831,7 @@ impl Connection {
     /// Queues the OTA state telemetry the connection reports on its own.
     fn queue_ota_reports(&mut self, now: Instant) {
         while let Some((kind, payload)) = self.api.take_ota_report() {
-            let topic = topic::DEVICE_TELEMETRY.to_owned();
+            let topic = topic::DEVICE_TELEMETRY.into();
             match self.accept_publish(now, topic, payload, QoS::AtLeastOnce) {
                 Ok(id) => {
                     self.internal.insert(id.0, Internal::OtaReport(kind));

@@ -6,10 +6,11 @@
 //! announce them all again after each reconnect and keep silent ones alive.
 //!
 //! Bounded by [`Config::max_sub_devices`](crate::Config::max_sub_devices): adding one more
-//! fails, nothing is evicted. A `BTreeMap` keeps iteration (and so the re-announce order)
-//! deterministic.
+//! fails, nothing is evicted. Lookups (on every command that names a device) go through a
+//! hash map; the rare walks over every device (the re-announce after a CONNACK, the idle
+//! sweep) sort what they return, so the order stays deterministic: by name.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::error::CommandError;
@@ -27,14 +28,14 @@ struct SubDevice {
 
 #[derive(Debug)]
 pub(crate) struct Registry {
-    devices: BTreeMap<String, SubDevice>,
+    devices: HashMap<String, SubDevice>,
     max: usize,
 }
 
 impl Registry {
     pub(crate) fn new(max: usize) -> Self {
         Self {
-            devices: BTreeMap::new(),
+            devices: HashMap::new(),
             max,
         }
     }
@@ -123,13 +124,16 @@ impl Registry {
     /// Every tracked device, marked queued, in name order (for the re-announce after a
     /// CONNACK).
     pub(crate) fn queue_all(&mut self) -> Vec<String> {
-        self.devices
+        let mut names: Vec<String> = self
+            .devices
             .iter_mut()
             .map(|(name, d)| {
                 d.queued = true;
                 name.clone()
             })
-            .collect()
+            .collect();
+        names.sort_unstable();
+        names
     }
 
     /// Marks a tracked device queued for the lane; false if it is unknown or already queued.
@@ -178,6 +182,7 @@ impl Registry {
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
         }
+        due.sort_unstable();
         (due, next)
     }
 }

@@ -141,9 +141,16 @@ where
     // session survives the crash below: mosquitto_sub does not subscribe again by itself.
     let pid = broker.pid().expect("broker running").to_string();
     signal(&pid, "-USR1");
+    // The log line comes when the save starts; mosquitto writes `mosquitto.db.new` and renames
+    // it when done, so wait for the renamed file too: a SIGSTOP/SIGKILL in the middle of the
+    // save would leave no database, and the subscriber's session (and subscription) with it.
+    let db = broker
+        .persistence_dir()
+        .expect("persistence is on")
+        .join("mosquitto.db");
     let saved = (0..500).any(|_| {
         std::thread::sleep(Duration::from_millis(10));
-        broker.log().contains("Saving in-memory database")
+        broker.log().contains("Saving in-memory database") && db.exists()
     });
     assert!(
         saved,

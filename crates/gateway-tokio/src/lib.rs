@@ -141,13 +141,6 @@ async fn read_some(io: &mut Option<Box<dyn Io>>, buf: &mut [u8]) -> std::io::Res
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// The connection task: perform the driver's actions, hand over events, then wait for the
 /// next input.
 async fn run(
@@ -159,6 +152,13 @@ async fn run(
     let mut io: Option<Box<dyn Io>> = None;
     let mut buf = vec![0u8; options.read_buffer.max(1024)];
     let mut clients_gone = false;
+    // One timer for the core's deadline, re-armed only when the deadline changes (a new
+    // timer per wake-up costs a timer-wheel insertion and removal each time).
+    let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
+    // Set after a read while the in-flight window is mostly full (`read_coalescing`).
+    let mut coalesce = false;
     loop {
         while let Some(action) = driver.poll_action() {
             match action {
@@ -210,14 +210,33 @@ async fn run(
         if driver.is_finished() {
             break;
         }
+        if let (true, Some(wait)) = (coalesce, options.read_coalescing) {
+            coalesce = false;
+            // Let more acknowledgements arrive; the core's own deadline still comes first.
+            let until = tokio::time::Instant::now() + wait;
+            let until = match driver.poll_timeout() {
+                Some(at) => until.min(at.into()),
+                None => until,
+            };
+            tokio::time::sleep_until(until).await;
+        }
         let deadline = driver.poll_timeout();
+        if deadline != armed {
+            if let Some(at) = deadline {
+                timer.as_mut().reset(at.into());
+            }
+            armed = deadline;
+        }
         tokio::select! {
             read = read_some(&mut io, &mut buf) => match read {
                 Ok(0) => {
                     io = None;
                     driver.transport_closed(now());
                 }
-                Ok(n) => driver.handle_bytes(now(), &buf[..n]),
+                Ok(n) => {
+                    driver.handle_bytes(now(), &buf[..n]);
+                    coalesce = driver.window_mostly_full();
+                }
                 Err(e) => {
                     io = None;
                     driver.transport_failed(now(), TransportError::io(&e));
@@ -234,7 +253,10 @@ async fn run(
                     driver.handle_clients_gone(now());
                 }
             },
-            () = sleep_until(deadline) => driver.handle_timeout(now()),
+            () = &mut timer, if armed.is_some() => {
+                armed = None;
+                driver.handle_timeout(now());
+            }
         }
     }
     tracing::debug!("connection task finished");

@@ -8,18 +8,22 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 
-use crate::api::{Api, Prepared};
+use crate::api::{Api, Fit, Prepared, Signal};
 use crate::backoff::Backoff;
 use crate::codec::{self, DecodeError, Packet, ProtocolVersion, QoS};
 use crate::command::Command;
 use crate::config::{Config, Credentials, PER_MESSAGE_OVERHEAD};
 use crate::error::{CommandError, ConfigError, ProtocolError};
 use crate::event::{DisconnectReason, Event, RequestError, RequestId, Warning};
+use crate::limits::{self, Limits, PushBack, Traffic};
 use crate::outbound::{Acked, ControlTag, Outbound, Ready};
 use crate::output::{Output, OutputQueue};
+use crate::pacing::{Charge, Scope};
 use crate::reason::{ConnectRefusal, ReasonCode};
+use crate::split::{Groups, PartDone, Settled};
 use crate::stats::Stats;
 use crate::timer::{Timer, TimerTable};
+use crate::topic;
 
 /// Something that happened to the transport, or the passing of time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +94,10 @@ pub struct Connection {
     last_tx: Instant,
     last_rx: Instant,
     stats: Stats,
+    /// Session limits, pacing and push-back.
+    limits: Limits,
+    /// Commands split into several publishes, until their last part finishes.
+    groups: Groups,
 }
 
 impl Connection {
@@ -99,6 +107,8 @@ impl Connection {
         let mut conn = Self {
             backoff: Backoff::new(config.reconnect.clone()),
             api: Api::new(&config),
+            limits: Limits::new(&config),
+            groups: Groups::default(),
             scratch: Vec::new(),
             outbound: Outbound::new(config.max_buffered_bytes),
             config,
@@ -158,13 +168,27 @@ impl Connection {
         if matches!(self.phase, Phase::Closed) {
             return Err(CommandError::Closed);
         }
+        let fit = Fit {
+            protocol: self.config.protocol,
+            max_packet: self.limits.max_packet(),
+            split: self.limits.split_enabled(),
+            pacing: self.config.limits.pacing,
+            device_points: self.limits.max_points(Scope::Device),
+            gateway_points: self.limits.max_points(Scope::Gateway),
+        };
         let Prepared {
             topic,
             payload,
             qos,
             commit,
-        } = self.api.prepare(command, self.config.telemetry_qos)?;
-        let id = self.accept_publish(now, topic, payload, qos)?;
+            charge,
+            more,
+        } = self.api.prepare(command, self.config.telemetry_qos, &fit)?;
+        let id = if more.is_empty() {
+            self.accept_publish(now, topic, payload, qos, charge)?
+        } else {
+            self.accept_parts(now, topic, (payload, charge), more, qos)?
+        };
         self.api.commit(now, id.0, commit);
         self.pump(now);
         self.refresh_timers();
@@ -237,12 +261,19 @@ impl Connection {
             ..self.stats.clone()
         };
         self.api.fill_stats(&mut stats);
+        stats.split_requests = self.groups.len();
         stats
     }
 
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The largest PUBLISH (MQTT remaining length) the connection sends now:
+    /// [`Config::max_outgoing_packet`], lowered by the server's `maxPayloadSize` once known.
+    pub fn max_outgoing_packet(&self) -> usize {
+        self.limits.max_packet()
     }
 
     /// Packet ids awaiting an answer on the current connection (for invariant checks).
@@ -324,10 +355,20 @@ impl Connection {
                 }
             }
             Packet::Disconnect(d) => {
-                let reason = DisconnectReason::ServerDisconnect(ReasonCode::from_u8(d.code));
+                let code = ReasonCode::from_u8(d.code);
+                if connected && self.limits.push_back_enabled() {
+                    if let Some(scope) = limits::disconnect_scope(code) {
+                        let scope = match self.config.role {
+                            crate::config::Role::Device => Scope::Device,
+                            _ => scope,
+                        };
+                        self.push_back(now, scope, PushBack::Disconnect(code), None);
+                    }
+                }
+                let reason = DisconnectReason::ServerDisconnect(code);
                 self.end_session(now, reason, true);
             }
-            Packet::PubAck(ack) if connected => self.on_puback(ack.pkid, ack.code),
+            Packet::PubAck(ack) if connected => self.on_puback(now, ack.pkid, ack.code),
             Packet::Publish(publish) if connected => self.on_publish(now, publish),
             Packet::SubAck(ack) if connected => self.on_suback(ack.pkid, &ack.codes),
             Packet::UnsubAck(_) if connected => self.stats.unexpected_acks += 1,
@@ -364,6 +405,11 @@ impl Connection {
         self.out.event(Event::Connected { session_present });
         self.api.on_connected(now);
         let subscriptions = self.config.effective_subscriptions();
+        // ThingsBoard counts the session's opening and each attribute or RPC subscription
+        // against the device's message limit.
+        let counted =
+            1 + limits::counted_subscriptions(subscriptions.iter().map(|s| s.filter.as_str()));
+        self.limits.on_connected(now, counted);
         if !subscriptions.is_empty() {
             let filters: Vec<String> = subscriptions.iter().map(|s| s.filter.clone()).collect();
             let Some(pkid) = self.outbound.reserve_subscribe(filters) else {
@@ -386,18 +432,48 @@ impl Connection {
         self.pump(now);
     }
 
-    fn on_puback(&mut self, pkid: u16, code: u8) {
+    fn on_puback(&mut self, now: Instant, pkid: u16, code: u8) {
         let reason = ReasonCode::from_u8(code);
+        if self.limits.push_back_enabled() && limits::is_rate_refusal(reason) {
+            let refused = self
+                .outbound
+                .in_flight(pkid)
+                .filter(|(_, entry)| entry.topic != topic::GATEWAY_CONNECT)
+                .map(|(id, entry)| (id, entry.charge));
+            if let Some((id, charge)) = refused {
+                // Not stored by the server: send it again (paced) while attempts remain.
+                let resent = self
+                    .outbound
+                    .requeue(pkid, self.config.max_publish_attempts);
+                let signal = PushBack::PubAck {
+                    request: RequestId(self.groups.request_of(id)),
+                    code: reason,
+                    resent,
+                };
+                let traffic = if charge.is_telemetry() {
+                    Traffic::Telemetry
+                } else {
+                    Traffic::Messages
+                };
+                self.push_back(now, charge.scope, signal, Some(traffic));
+                if resent {
+                    self.stats.resent_after_push_back += 1;
+                    return;
+                }
+            }
+        }
         match self.outbound.ack(pkid) {
             Acked::Publish(id) => {
                 if !reason.is_success() {
                     self.fail(id, RequestError::Rejected(reason));
-                } else if self.api.on_outcome(id, Ok(())) {
-                    self.stats.delivered += 1;
-                    self.out.event(Event::Delivered(RequestId(id)));
+                } else {
+                    self.finished(id, PartDone::Delivered);
                 }
             }
-            Acked::Control(tag) => self.api.on_control_ack(tag, reason, &mut self.out),
+            Acked::Control(tag) => {
+                self.api.on_control_ack(tag, reason, &mut self.out);
+                self.handle_signals(now);
+            }
             Acked::TimedOut => self.stats.late_acks += 1,
             Acked::Unknown | Acked::WrongKind => self.stats.unexpected_acks += 1,
         }
@@ -426,6 +502,44 @@ impl Connection {
             // The answer overtook the request's PUBACK: the request is finished.
             self.outbound.cancel(answered);
         }
+        self.handle_signals(now);
+    }
+
+    /// Acts on what the API found in a downlink or an acknowledgement.
+    fn handle_signals(&mut self, now: Instant) {
+        for signal in self.api.take_signals() {
+            match signal {
+                Signal::Limits(answer) => {
+                    let report = self.limits.on_answer(answer, now);
+                    self.out.event(Event::SessionLimits(report));
+                }
+                Signal::LimitsUnanswered => {
+                    if self.limits.holding() {
+                        let report = self.limits.give_up();
+                        self.out.event(Event::SessionLimits(report));
+                    }
+                }
+                Signal::SubDeviceRateLimited(device) => {
+                    if self.limits.push_back_enabled() {
+                        let signal = PushBack::SubDeviceDisconnected { device };
+                        self.push_back(now, Scope::Gateway, signal, None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The server pushed back: slow the scope down and say so.
+    fn push_back(
+        &mut self,
+        now: Instant,
+        scope: Scope,
+        signal: PushBack,
+        traffic: Option<Traffic>,
+    ) {
+        self.stats.push_backs += 1;
+        let notice = self.limits.push_back(scope, signal, traffic, now);
+        self.out.event(Event::RateLimited(notice));
     }
 
     fn on_suback(&mut self, pkid: u16, codes: &[u8]) {
@@ -482,6 +596,11 @@ impl Connection {
                         self.open_transport(now);
                     }
                 }
+                Timer::Limits => {
+                    if let Some(report) = self.limits.check_hold(now) {
+                        self.out.event(Event::SessionLimits(report));
+                    }
+                }
             }
         }
         // Expired publishes and requests may have been what queued messages waited behind.
@@ -496,24 +615,73 @@ impl Connection {
         topic: String,
         payload: bytes::Bytes,
         qos: QoS,
+        charge: Charge,
     ) -> Result<RequestId, CommandError> {
         if !valid_topic_name(&topic) {
             return Err(CommandError::InvalidTopic(topic));
         }
-        let remaining = publish_remaining_len(self.config.protocol, &topic, payload.len(), qos);
-        if remaining > self.config.max_outgoing_packet {
-            return Err(CommandError::TooLarge {
-                size: remaining,
-                max: self.config.max_outgoing_packet,
-            });
-        }
-        let cost = codec::publish_size(self.config.protocol, topic.len(), payload.len(), qos)
-            + PER_MESSAGE_OVERHEAD;
+        let cost = self.publish_cost(&topic, payload.len(), qos)?;
         let id = self.next_request;
-        self.outbound.admit(id, topic, payload, qos, now, cost)?;
+        self.outbound
+            .admit(id, topic, payload, qos, now, cost, charge)?;
         self.next_request += 1;
         self.stats.requests += 1;
         Ok(RequestId(id))
+    }
+
+    /// Bytes a publish is accounted at, if it fits the packet limit.
+    fn publish_cost(&self, topic: &str, payload: usize, qos: QoS) -> Result<usize, CommandError> {
+        let max = self.limits.max_packet();
+        let remaining = publish_remaining_len(self.config.protocol, topic, payload, qos);
+        if remaining > max {
+            return Err(CommandError::TooLarge {
+                size: remaining,
+                max,
+            });
+        }
+        Ok(
+            codec::publish_size(self.config.protocol, topic.len(), payload, qos)
+                + PER_MESSAGE_OVERHEAD,
+        )
+    }
+
+    /// Admits the parts of a split command, all or none: the request id is the first
+    /// part's, the others take the ids after it.
+    fn accept_parts(
+        &mut self,
+        now: Instant,
+        topic: String,
+        first: (bytes::Bytes, Charge),
+        more: Vec<(bytes::Bytes, Charge)>,
+        qos: QoS,
+    ) -> Result<RequestId, CommandError> {
+        if !valid_topic_name(&topic) {
+            return Err(CommandError::InvalidTopic(topic));
+        }
+        let parts: Vec<(bytes::Bytes, Charge)> = std::iter::once(first).chain(more).collect();
+        let mut costs = Vec::with_capacity(parts.len());
+        for (payload, _) in &parts {
+            costs.push(self.publish_cost(&topic, payload.len(), qos)?);
+        }
+        let needed: usize = costs.iter().sum();
+        let available = self.outbound.available();
+        if needed > available {
+            return Err(CommandError::QueueFull { needed, available });
+        }
+        let first_id = self.next_request;
+        let mut ids = Vec::with_capacity(parts.len());
+        for ((payload, charge), cost) in parts.into_iter().zip(costs) {
+            let id = self.next_request;
+            self.outbound
+                .admit(id, topic.clone(), payload, qos, now, cost, charge)?;
+            self.next_request += 1;
+            ids.push(id);
+        }
+        self.groups.add(&ids);
+        self.stats.requests += 1;
+        self.stats.split_requests_total += 1;
+        self.stats.split_parts += ids.len() as u64;
+        Ok(RequestId(first_id))
     }
 
     // ----- outputs ----------------------------------------------------------------------
@@ -563,17 +731,32 @@ impl Connection {
         }
     }
 
-    /// Moves queued publishes onto the wire as far as the in-flight window allows.
+    /// Moves queued publishes onto the wire as far as the in-flight window and the rate
+    /// limits allow. Order: the `getSessionLimits` request, then (once it is answered or
+    /// the wait is over) connection-made publishes, then the queue. A publish that must wait
+    /// for tokens holds back everything behind it, so order is kept; the instant it may go
+    /// becomes the `Limits` deadline.
     fn pump(&mut self, now: Instant) {
+        self.limits.set_pace(None);
         if !matches!(self.phase, Phase::Connected { .. }) {
             return;
         }
-        let window = usize::from(self.config.max_inflight);
+        let window = self.limits.window();
         let protocol = self.config.protocol;
-        let max = self.config.max_outgoing_packet;
+        let max = self.limits.max_packet();
+        if self.limits.wants_request() && !self.send_limits_request(now, window, max) {
+            return;
+        }
+        if self.limits.holding() {
+            return;
+        }
         // Connection-made publishes (re-announces, keep-alives) go first: after a reconnect
         // every sub-device is connected again before any queued data for it.
+        let lane_charge = Charge::message(Scope::Gateway);
         while self.api.lane_pending() && self.outbound.window_open(window) {
+            if !self.paced(&lane_charge, now) {
+                return;
+            }
             let Some((topic, tag)) = self.api.next_lane(now, &mut self.scratch) else {
                 break;
             };
@@ -593,9 +776,11 @@ impl Connection {
             match codec::encode_publish(&publish, protocol, self.out.transmit_buffer(), max) {
                 Ok(n) => {
                     self.count_sent(now, n);
+                    self.limits.take(&lane_charge, now);
                     match tag {
                         ControlTag::Announce(_) => self.stats.reannounced += 1,
                         ControlTag::Keepalive(_) => self.stats.keepalives_sent += 1,
+                        ControlTag::SessionLimits(_) => {}
                     }
                 }
                 Err(_) => {
@@ -608,7 +793,13 @@ impl Connection {
         if self.api.lane_pending() {
             return;
         }
-        while let Some(ready) = self.outbound.next_ready(window) {
+        while let Some(charge) = self.outbound.head_charge() {
+            if !self.paced(&charge, now) {
+                break;
+            }
+            let Some(ready) = self.outbound.next_ready(window) else {
+                break;
+            };
             let (entry, qos, dup, pkid) = match &ready {
                 Ready::AtMostOnce(_, entry) => (entry, QoS::AtMostOnce, false, 0),
                 Ready::AtLeastOnce { id, pkid, dup } => match self.outbound.get(*id) {
@@ -625,13 +816,14 @@ impl Connection {
                 pkid,
             };
             let result = codec::encode_publish(&publish, protocol, self.out.transmit_buffer(), max);
+            if result.is_ok() {
+                self.limits.take(&charge, now);
+            }
             match (result, ready) {
                 (Ok(n), Ready::AtMostOnce(id, _)) => {
                     self.count_sent(now, n);
                     self.stats.sent_qos0 += 1;
-                    if self.api.on_outcome(id, Ok(())) {
-                        self.out.event(Event::Sent(RequestId(id)));
-                    }
+                    self.finished(id, PartDone::Sent);
                 }
                 (Ok(n), Ready::AtLeastOnce { dup, .. }) => {
                     self.count_sent(now, n);
@@ -639,15 +831,72 @@ impl Connection {
                         self.stats.retransmitted += 1;
                     }
                 }
-                (Err(e), Ready::AtMostOnce(id, _)) => self.fail(id, RequestError::Encode(e)),
+                (Err(e), Ready::AtMostOnce(id, _)) => self.fail(id, encode_failure(e)),
                 (Err(e), Ready::AtLeastOnce { id, pkid, .. }) => {
-                    // Checked when the command was accepted, so not expected; the request
-                    // still gets its one outcome.
+                    // Checked when the command was accepted (unless the server's limit
+                    // shrank since); the request still gets its one outcome.
                     self.outbound.ack(pkid);
-                    self.fail(id, RequestError::Encode(e));
+                    self.fail(id, encode_failure(e));
                 }
             }
         }
+    }
+
+    /// Whether `charge` may be published now; if not, when becomes the pacing deadline.
+    fn paced(&mut self, charge: &Charge, now: Instant) -> bool {
+        let at = self.limits.ready_at(charge, now);
+        if at > now {
+            self.stats.paced += 1;
+            self.limits.set_pace(Some(at));
+            false
+        } else {
+            true
+        }
+    }
+
+    /// Publishes this session's `getSessionLimits` request; `false` while it must wait
+    /// (window or rate).
+    fn send_limits_request(&mut self, now: Instant, window: usize, max: usize) -> bool {
+        let charge = Charge::message(Scope::Device);
+        if !self.outbound.window_open(window) || !self.paced(&charge, now) {
+            return false;
+        }
+        let wire = self.api.session_limits_request(now, &mut self.scratch);
+        let Some(pkid) = self
+            .outbound
+            .reserve_control(window, ControlTag::SessionLimits(wire))
+        else {
+            self.api.forget_request(wire);
+            return false;
+        };
+        let topic = topic::rpc_request_topic(u64::from(wire));
+        let publish = codec::PublishRef {
+            topic: &topic,
+            payload: &self.scratch,
+            qos: QoS::AtLeastOnce,
+            dup: false,
+            retain: false,
+            pkid,
+        };
+        match codec::encode_publish(
+            &publish,
+            self.config.protocol,
+            self.out.transmit_buffer(),
+            max,
+        ) {
+            Ok(n) => {
+                self.count_sent(now, n);
+                self.limits.request_sent(wire, now);
+            }
+            Err(_) => {
+                // Cannot happen with a packet limit of at least 128 bytes; carry on without.
+                self.outbound.ack(pkid);
+                self.api.forget_request(wire);
+                let report = self.limits.give_up();
+                self.out.event(Event::SessionLimits(report));
+            }
+        }
+        true
     }
 
     fn send(&mut self, now: Instant, packet: &Packet) -> Result<(), codec::EncodeError> {
@@ -667,13 +916,49 @@ impl Connection {
         self.stats.bytes_sent += bytes as u64;
     }
 
+    /// Publish `id` failed: the request fails (a part of a split command fails its
+    /// command once the last part is finished).
     fn fail(&mut self, id: u64, error: RequestError) {
-        self.api.on_outcome(id, Err(&error));
-        self.stats.failed += 1;
-        self.out.event(Event::Failed {
-            request: RequestId(id),
-            error,
-        });
+        match self.groups.settle(id, Err(error)) {
+            Settled::Single(result) => self.report(id, result),
+            Settled::Waiting => {}
+            Settled::Done { request, result } => self.report(request, result),
+        }
+    }
+
+    /// Publish `id` finished well.
+    fn finished(&mut self, id: u64, done: PartDone) {
+        match self.groups.settle(id, Ok(done)) {
+            Settled::Single(result) => self.report(id, result),
+            Settled::Waiting => {}
+            Settled::Done { request, result } => self.report(request, result),
+        }
+    }
+
+    /// The outcome of request `id`, unless it still awaits an answer.
+    fn report(&mut self, id: u64, result: Result<PartDone, RequestError>) {
+        match result {
+            Ok(done) => {
+                if self.api.on_outcome(id, Ok(())) {
+                    let event = match done {
+                        PartDone::Delivered => {
+                            self.stats.delivered += 1;
+                            Event::Delivered(RequestId(id))
+                        }
+                        PartDone::Sent => Event::Sent(RequestId(id)),
+                    };
+                    self.out.event(event);
+                }
+            }
+            Err(error) => {
+                self.api.on_outcome(id, Err(&error));
+                self.stats.failed += 1;
+                self.out.event(Event::Failed {
+                    request: RequestId(id),
+                    error,
+                });
+            }
+        }
     }
 
     // ----- session end ------------------------------------------------------------------
@@ -711,6 +996,7 @@ impl Connection {
         self.phase = Phase::Backoff { until };
         self.timers.set(Timer::Reconnect, until);
         self.stats.disconnects += 1;
+        self.limits.on_connection_lost();
         self.out.event(Event::Disconnected {
             reason,
             reconnect_at: Some(until),
@@ -747,6 +1033,23 @@ impl Connection {
             _ => None,
         };
         self.timers.set_or_clear(Timer::SubDeviceSweep, sweep);
+        let limits = match self.phase {
+            Phase::Connected { .. } => self.limits.next_deadline(),
+            _ => None,
+        };
+        self.timers.set_or_clear(Timer::Limits, limits);
+    }
+}
+
+/// A publish that could not be encoded: over the packet limit (the server's, learned after
+/// the command was accepted) is its own error.
+fn encode_failure(e: codec::EncodeError) -> RequestError {
+    match e {
+        codec::EncodeError::TooLarge { remaining, max } => RequestError::TooLarge {
+            size: remaining,
+            max,
+        },
+        other => RequestError::Encode(other),
     }
 }
 
@@ -757,7 +1060,7 @@ fn valid_topic_name(topic: &str) -> bool {
 }
 
 /// MQTT remaining length of a PUBLISH (what packet-size limits measure).
-fn publish_remaining_len(
+pub(crate) fn publish_remaining_len(
     protocol: ProtocolVersion,
     topic: &str,
     payload: usize,

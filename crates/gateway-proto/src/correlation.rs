@@ -34,6 +34,12 @@ pub(crate) enum Expect {
     ClientRpc,
     /// The answer to a sub-device keep-alive; consumed silently.
     Keepalive { device: String },
+    /// The answer to a raw attribute request (passed on as bytes).
+    RawAttributes,
+    /// The answer to a raw client-side RPC (passed on as bytes).
+    RawRpc,
+    /// The transport's answer to the connection's own `getSessionLimits`.
+    SessionLimits,
 }
 
 /// One request awaiting its response.

@@ -46,6 +46,8 @@ pub enum ConfigError {
     SubscriptionsTooLarge(usize),
     /// A duration that must be positive is zero.
     ZeroDuration(&'static str),
+    /// `limits.rate_share_percent` is outside 1..=100.
+    ShareOutOfRange(u8),
 }
 
 impl fmt::Display for ConfigError {
@@ -74,6 +76,9 @@ impl fmt::Display for ConfigError {
                 "the SUBSCRIBE for all configured filters needs {len} bytes, above max_outgoing_packet"
             ),
             Self::ZeroDuration(name) => write!(f, "{name} must be longer than zero"),
+            Self::ShareOutOfRange(p) => {
+                write!(f, "limits.rate_share_percent {p} is outside 1..=100")
+            }
         }
     }
 }
@@ -130,6 +135,22 @@ pub enum CommandError {
     /// The payload cannot be built (e.g. an attribute key with a comma in a device
     /// attribute request).
     Payload(PayloadError),
+    /// One value of a telemetry or attributes command is too large for the packet limit
+    /// even alone in a message, so the command cannot be split to fit.
+    ValueTooLarge {
+        /// Its sub-device (`None`: the connection's own device).
+        device: Option<String>,
+        /// Its key (`None`: an entry without values).
+        key: Option<String>,
+        /// Remaining length of the smallest message carrying it.
+        size: usize,
+        /// The packet limit.
+        max: usize,
+    },
+    /// A typed (JSON) Device API command on a connection using the `/p` (protobuf) topics:
+    /// send the encoded payload with a [`DeviceCommand::Raw`](crate::DeviceCommand::Raw)
+    /// command instead.
+    JsonOnProtobufTopic,
 }
 
 impl fmt::Display for CommandError {
@@ -159,6 +180,27 @@ impl fmt::Display for CommandError {
             } => write!(f, "no pending RPC {id} for sub-device {device:?}"),
             Self::UnknownRpc { device: None, id } => write!(f, "no pending RPC {id}"),
             Self::Payload(e) => write!(f, "cannot build the payload: {e}"),
+            Self::ValueTooLarge {
+                device,
+                key,
+                size,
+                max,
+            } => {
+                f.write_str("value")?;
+                if let Some(key) = key {
+                    write!(f, " {key:?}")?;
+                }
+                if let Some(device) = device {
+                    write!(f, " of sub-device {device:?}")?;
+                }
+                write!(
+                    f,
+                    " needs a {size}-byte message alone, above the {max}-byte packet limit"
+                )
+            }
+            Self::JsonOnProtobufTopic => {
+                f.write_str("JSON command on the protobuf (/p) topics: send encoded bytes")
+            }
         }
     }
 }

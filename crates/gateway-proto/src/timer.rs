@@ -23,18 +23,22 @@ pub(crate) enum Timer {
     SubDeviceSweep,
     /// When to ask for a new transport after a disconnect.
     Reconnect,
+    /// Session limits and pacing: the end of the wait for `getSessionLimits`, the instant
+    /// the next paced publish may go, or the next step of a rate recovery.
+    Limits,
 }
 
 impl Timer {
     /// Firing order when several expire at once: the session-ending ones first, so a
     /// publish deadline that coincides with a dead link still sees the link as dead.
-    pub(crate) const ALL: [Timer; 7] = [
+    pub(crate) const ALL: [Timer; 8] = [
         Timer::Connect,
         Timer::PingResponse,
         Timer::KeepAlive,
         Timer::PublishDeadline,
         Timer::ResponseDeadline,
         Timer::SubDeviceSweep,
+        Timer::Limits,
         Timer::Reconnect,
     ];
 
@@ -47,6 +51,7 @@ impl Timer {
             Timer::Reconnect => 4,
             Timer::ResponseDeadline => 5,
             Timer::SubDeviceSweep => 6,
+            Timer::Limits => 7,
         }
     }
 }
@@ -54,7 +59,7 @@ impl Timer {
 /// One optional deadline per [`Timer`].
 #[derive(Debug, Default, Clone)]
 pub(crate) struct TimerTable {
-    slots: [Option<Instant>; 7],
+    slots: [Option<Instant>; 8],
 }
 
 impl TimerTable {

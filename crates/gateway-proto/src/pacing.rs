@@ -1,0 +1,558 @@
+//! Token buckets that pace publishes to ThingsBoard's transport rate limits.
+//!
+//! ThingsBoard checks every uplink against bucket4j buckets built from strings such as
+//! `"100:1,3000:60"`: each `capacity:seconds` window refills greedily (continuously, at
+//! `capacity / seconds`), starts full, and a message passes only if every window has room.
+//! The client keeps the same buckets on its side, fed by the injected clock, and holds a
+//! publish back until all of its buckets have room, so the server's never run dry.
+//!
+//! Arithmetic is exact: a window's level is kept in integer units of one hundredth of a token
+//! times one nanosecond, so refill, the share the client allows itself and the wait until the
+//! next publish never drift through rounding. Values from the network are clamped first.
+//!
+//! Per [`Scope`] (the connection's own device, or all sub-devices together) there are three
+//! buckets, like on the server: regular messages, telemetry messages and telemetry data
+//! points. A publish's [`Charge`] says how much of each it takes.
+
+use std::time::{Duration, Instant};
+
+use crate::payload::{
+    ClientAttributes, DeviceTelemetry, GatewayAttributes, GatewayTelemetry, Payload, PayloadError,
+    RateLimitWindow, RateLimits,
+};
+use crate::topic::{classify_uplink, TopicFamily, UplinkTopic};
+
+/// Largest window capacity taken from the server (more is treated as this much).
+const MAX_CAPACITY: u64 = 1_000_000_000_000;
+/// Longest window taken from the server, in seconds (about 115 days).
+const MAX_WINDOW_SECS: u64 = 10_000_000;
+/// Largest single charge (data points of one message), so products stay in range.
+const MAX_CHARGE: u64 = 1_000_000_000_000;
+/// Push-back halves the rate at most this many times (down to 1/16).
+pub(crate) const MAX_SLOWDOWN_SHIFT: u8 = 4;
+
+/// Whose traffic a limit applies to. ThingsBoard keeps separate buckets for the gateway's
+/// own Device API messages and for the aggregate of all its sub-devices' messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Scope {
+    /// The connection's own device (for a gateway: its `rateLimits`, ThingsBoard's
+    /// `transportGatewayDevice*` tenant-profile limits; for a device: `transportDevice*`).
+    Device,
+    /// All sub-devices of this gateway together (`gatewayRateLimits`, ThingsBoard's
+    /// `transportGateway*` limits), i.e. everything on `v1/gateway/*`.
+    Gateway,
+}
+
+impl Scope {
+    /// The scope of a publish on `topic`: `v1/gateway/...` is sub-device traffic.
+    pub(crate) fn of_topic(topic: &str) -> Self {
+        if topic.starts_with("v1/gateway/") {
+            Self::Gateway
+        } else {
+            Self::Device
+        }
+    }
+}
+
+/// What one publish takes from its scope's buckets, mirroring the server's check: a message
+/// with data points takes one token per telemetry message plus its data points; any other
+/// message one regular token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Charge {
+    pub(crate) scope: Scope,
+    /// Regular-message tokens.
+    pub(crate) messages: u64,
+    /// Telemetry-message tokens.
+    pub(crate) telemetry: u64,
+    /// Data-point tokens.
+    pub(crate) points: u64,
+}
+
+impl Charge {
+    /// One regular message.
+    pub(crate) fn message(scope: Scope) -> Self {
+        Self {
+            scope,
+            messages: 1,
+            telemetry: 0,
+            points: 0,
+        }
+    }
+
+    /// Telemetry: `messages` telemetry messages (one per device entry on the gateway API)
+    /// with `points` data points; without data points the server counts a regular message.
+    pub(crate) fn telemetry(scope: Scope, messages: u64, points: u64) -> Self {
+        if points == 0 {
+            return Self {
+                messages: messages.max(1),
+                ..Self::message(scope)
+            };
+        }
+        Self {
+            scope,
+            messages: 0,
+            telemetry: messages.max(1),
+            points: points.min(MAX_CHARGE),
+        }
+    }
+
+    /// Client attributes. ThingsBoard's transport service passes an attribute post's key
+    /// count as data points (so telemetry buckets), while other readings (and the emulator)
+    /// count it as a regular message: the client charges both, which is safe under either.
+    pub(crate) fn attributes(scope: Scope, messages: u64, points: u64) -> Self {
+        let mut charge = Self::telemetry(scope, messages, points);
+        charge.messages = messages.max(1);
+        charge
+    }
+
+    /// Whether this charge concerns the telemetry buckets.
+    pub(crate) fn is_telemetry(&self) -> bool {
+        self.telemetry > 0
+    }
+}
+
+/// The charge of a publish the application built itself ([`Command::Publish`]): telemetry
+/// and attribute topics are parsed to count data points as the server will; a payload that
+/// does not parse (protobuf) counts as one data point.
+///
+/// [`Command::Publish`]: crate::Command::Publish
+pub(crate) fn charge_of_publish(topic: &str, payload: &[u8]) -> Charge {
+    let scope = Scope::of_topic(topic);
+    let count = |entries: &[crate::payload::TelemetryEntry]| {
+        entries.iter().map(|e| e.values.len() as u64).sum::<u64>()
+    };
+    match classify_uplink(topic) {
+        Some(UplinkTopic::GatewayTelemetry) => match GatewayTelemetry::parse(payload) {
+            Ok(t) => Charge::telemetry(
+                scope,
+                t.devices.len() as u64,
+                t.devices.values().map(|e| count(e)).sum(),
+            ),
+            Err(_) => Charge::telemetry(scope, 1, 1),
+        },
+        Some(UplinkTopic::GatewayAttributes) => match GatewayAttributes::parse(payload) {
+            Ok(a) => Charge::attributes(
+                scope,
+                a.devices.len() as u64,
+                a.devices.values().map(|v| v.len() as u64).sum(),
+            ),
+            Err(_) => Charge::attributes(scope, 1, 1),
+        },
+        Some(UplinkTopic::DeviceTelemetry { family }) => {
+            match (family, DeviceTelemetry::parse(payload)) {
+                (TopicFamily::V2Proto, _) | (_, Err(_)) => Charge::telemetry(scope, 1, 1),
+                (_, Ok(t)) => Charge::telemetry(scope, 1, count(&t.entries)),
+            }
+        }
+        Some(UplinkTopic::DeviceAttributes { family }) => {
+            match (family, ClientAttributes::parse(payload)) {
+                (TopicFamily::V2Proto, _) | (_, Err(_)) => Charge::attributes(scope, 1, 1),
+                (_, Ok(a)) => Charge::attributes(scope, 1, a.values.len() as u64),
+            }
+        }
+        _ => Charge::message(scope),
+    }
+}
+
+/// One `capacity:seconds` window with its level.
+#[derive(Debug, Clone)]
+struct Window {
+    /// Capacity as the server gave it (clamped).
+    capacity: u64,
+    period_ns: u128,
+    /// Capacity the client allows itself, in hundredths of a token (at least one token).
+    scaled: u128,
+    /// Hundredths of a token times nanoseconds; negative after a charge above capacity.
+    level: i128,
+    at: Instant,
+}
+
+impl Window {
+    fn new(w: RateLimitWindow, share: u8, shift: u8, now: Instant) -> Self {
+        let capacity = w.capacity.min(MAX_CAPACITY);
+        let secs = w.window_secs.min(MAX_WINDOW_SECS);
+        let period_ns = u128::from(secs) * 1_000_000_000;
+        let scaled = scale(capacity, share, shift);
+        let mut window = Self {
+            capacity,
+            period_ns,
+            scaled,
+            level: 0,
+            at: now,
+        };
+        window.level = window.max_level();
+        window
+    }
+
+    fn max_level(&self) -> i128 {
+        i128::try_from(self.scaled.saturating_mul(self.period_ns)).unwrap_or(i128::MAX)
+    }
+
+    fn refill(&mut self, now: Instant) {
+        if now <= self.at {
+            return;
+        }
+        let elapsed = now.duration_since(self.at).as_nanos();
+        let gained = i128::try_from(elapsed.saturating_mul(self.scaled)).unwrap_or(i128::MAX);
+        self.level = self.level.saturating_add(gained).min(self.max_level());
+        self.at = now;
+    }
+
+    /// Units `n` tokens take.
+    fn need(&self, n: u64) -> i128 {
+        let units = u128::from(n.min(MAX_CHARGE))
+            .saturating_mul(100)
+            .saturating_mul(self.period_ns);
+        i128::try_from(units).unwrap_or(i128::MAX)
+    }
+
+    /// When `n` tokens are available (a charge above the capacity waits for a full
+    /// window); `now` if they are.
+    fn ready_at(&mut self, n: u64, now: Instant) -> Instant {
+        self.refill(now);
+        let want = self.need(n).min(self.max_level());
+        if self.level >= want {
+            return now;
+        }
+        let deficit = u128::try_from(want - self.level).unwrap_or(u128::MAX);
+        let wait_ns = deficit.div_ceil(self.scaled.max(1));
+        now + Duration::from_nanos(u64::try_from(wait_ns).unwrap_or(u64::MAX))
+    }
+
+    fn take(&mut self, n: u64, now: Instant) {
+        self.refill(now);
+        self.level = self.level.saturating_sub(self.need(n));
+    }
+
+    fn set_scale(&mut self, share: u8, shift: u8, now: Instant) {
+        self.refill(now);
+        self.scaled = scale(self.capacity, share, shift);
+        self.level = self.level.min(self.max_level());
+    }
+
+    /// The share of a full window this one holds now (0..=1, for carrying over).
+    fn fill(&self) -> (i128, i128) {
+        (self.level, self.max_level())
+    }
+}
+
+/// `capacity × share% ÷ 2^shift`, in hundredths of a token, at least one token.
+fn scale(capacity: u64, share: u8, shift: u8) -> u128 {
+    let hundredths = u128::from(capacity) * u128::from(share.clamp(1, 100));
+    (hundredths >> shift.min(MAX_SLOWDOWN_SHIFT)).max(100)
+}
+
+/// A rate limit of several windows; none means unlimited.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Bucket {
+    windows: Vec<Window>,
+}
+
+impl Bucket {
+    fn new(windows: &[RateLimitWindow], share: u8, shift: u8, now: Instant) -> Self {
+        Self {
+            windows: windows
+                .iter()
+                .filter(|w| !w.is_unlimited())
+                .map(|&w| Window::new(w, share, shift, now))
+                .collect(),
+        }
+    }
+
+    /// New windows that keep the fill of old windows of the same length, so a reconnect
+    /// (or a changed limit) does not hand out a fresh burst the server never refilled.
+    fn replace(&mut self, windows: &[RateLimitWindow], share: u8, shift: u8, now: Instant) {
+        let mut next = Self::new(windows, share, shift, now);
+        for w in &mut self.windows {
+            w.refill(now);
+        }
+        for new in &mut next.windows {
+            if let Some(old) = self.windows.iter().find(|o| o.period_ns == new.period_ns) {
+                let (level, max) = old.fill();
+                if max > 0 {
+                    // Carry the fill over in millionths (debt included), rounding down.
+                    let ppm = level.clamp(-max, max).saturating_mul(1_000_000) / max;
+                    new.level = (new.max_level() / 1_000_000)
+                        .saturating_mul(ppm)
+                        .min(new.max_level());
+                }
+            }
+        }
+        *self = next;
+    }
+
+    pub(crate) fn is_limited(&self) -> bool {
+        !self.windows.is_empty()
+    }
+
+    fn ready_at(&mut self, n: u64, now: Instant) -> Instant {
+        self.windows
+            .iter_mut()
+            .map(|w| w.ready_at(n, now))
+            .max()
+            .unwrap_or(now)
+    }
+
+    fn take(&mut self, n: u64, now: Instant) {
+        for w in &mut self.windows {
+            w.take(n, now);
+        }
+    }
+
+    fn empty(&mut self, now: Instant) {
+        for w in &mut self.windows {
+            w.refill(now);
+            w.level = w.level.min(0);
+        }
+    }
+
+    fn set_scale(&mut self, share: u8, shift: u8, now: Instant) {
+        for w in &mut self.windows {
+            w.set_scale(share, shift, now);
+        }
+    }
+}
+
+/// The three buckets of one scope.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BucketSet {
+    pub(crate) messages: Bucket,
+    pub(crate) telemetry: Bucket,
+    pub(crate) points: Bucket,
+}
+
+impl BucketSet {
+    fn is_limited(&self) -> bool {
+        self.messages.is_limited() || self.telemetry.is_limited() || self.points.is_limited()
+    }
+}
+
+/// Parsed windows of one `rateLimits` object.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct ParsedLimits {
+    messages: Vec<RateLimitWindow>,
+    telemetry: Vec<RateLimitWindow>,
+    points: Vec<RateLimitWindow>,
+}
+
+impl ParsedLimits {
+    pub(crate) fn parse(limits: &RateLimits) -> Result<Self, PayloadError> {
+        Ok(Self {
+            messages: limits.messages_windows()?,
+            telemetry: limits.telemetry_messages_windows()?,
+            points: limits.telemetry_data_points_windows()?,
+        })
+    }
+}
+
+/// Both scopes' buckets, the share of the limits the client uses, and the slow-down after
+/// server push-back.
+#[derive(Debug)]
+pub(crate) struct Pacer {
+    share: u8,
+    /// First pause after a push-back; doubles with each push-back in a row.
+    pause: Duration,
+    max_pause: Duration,
+    /// Quiet time after which a halved rate doubles again (one step per period).
+    recovery: Duration,
+    device: ScopeState,
+    gateway: ScopeState,
+}
+
+#[derive(Debug, Default)]
+struct ScopeState {
+    buckets: BucketSet,
+    /// How many times the rate is halved (push-back).
+    shift: u8,
+    /// No publish of this scope before this instant (push-back).
+    paused_until: Option<Instant>,
+    /// Push-backs since the rate was last back to full (the pause doubles with each).
+    strikes: u32,
+    /// When the rate is doubled again (one step).
+    recover_at: Option<Instant>,
+}
+
+/// What the pacer did after a push-back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SlowDown {
+    pub(crate) rate_percent: u8,
+    pub(crate) paused_until: Instant,
+    pub(crate) limits_known: bool,
+}
+
+impl Pacer {
+    pub(crate) fn new(share: u8, pause: Duration, max_pause: Duration, recovery: Duration) -> Self {
+        Self {
+            share: share.clamp(1, 100),
+            pause,
+            max_pause: max_pause.max(pause),
+            recovery,
+            device: ScopeState::default(),
+            gateway: ScopeState::default(),
+        }
+    }
+
+    fn scope(&mut self, scope: Scope) -> &mut ScopeState {
+        match scope {
+            Scope::Device => &mut self.device,
+            Scope::Gateway => &mut self.gateway,
+        }
+    }
+
+    /// Installs learned limits for `scope` (`None`: unlimited), keeping the fill of
+    /// windows of the same length.
+    pub(crate) fn install(&mut self, scope: Scope, limits: Option<&ParsedLimits>, now: Instant) {
+        let share = self.share;
+        let state = self.scope(scope);
+        let shift = state.shift;
+        let empty = ParsedLimits::default();
+        let limits = limits.unwrap_or(&empty);
+        state
+            .buckets
+            .messages
+            .replace(&limits.messages, share, shift, now);
+        state
+            .buckets
+            .telemetry
+            .replace(&limits.telemetry, share, shift, now);
+        state
+            .buckets
+            .points
+            .replace(&limits.points, share, shift, now);
+    }
+
+    /// The data points one message of `scope` may carry (the smallest full data-point
+    /// window); `None` when unlimited.
+    pub(crate) fn max_points(&self, scope: Scope) -> Option<u64> {
+        let state = match scope {
+            Scope::Device => &self.device,
+            Scope::Gateway => &self.gateway,
+        };
+        // Capacity at the full rate: a slow-down makes a big message wait for a full
+        // bucket instead of splitting it further.
+        let share = self.share;
+        state
+            .buckets
+            .points
+            .windows
+            .iter()
+            .map(|w| {
+                u64::try_from(scale(w.capacity, share, 0) / 100)
+                    .unwrap_or(u64::MAX)
+                    .max(1)
+            })
+            .min()
+    }
+
+    /// When `charge` can be taken; `now` if it can.
+    pub(crate) fn ready_at(&mut self, charge: &Charge, now: Instant) -> Instant {
+        self.recover(now);
+        let state = self.scope(charge.scope);
+        let mut at = now;
+        if let Some(p) = state.paused_until {
+            if p > now {
+                at = p;
+            } else {
+                state.paused_until = None;
+            }
+        }
+        let b = &mut state.buckets;
+        if charge.messages > 0 {
+            at = at.max(b.messages.ready_at(charge.messages, now));
+        }
+        if charge.telemetry > 0 {
+            at = at.max(b.telemetry.ready_at(charge.telemetry, now));
+        }
+        if charge.points > 0 {
+            at = at.max(b.points.ready_at(charge.points, now));
+        }
+        at
+    }
+
+    /// Takes `charge` (possibly below zero: a message larger than a bucket goes out once
+    /// the bucket is full, and the next waits for the debt to refill).
+    pub(crate) fn take(&mut self, charge: &Charge, now: Instant) {
+        let b = &mut self.scope(charge.scope).buckets;
+        if charge.messages > 0 {
+            b.messages.take(charge.messages, now);
+        }
+        if charge.telemetry > 0 {
+            b.telemetry.take(charge.telemetry, now);
+        }
+        if charge.points > 0 {
+            b.points.take(charge.points, now);
+        }
+    }
+
+    /// The server pushed back on `scope`: its buckets are emptied (the server's are), the
+    /// rate is halved (down to 1/16) and doubles back one step per recovery period without
+    /// another push-back, and nothing of the scope goes out for the pause (doubling with
+    /// each push-back in a row, bounded).
+    pub(crate) fn push_back(&mut self, scope: Scope, now: Instant) -> SlowDown {
+        self.recover(now);
+        let (share, pause, max_pause, recovery) =
+            (self.share, self.pause, self.max_pause, self.recovery);
+        let state = self.scope(scope);
+        // Signals during a pause come from the burst that caused it (the PUBACK 0x97, then
+        // the disconnect notice, then the refusals of what was already in flight): one
+        // slow-down for all of them.
+        let same_burst = state.paused_until.is_some_and(|p| p > now);
+        if !same_burst {
+            state.shift = (state.shift + 1).min(MAX_SLOWDOWN_SHIFT);
+            state.strikes = state.strikes.saturating_add(1);
+        }
+        let b = &mut state.buckets;
+        for bucket in [&mut b.messages, &mut b.telemetry, &mut b.points] {
+            bucket.set_scale(share, state.shift, now);
+            bucket.empty(now);
+        }
+        if !same_burst {
+            let factor = 1u32 << state.strikes.saturating_sub(1).min(16);
+            let pause = pause.saturating_mul(factor).min(max_pause);
+            state.paused_until = Some(now + pause);
+            state.recover_at = Some(now + recovery);
+        }
+        let until = state.paused_until.unwrap_or(now);
+        SlowDown {
+            rate_percent: rate_percent(state.shift),
+            paused_until: until,
+            limits_known: state.buckets.is_limited(),
+        }
+    }
+
+    /// Steps the rate back up where the recovery time has passed.
+    fn recover(&mut self, now: Instant) {
+        let (share, recovery) = (self.share, self.recovery);
+        for state in [&mut self.device, &mut self.gateway] {
+            while let Some(at) = state.recover_at {
+                if at > now {
+                    break;
+                }
+                state.shift = state.shift.saturating_sub(1);
+                let b = &mut state.buckets;
+                for bucket in [&mut b.messages, &mut b.telemetry, &mut b.points] {
+                    bucket.set_scale(share, state.shift, at);
+                }
+                if state.shift == 0 {
+                    state.recover_at = None;
+                    state.strikes = 0;
+                } else {
+                    state.recover_at = Some(at + recovery.max(Duration::from_millis(1)));
+                }
+            }
+        }
+    }
+
+    /// When the rate of a slowed-down scope steps up next.
+    pub(crate) fn next_recovery(&self) -> Option<Instant> {
+        [self.device.recover_at, self.gateway.recover_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
+fn rate_percent(shift: u8) -> u8 {
+    100u8 >> shift.min(MAX_SLOWDOWN_SHIFT)
+}

@@ -161,8 +161,11 @@ struct Window {
     /// Capacity as the server gave it (clamped).
     capacity: u64,
     period_ns: u128,
-    /// Capacity the client allows itself, in hundredths of a token (at least one token).
-    scaled: u128,
+    /// Refill the client allows itself: hundredths of a token per window (at least 1).
+    rate: u128,
+    /// Capacity the client allows itself, in hundredths of a token: the refill of one
+    /// window, but at least one token, so that a message can always pass.
+    cap: u128,
     /// Hundredths of a token times nanoseconds; negative after a charge above capacity.
     level: i128,
     at: Instant,
@@ -173,11 +176,12 @@ impl Window {
         let capacity = w.capacity.min(MAX_CAPACITY);
         let secs = w.window_secs.min(MAX_WINDOW_SECS);
         let period_ns = u128::from(secs) * 1_000_000_000;
-        let scaled = scale(capacity, share, shift);
+        let rate = scale(capacity, share, shift);
         let mut window = Self {
             capacity,
             period_ns,
-            scaled,
+            rate,
+            cap: rate.max(100),
             level: 0,
             at: now,
         };
@@ -186,7 +190,7 @@ impl Window {
     }
 
     fn max_level(&self) -> i128 {
-        i128::try_from(self.scaled.saturating_mul(self.period_ns)).unwrap_or(i128::MAX)
+        i128::try_from(self.cap.saturating_mul(self.period_ns)).unwrap_or(i128::MAX)
     }
 
     fn refill(&mut self, now: Instant) {
@@ -194,7 +198,7 @@ impl Window {
             return;
         }
         let elapsed = now.duration_since(self.at).as_nanos();
-        let gained = i128::try_from(elapsed.saturating_mul(self.scaled)).unwrap_or(i128::MAX);
+        let gained = i128::try_from(elapsed.saturating_mul(self.rate)).unwrap_or(i128::MAX);
         self.level = self.level.saturating_add(gained).min(self.max_level());
         self.at = now;
     }
@@ -216,7 +220,7 @@ impl Window {
             return now;
         }
         let deficit = u128::try_from(want - self.level).unwrap_or(u128::MAX);
-        let wait_ns = deficit.div_ceil(self.scaled.max(1));
+        let wait_ns = deficit.div_ceil(self.rate.max(1));
         now + Duration::from_nanos(u64::try_from(wait_ns).unwrap_or(u64::MAX))
     }
 
@@ -227,7 +231,8 @@ impl Window {
 
     fn set_scale(&mut self, share: u8, shift: u8, now: Instant) {
         self.refill(now);
-        self.scaled = scale(self.capacity, share, shift);
+        self.rate = scale(self.capacity, share, shift);
+        self.cap = self.rate.max(100);
         self.level = self.level.min(self.max_level());
     }
 
@@ -237,10 +242,10 @@ impl Window {
     }
 }
 
-/// `capacity × share% ÷ 2^shift`, in hundredths of a token, at least one token.
+/// `capacity × share% ÷ 2^shift`, in hundredths of a token (at least one hundredth).
 fn scale(capacity: u64, share: u8, shift: u8) -> u128 {
     let hundredths = u128::from(capacity) * u128::from(share.clamp(1, 100));
-    (hundredths >> shift.min(MAX_SLOWDOWN_SHIFT)).max(100)
+    (hundredths >> shift.min(MAX_SLOWDOWN_SHIFT)).max(1)
 }
 
 /// A rate limit of several windows; none means unlimited.
@@ -555,4 +560,248 @@ impl Pacer {
 
 fn rate_percent(shift: u8) -> u8 {
     100u8 >> shift.min(MAX_SLOWDOWN_SHIFT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(capacity: u64, window_secs: u64) -> RateLimitWindow {
+        RateLimitWindow {
+            capacity,
+            window_secs,
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn windows_start_full_refill_greedily_and_all_must_have_room() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(&[w(2, 1), w(3, 10)], 100, 0, t0);
+        assert_eq!(b.ready_at(1, t0), t0);
+        b.take(1, t0);
+        b.take(1, t0);
+        // 2:1 is empty: one token back after 500 ms.
+        assert_eq!(b.ready_at(1, t0), t0 + ms(500));
+        let t1 = t0 + Duration::from_secs(1);
+        b.take(1, t1);
+        // 3:10 now has 0.3 tokens left (3 − 3 + 1 s × 0.3/s): 0.7 more take 2⅓ s.
+        assert_eq!(b.ready_at(1, t1), t1 + Duration::from_nanos(2_333_333_334));
+    }
+
+    #[test]
+    fn exact_rate_over_a_long_run() {
+        // 7 tokens per 3 s, sent as soon as allowed for 10 minutes: exactly the burst plus
+        // the refill, never more.
+        let t0 = Instant::now();
+        let mut b = Bucket::new(&[w(7, 3)], 100, 0, t0);
+        let mut now = t0;
+        let mut sent = 0u64;
+        let end = t0 + Duration::from_secs(600);
+        loop {
+            let at = b.ready_at(1, now);
+            if at > end {
+                break;
+            }
+            now = at;
+            b.take(1, now);
+            sent += 1;
+        }
+        assert_eq!(sent, 7 + 600 * 7 / 3);
+    }
+
+    #[test]
+    fn the_share_scales_capacity_and_rate_but_keeps_one_token() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(&[w(10, 1)], 80, 0, t0);
+        for _ in 0..8 {
+            assert_eq!(b.ready_at(1, t0), t0);
+            b.take(1, t0);
+        }
+        assert_eq!(b.ready_at(1, t0), t0 + ms(125), "8 tokens per second");
+        // A 1:1 limit at 80 % still lets one message through, at 0.8 per second.
+        let mut one = Bucket::new(&[w(1, 1)], 80, 0, t0);
+        assert_eq!(one.ready_at(1, t0), t0);
+        one.take(1, t0);
+        assert_eq!(one.ready_at(1, t0), t0 + ms(1250));
+    }
+
+    #[test]
+    fn a_charge_above_capacity_waits_for_a_full_bucket_then_goes_into_debt() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(&[w(10, 1)], 100, 0, t0);
+        b.take(5, t0);
+        // 25 points never fit 10: wait until full (500 ms), then take all 25.
+        assert_eq!(b.ready_at(25, t0), t0 + ms(500));
+        let t1 = t0 + ms(500);
+        b.take(25, t1);
+        // −15 tokens: the next single token is 1.6 s away.
+        assert_eq!(b.ready_at(1, t1), t1 + ms(1600));
+    }
+
+    #[test]
+    fn unlimited_and_zero_windows_never_wait() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(&[w(0, 0), w(0, 60), w(10, 0)], 80, 0, t0);
+        assert!(!b.is_limited());
+        b.take(1_000_000, t0);
+        assert_eq!(b.ready_at(1_000_000, t0), t0);
+    }
+
+    #[test]
+    fn huge_server_values_are_clamped_without_overflow() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(&[w(u64::MAX, u64::MAX), w(1, u64::MAX)], 100, 0, t0);
+        b.take(u64::MAX, t0);
+        let at = b.ready_at(u64::MAX, t0);
+        assert!(at > t0);
+        let later = t0 + Duration::from_secs(3600 * 24 * 365 * 100);
+        b.take(1, later);
+    }
+
+    #[test]
+    fn replacing_limits_keeps_the_fill_of_windows_of_the_same_length() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(&[w(10, 1), w(100, 60)], 100, 0, t0);
+        b.take(10, t0);
+        // Same 1 s window with capacity 20: still empty; a new 10 s window starts full.
+        b.replace(&[w(20, 1), w(50, 10)], 100, 0, t0);
+        assert_eq!(b.ready_at(1, t0), t0 + ms(50));
+    }
+
+    fn pacer() -> Pacer {
+        Pacer::new(
+            100,
+            Duration::from_secs(1),
+            Duration::from_secs(8),
+            Duration::from_secs(60),
+        )
+    }
+
+    fn limits(messages: &str, telemetry: &str, points: &str) -> ParsedLimits {
+        ParsedLimits::parse(&RateLimits {
+            messages: messages.into(),
+            telemetry_messages: telemetry.into(),
+            telemetry_data_points: points.into(),
+        })
+        .unwrap_or_default()
+    }
+
+    #[test]
+    fn charges_pick_buckets_like_the_server_and_scopes_are_separate() {
+        let t0 = Instant::now();
+        let mut p = pacer();
+        p.install(Scope::Gateway, Some(&limits("1:1", "2:1", "5:1")), t0);
+        let telemetry = Charge::telemetry(Scope::Gateway, 1, 3);
+        let message = Charge::message(Scope::Gateway);
+        assert_eq!(p.ready_at(&telemetry, t0), t0);
+        p.take(&telemetry, t0);
+        // 2 data points left: the next 3-point message waits 200 ms for the third.
+        assert_eq!(p.ready_at(&telemetry, t0), t0 + ms(200));
+        // The message bucket is untouched by telemetry.
+        assert_eq!(p.ready_at(&message, t0), t0);
+        // Telemetry without data points is a regular message.
+        assert_eq!(Charge::telemetry(Scope::Gateway, 1, 0), message);
+        // Attributes take both, so they are safe whichever the server counts.
+        let attrs = Charge::attributes(Scope::Gateway, 1, 2);
+        assert_eq!((attrs.messages, attrs.telemetry, attrs.points), (1, 1, 2));
+        // The device's own scope knows no limits.
+        p.take(&Charge::telemetry(Scope::Device, 1, 1000), t0);
+        assert_eq!(p.ready_at(&Charge::message(Scope::Device), t0), t0);
+        assert_eq!(p.max_points(Scope::Gateway), Some(5));
+        assert_eq!(p.max_points(Scope::Device), None);
+    }
+
+    #[test]
+    fn push_back_empties_halves_pauses_and_recovers_step_by_step() {
+        let t0 = Instant::now();
+        let mut p = pacer();
+        p.install(Scope::Gateway, Some(&limits("10:1", "", "")), t0);
+        let m = Charge::message(Scope::Gateway);
+        let slow = p.push_back(Scope::Gateway, t0);
+        assert_eq!(slow.rate_percent, 50);
+        assert_eq!(slow.paused_until, t0 + Duration::from_secs(1));
+        assert!(slow.limits_known);
+        // A second signal of the same burst (during the pause) changes nothing.
+        let t_half = t0 + ms(500);
+        let again = p.push_back(Scope::Gateway, t_half);
+        assert_eq!(again.rate_percent, 50);
+        assert_eq!(again.paused_until, t0 + Duration::from_secs(1));
+        // Paused for 1 s, and the bucket (now 5 per second) was emptied again at 500 ms: it
+        // holds 2.5 tokens after the pause, then refills at 5 per second.
+        assert_eq!(p.ready_at(&m, t0), t0 + Duration::from_secs(1));
+        let t1 = t0 + Duration::from_secs(1);
+        for _ in 0..2 {
+            assert_eq!(p.ready_at(&m, t1), t1);
+            p.take(&m, t1);
+        }
+        assert_eq!(p.ready_at(&m, t1), t1 + ms(100));
+        // A new push-back later halves again and doubles the pause.
+        let t2 = t0 + Duration::from_secs(10);
+        let slow = p.push_back(Scope::Gateway, t2);
+        assert_eq!(slow.rate_percent, 25);
+        assert_eq!(slow.paused_until, t2 + Duration::from_secs(2));
+        assert_eq!(p.next_recovery(), Some(t2 + Duration::from_secs(60)));
+        // 60 s quiet: 50 %; 120 s: back to 100 %.
+        let t3 = t2 + Duration::from_secs(60);
+        p.ready_at(&m, t3);
+        assert_eq!(p.next_recovery(), Some(t2 + Duration::from_secs(120)));
+        let t4 = t2 + Duration::from_secs(120);
+        p.ready_at(&m, t4);
+        assert_eq!(p.next_recovery(), None);
+        // The level carries over the step up; one second later the bucket is full again.
+        let t5 = t4 + Duration::from_secs(1);
+        for _ in 0..10 {
+            assert_eq!(p.ready_at(&m, t5), t5);
+            p.take(&m, t5);
+        }
+        assert_eq!(p.ready_at(&m, t5), t5 + ms(100), "10 per second again");
+        // The other scope was never touched.
+        assert_eq!(p.ready_at(&Charge::message(Scope::Device), t0), t0);
+    }
+
+    #[test]
+    fn push_back_without_known_limits_only_pauses_and_the_pause_is_bounded() {
+        let t0 = Instant::now();
+        let mut p = pacer();
+        let mut now = t0;
+        let mut last = Duration::ZERO;
+        for _ in 0..10 {
+            let slow = p.push_back(Scope::Device, now);
+            assert!(!slow.limits_known);
+            last = slow.paused_until - now;
+            now = slow.paused_until + ms(1);
+        }
+        assert_eq!(last, Duration::from_secs(8), "doubles up to the maximum");
+        assert_eq!(p.ready_at(&Charge::message(Scope::Device), now), now);
+    }
+
+    #[test]
+    fn publish_charges_count_data_points_of_raw_payloads() {
+        let c = charge_of_publish(
+            "v1/gateway/telemetry",
+            br#"{"A":[{"a":1,"b":2}],"B":[{"c":3}]}"#,
+        );
+        assert_eq!((c.scope, c.telemetry, c.points), (Scope::Gateway, 2, 3));
+        let c = charge_of_publish(
+            "v1/devices/me/telemetry",
+            br#"[{"ts":1,"values":{"a":1}},{"b":2}]"#,
+        );
+        assert_eq!((c.scope, c.telemetry, c.points), (Scope::Device, 1, 2));
+        let c = charge_of_publish("v2/t/p", &[0x08, 0x01]);
+        assert_eq!((c.telemetry, c.points), (1, 1));
+        let c = charge_of_publish("v1/gateway/attributes", br#"{"A":{"x":1,"y":2}}"#);
+        assert_eq!((c.messages, c.telemetry, c.points), (1, 1, 2));
+        assert_eq!(
+            charge_of_publish("v1/gateway/connect", b"{}"),
+            Charge::message(Scope::Gateway)
+        );
+        assert_eq!(
+            charge_of_publish("custom/topic", b"x"),
+            Charge::message(Scope::Device)
+        );
+    }
 }

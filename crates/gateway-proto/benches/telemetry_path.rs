@@ -25,6 +25,9 @@ fn connected(version: ProtocolVersion) -> (Connection, Instant) {
     c.protocol = version;
     c.max_inflight = u16::MAX;
     c.publish_timeout = None;
+    // This peer never answers `getSessionLimits`; without learned limits nothing is paced,
+    // so this measures the path to the wire (pacing itself is a few integer operations).
+    c.limits.session_limits_wait = None;
     let mut conn = Connection::new(c, now).unwrap();
     while conn.poll_output().is_some() {}
     conn.handle_input(now, Input::TransportOpened);

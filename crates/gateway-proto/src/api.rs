@@ -21,7 +21,7 @@ use crate::correlation::{Expect, Pending, PendingRequests, ServerRpcs};
 use crate::error::CommandError;
 use crate::event::{Event, RequestError, RequestId, Warning};
 use crate::output::OutputQueue;
-use crate::pacing::{charge_of_publish, Charge, Scope};
+use crate::pacing::{Charge, Scope};
 use crate::payload::device::write_device_telemetry;
 use crate::payload::gateway::{
     write_gateway_attributes, write_gateway_claim, write_gateway_telemetry_entries,
@@ -47,8 +47,9 @@ pub(crate) struct Prepared {
     pub(crate) payload: Bytes,
     pub(crate) qos: QoS,
     pub(crate) commit: Commit,
-    /// What `payload` takes from the rate-limit buckets.
-    pub(crate) charge: Charge,
+    /// What `payload` takes from the rate-limit buckets (`None`: worked out from the payload
+    /// when it is about to be sent, for publishes the application built itself).
+    pub(crate) charge: Option<Charge>,
     /// Further parts, when the message was split to fit the limits; `payload` is the first.
     pub(crate) more: Vec<(Bytes, Charge)>,
 }
@@ -61,8 +62,6 @@ pub(crate) struct Fit {
     pub(crate) max_packet: usize,
     /// Split telemetry and attributes that do not fit.
     pub(crate) split: bool,
-    /// Work out rate-limit charges (they are only used when pacing).
-    pub(crate) pacing: bool,
     /// Data points per message: own device, sub-devices.
     pub(crate) device_points: Option<u64>,
     pub(crate) gateway_points: Option<u64>,
@@ -286,11 +285,7 @@ impl Api {
                 payload,
                 qos,
             } => Ok(Prepared {
-                charge: if fit.pacing {
-                    charge_of_publish(&topic, &payload)
-                } else {
-                    Charge::message(Scope::of_topic(&topic))
-                },
+                charge: None,
                 topic,
                 payload,
                 qos,
@@ -498,7 +493,7 @@ impl Api {
             payload: body.payload,
             qos,
             commit,
-            charge: body.charge,
+            charge: Some(body.charge),
             more: body.more,
         })
     }
@@ -643,7 +638,7 @@ impl Api {
             payload: body.payload,
             qos,
             commit,
-            charge: body.charge,
+            charge: Some(body.charge),
             more: body.more,
         })
     }
@@ -735,7 +730,7 @@ impl Api {
             payload,
             qos,
             commit,
-            charge,
+            charge: Some(charge),
             more: Vec::new(),
         })
     }

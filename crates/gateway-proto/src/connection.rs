@@ -18,7 +18,7 @@ use crate::event::{DisconnectReason, Event, RequestError, RequestId, Warning};
 use crate::limits::{self, Limits, PushBack, Traffic};
 use crate::outbound::{Acked, ControlTag, Outbound, Ready};
 use crate::output::{Output, OutputQueue};
-use crate::pacing::{Charge, Scope};
+use crate::pacing::{charge_of_publish, Charge, Scope};
 use crate::reason::{ConnectRefusal, ReasonCode};
 use crate::split::{Groups, PartDone, Settled};
 use crate::stats::Stats;
@@ -172,7 +172,6 @@ impl Connection {
             protocol: self.config.protocol,
             max_packet: self.limits.max_packet(),
             split: self.limits.split_enabled(),
-            pacing: self.config.limits.pacing,
             device_points: self.limits.max_points(Scope::Device),
             gateway_points: self.limits.max_points(Scope::Gateway),
         };
@@ -187,7 +186,11 @@ impl Connection {
         let id = if more.is_empty() {
             self.accept_publish(now, topic, payload, qos, charge)?
         } else {
-            self.accept_parts(now, topic, (payload, charge), more, qos)?
+            let first = (
+                payload,
+                charge.unwrap_or(Charge::message(Scope::of_topic(&topic))),
+            );
+            self.accept_parts(now, topic, first, more, qos)?
         };
         self.api.commit(now, id.0, commit);
         self.pump(now);
@@ -439,7 +442,12 @@ impl Connection {
                 .outbound
                 .in_flight(pkid)
                 .filter(|(_, entry)| entry.topic != topic::GATEWAY_CONNECT)
-                .map(|(id, entry)| (id, entry.charge));
+                .map(|(id, entry)| {
+                    let charge = entry
+                        .charge
+                        .unwrap_or_else(|| charge_of_publish(&entry.topic, &entry.payload));
+                    (id, charge)
+                });
             if let Some((id, charge)) = refused {
                 // Not stored by the server: send it again (paced) while attempts remain.
                 let resent = self
@@ -615,7 +623,7 @@ impl Connection {
         topic: String,
         payload: bytes::Bytes,
         qos: QoS,
-        charge: Charge,
+        charge: Option<Charge>,
     ) -> Result<RequestId, CommandError> {
         if !valid_topic_name(&topic) {
             return Err(CommandError::InvalidTopic(topic));
@@ -673,7 +681,7 @@ impl Connection {
         for ((payload, charge), cost) in parts.into_iter().zip(costs) {
             let id = self.next_request;
             self.outbound
-                .admit(id, topic.clone(), payload, qos, now, cost, charge)?;
+                .admit(id, topic.clone(), payload, qos, now, cost, Some(charge))?;
             self.next_request += 1;
             ids.push(id);
         }
@@ -793,7 +801,7 @@ impl Connection {
         if self.api.lane_pending() {
             return;
         }
-        while let Some(charge) = self.outbound.head_charge() {
+        while let Some(charge) = self.head_charge() {
             if !self.paced(&charge, now) {
                 break;
             }
@@ -840,6 +848,23 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// The charge of the next queued publish. One the application built itself is parsed
+    /// for its data points only once its scope has learned limits (and then remembered).
+    fn head_charge(&mut self) -> Option<Charge> {
+        let limits = &self.limits;
+        let entry = self.outbound.head()?;
+        if let Some(charge) = entry.charge {
+            return Some(charge);
+        }
+        let scope = Scope::of_topic(&entry.topic);
+        if !limits.is_paced(scope) {
+            return Some(Charge::message(scope));
+        }
+        let charge = charge_of_publish(&entry.topic, &entry.payload);
+        entry.charge = Some(charge);
+        Some(charge)
     }
 
     /// Whether `charge` may be published now; if not, when becomes the pacing deadline.

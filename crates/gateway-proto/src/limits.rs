@@ -465,6 +465,11 @@ impl Limits {
         }
     }
 
+    /// Whether publishes of `scope` are paced by learned limits.
+    pub(crate) fn is_paced(&self, scope: Scope) -> bool {
+        self.cfg.pacing && self.pacer.is_limited(scope)
+    }
+
     /// `charge` was published.
     pub(crate) fn take(&mut self, charge: &Charge, now: Instant) {
         if self.cfg.pacing {

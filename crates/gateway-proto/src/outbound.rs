@@ -31,8 +31,9 @@ pub(crate) struct Entry {
     pub(crate) attempts: u32,
     /// Bytes charged against the buffer bound.
     cost: usize,
-    /// What sending it takes from the rate-limit buckets.
-    pub(crate) charge: Charge,
+    /// What sending it takes from the rate-limit buckets; `None` until worked out from the
+    /// payload (a publish the application built itself, see [`Outbound::head`]).
+    pub(crate) charge: Option<Charge>,
     /// Packet id while in flight on the current connection.
     pkid: Option<u16>,
 }
@@ -129,7 +130,7 @@ impl Outbound {
         qos: QoS,
         now: Instant,
         cost: usize,
-        charge: Charge,
+        charge: Option<Charge>,
     ) -> Result<(), CommandError> {
         let available = self.available();
         if cost > available {
@@ -160,17 +161,16 @@ impl Outbound {
         self.entries.get(&id)
     }
 
-    /// The charge of the next publish to transmit (stale queue ids are dropped on the way).
-    pub(crate) fn head_charge(&mut self) -> Option<Charge> {
+    /// The next publish to transmit (stale queue ids are dropped on the way), to look at
+    /// or complete its charge.
+    pub(crate) fn head(&mut self) -> Option<&mut Entry> {
         loop {
             let id = *self.queue.front()?;
-            match self.entries.get(&id) {
-                Some(entry) => return Some(entry.charge),
-                None => {
-                    self.queue.pop_front();
-                    self.stale_in_queue = self.stale_in_queue.saturating_sub(1);
-                }
+            if self.entries.contains_key(&id) {
+                return self.entries.get_mut(&id);
             }
+            self.queue.pop_front();
+            self.stale_in_queue = self.stale_in_queue.saturating_sub(1);
         }
     }
 
@@ -433,7 +433,7 @@ mod tests {
             qos,
             now,
             100,
-            charge(),
+            Some(charge()),
         )
         .unwrap_or_else(|e| panic!("admit {id}: {e}"));
     }
@@ -463,7 +463,7 @@ mod tests {
                 QoS::AtLeastOnce,
                 now,
                 100,
-                charge(),
+                Some(charge()),
             )
             .unwrap_err();
         assert_eq!(

@@ -427,6 +427,14 @@ impl Pacer {
             .replace(&limits.points, share, shift, now);
     }
 
+    /// Whether `scope` has learned limits.
+    pub(crate) fn is_limited(&self, scope: Scope) -> bool {
+        match scope {
+            Scope::Device => self.device.buckets.is_limited(),
+            Scope::Gateway => self.gateway.buckets.is_limited(),
+        }
+    }
+
     /// The data points one message of `scope` may carry (the smallest full data-point
     /// window); `None` when unlimited.
     pub(crate) fn max_points(&self, scope: Scope) -> Option<u64> {

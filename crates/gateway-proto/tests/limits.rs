@@ -371,6 +371,29 @@ fn the_devices_own_traffic_is_paced_separately_from_its_sub_devices() {
     assert_eq!(publishes(&h.client_packets()).len(), 1);
 }
 
+#[test]
+fn a_raw_publish_on_a_telemetry_topic_is_paced_by_its_data_points() {
+    let mut c = limits_config(Role::Gateway);
+    c.max_inflight = 100;
+    let mut h = Harness::new(c);
+    // Sub-devices: 3 data points per second.
+    connect_with_limits(&mut h, &limits_json("3:1", "100:1"));
+    h.take_events();
+    for _ in 0..2 {
+        h.conn
+            .command(
+                h.now,
+                Command::publish("v1/gateway/telemetry", r#"{"D":[{"a":1,"b":2,"c":3}]}"#),
+            )
+            .unwrap();
+    }
+    h.drain();
+    assert_eq!(publishes(&h.client_packets()).len(), 1);
+    assert_eq!(h.conn.poll_timeout(), Some(h.now + Duration::from_secs(1)));
+    h.advance(Duration::from_secs(1));
+    assert_eq!(publishes(&h.client_packets()).len(), 1);
+}
+
 // ----- push-back -----------------------------------------------------------------------------
 
 #[test]

@@ -28,6 +28,9 @@ const MAX_CAPACITY: u64 = 1_000_000_000_000;
 const MAX_WINDOW_SECS: u64 = 10_000_000;
 /// Largest single charge (data points of one message), so products stay in range.
 const MAX_CHARGE: u64 = 1_000_000_000_000;
+/// Longest wait for tokens (a window clamped to `MAX_WINDOW_SECS`, slowed down 16 times,
+/// fits), so adding it to an `Instant` cannot overflow.
+const MAX_WAIT_NS: u128 = 16 * MAX_WINDOW_SECS as u128 * 1_000_000_000;
 /// Push-back halves the rate at most this many times (down to 1/16).
 pub(crate) const MAX_SLOWDOWN_SHIFT: u8 = 4;
 
@@ -220,8 +223,9 @@ impl Window {
             return now;
         }
         let deficit = u128::try_from(want - self.level).unwrap_or(u128::MAX);
-        let wait_ns = deficit.div_ceil(self.rate.max(1));
-        now + Duration::from_nanos(u64::try_from(wait_ns).unwrap_or(u64::MAX))
+        let wait_ns = deficit.div_ceil(self.rate.max(1)).min(MAX_WAIT_NS);
+        let wait = Duration::from_nanos(u64::try_from(wait_ns).unwrap_or(u64::MAX));
+        now.checked_add(wait).unwrap_or(now)
     }
 
     fn take(&mut self, n: u64, now: Instant) {
@@ -666,6 +670,7 @@ mod tests {
         b.take(u64::MAX, t0);
         let at = b.ready_at(u64::MAX, t0);
         assert!(at > t0);
+        assert!(at <= t0 + Duration::from_nanos(MAX_WAIT_NS as u64));
         let later = t0 + Duration::from_secs(3600 * 24 * 365 * 100);
         b.take(1, later);
     }

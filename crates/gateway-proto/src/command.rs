@@ -58,6 +58,11 @@ pub enum AttributeScope {
 /// [`Event::AttributeResponse`](crate::Event::AttributeResponse) or `Failed`; every other
 /// variant ends like a [`Command::Publish`] at QoS 1 (`Delivered` / `Failed`), except
 /// telemetry and attributes, which use [`Config::telemetry_qos`](crate::Config::telemetry_qos).
+///
+/// Telemetry and attributes larger than the packet limit, or with more data points than the
+/// sub-devices' data-point limit, are split into several publishes (see
+/// [`LimitsConfig::split`](crate::LimitsConfig::split)); the command keeps its one outcome,
+/// reported when its last part finishes.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum GatewayCommand {

@@ -93,17 +93,13 @@ use std::time::Instant;
 use async_io::{Async, Timer};
 use futures_lite::future;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use gateway_client::{Action, Commands, Driver, Parts, Request, TlsSetup};
+use gateway_client::{Action, Commands, Driver, Parts, Queue, Request, TlsSetup};
 
 pub use gateway_client::{
     gateway_proto, Answer, AttributeValues, BlockingClient, Client, ClientError, ClientEvent,
     ClientOptions, ConnectError, Delivery, Events, FirstAttempt, Pending, Startup, TlsError,
     TlsOptions, TransportError,
 };
-
-/// Requests taken from the queue per wake-up at most, so one burst becomes one write without
-/// starving reads.
-const REQUESTS_PER_WAKEUP: usize = 256;
 
 /// Connects and waits for the first session. A refusal (bad credentials), a TLS failure or an
 /// unreachable server is returned as the error and nothing keeps running; after the first
@@ -341,13 +337,10 @@ async fn run(
                 driver.transport_failed(Instant::now(), TransportError::io(&e));
             }
             Woke::Request(Some(request)) => {
-                let now = Instant::now();
-                driver.handle_request(now, request);
-                for _ in 1..REQUESTS_PER_WAKEUP {
-                    match commands.try_recv() {
-                        Ok(Some(request)) => driver.handle_request(now, request),
-                        _ => break,
-                    }
+                if driver.take_requests(Instant::now(), &commands, Some(request))
+                    == Queue::ClientsGone
+                {
+                    clients_gone = true;
                 }
             }
             Woke::Request(None) => {

@@ -40,6 +40,7 @@ on_both_executors!(
     nobody_listening_is_a_typed_transport_error,
     dropping_the_last_client_ends_the_spawned_thread,
     round_trip_over_mutual_tls_with_x509_authentication,
+    provisions_then_connects_and_takes_a_firmware_update,
 );
 
 /// Drains the event stream and checks it ends with the local close.
@@ -158,4 +159,18 @@ fn driver_on_an_async_std_task() {
     async_std::task::block_on(round_trip_on_own_executor(|connection| {
         async_std::task::spawn(connection)
     }));
+}
+
+async fn provisions_then_connects_and_takes_a_firmware_update() {
+    let platform = Platform::start();
+    let device = "Provisioned Async";
+    let (_provisioning, events) = connect(scenario::provisioning_options(&platform, device))
+        .await
+        .unwrap();
+    let credentials = scenario::provisioned(&platform, device, &events).await;
+    let (client, events) = connect(scenario::device_options(&platform, &credentials))
+        .await
+        .unwrap();
+    scenario::firmware_update(&platform, device, &client, &events).await;
+    client.close().await;
 }

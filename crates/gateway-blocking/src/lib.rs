@@ -45,17 +45,13 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 pub use gateway_client::TransportError;
-use gateway_client::{Action, Commands, Driver, Parts, TlsSetup};
+use gateway_client::{Action, Commands, Driver, Parts, Queue, TlsSetup};
 
 pub use gateway_client::{
     gateway_proto, Answer, AttributeValues, BlockingClient, Client, ClientError, ClientEvent,
     ClientOptions, ConnectError, Delivery, Events, FirstAttempt, Pending, Startup, TlsError,
     TlsOptions,
 };
-
-/// Requests taken from the queue per wake-up at most, so one burst becomes one write without
-/// starving reads.
-const REQUESTS_PER_WAKEUP: usize = 256;
 
 /// Wake-ups queued for the driver thread before the reader thread waits: while the driver
 /// thread is busy (e.g. waiting for the application to take events) at most this many reads
@@ -553,19 +549,15 @@ impl Runner {
         if self.clients_gone {
             return;
         }
-        let now = Instant::now();
-        for _ in 0..REQUESTS_PER_WAKEUP {
-            match self.commands.try_recv() {
-                Ok(Some(request)) => self.driver.handle_request(now, request),
-                Ok(None) => return,
-                Err(()) => {
-                    self.clients_gone = true;
-                    self.driver.handle_clients_gone(now);
-                    return;
-                }
-            }
+        match self
+            .driver
+            .take_requests(Instant::now(), &self.commands, None)
+        {
+            Queue::Empty => {}
+            Queue::MoreWaiting => self.more_requests = true,
+            Queue::ClientsGone => self.clients_gone = true,
+            _ => {}
         }
-        self.more_requests = true;
     }
 
     fn write(&mut self, bytes: &[u8]) {

@@ -315,3 +315,20 @@ fn an_idle_connection_is_kept_alive_by_the_core_deadline() {
     );
     client.close();
 }
+
+#[test]
+fn provisions_then_connects_and_takes_a_firmware_update() {
+    let platform = Platform::start();
+    let device = "Provisioned Blocking";
+    let (_provisioning, events) =
+        connect(scenario::provisioning_options(&platform, device)).unwrap();
+    let credentials = block_on(scenario::provisioned(&platform, device, &events));
+    let (client, events) = connect(scenario::device_options(&platform, &credentials)).unwrap();
+    block_on(scenario::firmware_update(
+        &platform,
+        device,
+        &client.to_async(),
+        &events,
+    ));
+    client.close();
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_channel::Sender;
 use gateway_proto::payload::{Claim, ClientRpcResponse};
-use gateway_proto::{AttributeScope, Command, Stats};
+use gateway_proto::{AttributeScope, Command, OtaKind, Stats};
 use serde_json::{Map, Value};
 
 use crate::error::ClientError;
@@ -242,6 +242,25 @@ request_methods! {
     /// Device API: let a user claim this device with this secret key and duration.
     fn claim(claim: Claim) -> Delivery =
         Command::Device(gateway_proto::DeviceCommand::Claim(claim)), to_delivery;
+
+    /// OTA: download the assigned firmware or software (reports `DOWNLOADING`); the image
+    /// arrives on the event stream as [`OtaEvent`](gateway_proto::OtaEvent)s. Refused unless
+    /// [`Config::ota`](gateway_proto::Config::ota) is set and a verifiable package is
+    /// assigned.
+    fn ota_download(kind: OtaKind) -> Delivery = Command::ota_download(kind), to_delivery;
+
+    /// OTA: the verified image is being installed (reports `UPDATING`).
+    fn ota_updating(kind: OtaKind) -> Delivery = Command::ota_updating(kind), to_delivery;
+
+    /// OTA: this version is installed now (reports `UPDATED` with `current_*_title` and
+    /// `current_*_version`); an assignment of it is no longer announced.
+    fn ota_updated(kind: OtaKind, title: impl Into<String>, version: impl Into<String>) -> Delivery =
+        Command::ota_updated(kind, title, version), to_delivery;
+
+    /// OTA: the update failed (reports `FAILED` with this error) and a running download of
+    /// this kind stops.
+    fn ota_failed(kind: OtaKind, error: impl Into<String>) -> Delivery =
+        Command::ota_failed(kind, error), to_delivery;
 
     /// A raw QoS 1 publish on any topic ([`Command::publish`]).
     fn publish(topic: impl Into<String>, payload: bytes::Bytes) -> Delivery =

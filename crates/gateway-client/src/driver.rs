@@ -60,6 +60,20 @@ impl Commands {
     }
 }
 
+/// What [`Driver::take_requests`] left in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Queue {
+    /// Nothing is queued any more.
+    Empty,
+    /// [`Driver::REQUESTS_PER_WAKEUP`] were taken and more wait: take them after the writes,
+    /// without sleeping.
+    MoreWaiting,
+    /// Every client handle is gone; the connection is closing
+    /// ([`Driver::handle_clients_gone`] was called).
+    ClientsGone,
+}
+
 /// Resolves once the first session is up, or with why the first attempt failed.
 #[derive(Debug)]
 pub struct Startup {
@@ -191,6 +205,37 @@ impl Driver {
             }
         }
         self.drain(now);
+    }
+
+    /// Requests taken per wake-up at most: a burst becomes one write, and reads are not
+    /// starved by a producer that never stops.
+    pub const REQUESTS_PER_WAKEUP: usize = 256;
+
+    /// Handles `first` (a request the adapter already received, if any) and then what is
+    /// queued, up to [`REQUESTS_PER_WAKEUP`](Self::REQUESTS_PER_WAKEUP) in all.
+    pub fn take_requests(
+        &mut self,
+        now: Instant,
+        commands: &Commands,
+        first: Option<Request>,
+    ) -> Queue {
+        let mut taken = 0;
+        if let Some(request) = first {
+            self.handle_request(now, request);
+            taken += 1;
+        }
+        while taken < Self::REQUESTS_PER_WAKEUP {
+            match commands.try_recv() {
+                Ok(Some(request)) => self.handle_request(now, request),
+                Ok(None) => return Queue::Empty,
+                Err(()) => {
+                    self.handle_clients_gone(now);
+                    return Queue::ClientsGone;
+                }
+            }
+            taken += 1;
+        }
+        Queue::MoreWaiting
     }
 
     /// Every client handle was dropped: close the connection gracefully.

@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 
 use async_channel::Receiver;
 use futures_core::Stream;
-use gateway_proto::Event;
+use gateway_proto::{Event, ProvisionError, ProvisionedCredentials};
 
 use crate::error::TransportError;
 
@@ -54,6 +54,25 @@ impl Events {
     /// The next event if one is ready.
     pub fn try_recv(&self) -> Option<ClientEvent> {
         self.rx.try_recv().ok()
+    }
+
+    /// For a provisioning connection ([`Config::provisioning`](gateway_proto::Config::provisioning)):
+    /// skips other events until the answer; `None` if the stream ended without one.
+    pub async fn provisioned(&self) -> Option<Result<ProvisionedCredentials, ProvisionError>> {
+        while let Some(event) = self.recv().await {
+            if let ClientEvent::Proto(Event::Provisioned(result)) = event {
+                return Some(result);
+            }
+        }
+        None
+    }
+
+    /// The same as [`provisioned`](Self::provisioned), blocking the calling thread.
+    pub fn provisioned_blocking(&self) -> Option<Result<ProvisionedCredentials, ProvisionError>> {
+        self.iter().find_map(|event| match event {
+            ClientEvent::Proto(Event::Provisioned(result)) => Some(result),
+            _ => None,
+        })
     }
 
     /// Events as a blocking iterator, ending when the connection is closed.

@@ -79,7 +79,7 @@ mod request;
 mod tls;
 
 pub use client::{BlockingClient, Client, Wake};
-pub use driver::{Action, Commands, Driver, FirstAttempt, Parts, Startup};
+pub use driver::{Action, Commands, Driver, FirstAttempt, Parts, Queue, Startup};
 pub use error::{ClientError, ConnectError, TransportError};
 pub use events::{ClientEvent, Events};
 pub use options::{ClientOptions, TlsSetup};

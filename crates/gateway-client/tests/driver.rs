@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use gateway_client::{
     Action, AttributeValues, BlockingClient, ClientError, ClientEvent, ClientOptions, Commands,
-    ConnectError, Delivery, Driver, Events, FirstAttempt, Startup, TransportError,
+    ConnectError, Delivery, Driver, Events, FirstAttempt, Parts, Queue, Startup, TransportError,
 };
 use gateway_emulator::{
     Emulator, EmulatorConfig, NewDevice, Output as EmuOutput, RpcCall, SessionId,
@@ -400,4 +400,38 @@ fn close_fails_unfinished_requests_and_the_stream_ends_after_the_driver() {
     drop(h);
     closer.join().unwrap();
     assert_eq!(p.wait(), Err(ClientError::Failed(RequestError::Closed)));
+}
+
+#[test]
+fn take_requests_is_bounded_per_wakeup_and_notices_when_clients_are_gone() {
+    let now = Instant::now();
+    let options = ClientOptions::new("emulator", 1883, Credentials::AccessToken("T".into()));
+    let Parts {
+        mut driver,
+        commands,
+        client,
+        ..
+    } = Driver::build(&options, now, FirstAttempt::Retry, None).unwrap();
+    let async_client = client;
+    let client = async_client.blocking();
+    drop(async_client);
+    let pending: Vec<_> = (0..Driver::REQUESTS_PER_WAKEUP + 10)
+        .map(|i| client.telemetry(values(json!({"n": i}))).unwrap())
+        .collect();
+    assert_eq!(
+        driver.take_requests(now, &commands, None),
+        Queue::MoreWaiting
+    );
+    assert_eq!(
+        driver.connection().stats().requests,
+        Driver::REQUESTS_PER_WAKEUP as u64
+    );
+    assert_eq!(driver.take_requests(now, &commands, None), Queue::Empty);
+    assert_eq!(driver.connection().stats().requests, pending.len() as u64);
+    drop(client);
+    assert_eq!(
+        driver.take_requests(now, &commands, None),
+        Queue::ClientsGone
+    );
+    assert_eq!(driver.connection().state(), gateway_proto::State::Closed);
 }

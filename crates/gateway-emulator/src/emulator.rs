@@ -351,6 +351,23 @@ impl Emulator {
         Ok(())
     }
 
+    /// A server restart that keeps the platform: every connection is closed without a
+    /// DISCONNECT (as when the process dies) and all per-connection state goes with it (child
+    /// sessions, pending client-side RPCs, subscriptions), while devices, credentials,
+    /// attributes, telemetry, claims, limits and pending server-side RPCs stay, as ThingsBoard
+    /// keeps them in its database. Returns the sessions closed; drain
+    /// [`Emulator::poll_output`] for their `Close`s.
+    pub fn restart(&mut self, _now: Instant) -> Vec<SessionId> {
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for id in &ids {
+            if let Some(s) = self.sessions.get_mut(id) {
+                s.on_notice(Notice::Drop, &mut self.platform);
+            }
+        }
+        self.settle(ids.clone());
+        ids
+    }
+
     /// What the emulator dropped or ignored.
     pub fn stats(&self) -> Stats {
         self.platform.stats

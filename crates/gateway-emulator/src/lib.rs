@@ -126,6 +126,9 @@
 //! * Sessions: keep-alive not enforced; 10 min inactivity (pings count) for sessions and child
 //!   sessions, `overwriteActivityTime`; 65,536-byte packet limit (DISCONNECT 0x81); wildcard
 //!   topics and QoS 1 packet id 0 refused; outgoing packet ids passing 65,535 to 0.
+//! * Restarts: [`Emulator::restart`] closes every connection without a DISCONNECT and keeps the
+//!   platform (devices, attributes, telemetry, claims, limits, pending server-side RPCs), as a
+//!   ThingsBoard restart keeps its database.
 //! * Version quirks ([`Quirks`]): per-entry PUBACKs before 4.2.1, no PUBACK on a failed
 //!   connect before 4.2.1.1, packet-id wrap.
 //!

@@ -468,3 +468,40 @@ fn device_api_round_trip() {
         Some(RpcOutcome::Reply(json!({"reset": true})))
     );
 }
+
+/// `Emulator::restart`: every connection closes, the platform (devices, telemetry, shared
+/// attributes, pending RPCs) stays; the client reconnects and re-announces its sub-devices.
+#[test]
+fn a_restart_keeps_the_platform_and_the_gateway_comes_back() {
+    let mut l = gateway_link(gateway_config());
+    l.command(Command::connect_device("Boiler", None));
+    l.command(Command::device_telemetry("Boiler", values(json!({"t": 1}))));
+    l.take_events();
+    let closed = l.emu.restart(l.now);
+    assert_eq!(closed.len(), 1);
+    l.settle();
+    assert!(l.emu.sessions().is_empty());
+    assert!(l
+        .take_events()
+        .iter()
+        .any(|e| matches!(e, Event::Disconnected { .. })));
+    // An RPC issued while the gateway is away waits on the platform.
+    l.emu
+        .send_rpc(
+            "Boiler",
+            RpcCall::two_way("start", Value::Null).with_timeout(Duration::from_secs(30)),
+            l.now,
+        )
+        .unwrap();
+    l.advance(Duration::from_secs(3));
+    assert_eq!(l.conn.state(), gateway_proto::State::Connected);
+    assert_eq!(l.emu.connected_children("Gateway").unwrap(), ["Boiler"]);
+    assert_eq!(
+        l.emu.latest_telemetry("Boiler").unwrap()["t"].value,
+        json!(1)
+    );
+    assert!(l
+        .take_events()
+        .iter()
+        .any(|e| matches!(e, Event::RpcRequest { device: Some(d), .. } if d == "Boiler")));
+}

@@ -20,6 +20,10 @@ use crate::connection::publish_remaining_len;
 use crate::correlation::{Expect, Pending, PendingRequests, ServerRpcs};
 use crate::error::CommandError;
 use crate::event::{Event, RequestError, RequestId, Warning};
+use crate::ota::{
+    state_telemetry, Ota, OtaCommand, OtaCommandError, OtaKind, OtaState, OtaVersion,
+};
+use crate::outbound::ControlTag;
 use crate::output::OutputQueue;
 use crate::pacing::{Charge, Scope};
 use crate::payload::device::write_device_telemetry;
@@ -184,6 +188,15 @@ pub(crate) enum Commit {
         device: Option<String>,
         id: u64,
     },
+    /// The download of this kind starts.
+    OtaDownload(OtaKind),
+    /// This version is installed now.
+    OtaUpdated {
+        kind: OtaKind,
+        version: OtaVersion,
+    },
+    /// The application gave up on this kind.
+    OtaFailed(OtaKind),
 }
 
 /// A publish the connection makes on its own, served before the application's queue.
@@ -204,9 +217,17 @@ pub(crate) struct Api {
     /// Announces and keep-alives waiting for the in-flight window. At most one entry per
     /// tracked sub-device (the registry's `queued` mark); cleared when the session ends.
     lane: VecDeque<LaneItem>,
-    /// Application connect commands not finished yet: request id → device. Bounded like the
-    /// publishes they belong to (`max_buffered_bytes`); entries leave with their outcome.
-    connects: HashMap<u64, String>,
+    /// Requests not finished yet that (may) have put sub-devices on the server: an
+    /// application connect (its device), or data that started tracking new sub-devices
+    /// (those). A rejection (MQTT 5 PUBACK failure code, e.g. 0x97 at the device limit)
+    /// means the server did not connect them: they are forgotten. Bounded like the publishes
+    /// they belong to (`max_buffered_bytes`); entries leave with their outcome.
+    connects: HashMap<u64, Vec<String>>,
+    /// Application disconnect commands not finished yet: request id → device. If the device
+    /// is tracked again when its disconnect finishes (a later command named it, and the
+    /// re-announce after a reconnect may have gone out before this older disconnect), it is
+    /// announced once more so the server's last word is a connect. Bounded like `connects`.
+    disconnects: HashMap<u64, String>,
     keepalive_after: Option<Duration>,
     attribute_timeout: Duration,
     rpc_timeout: Duration,
@@ -216,6 +237,8 @@ pub(crate) struct Api {
     family: TopicFamily,
     /// What the connection must act on (taken after each downlink or ack).
     signals: Vec<Signal>,
+    /// Firmware/software updates, when configured.
+    ota: Option<Ota>,
 }
 
 impl Api {
@@ -227,12 +250,18 @@ impl Api {
             server_rpcs: ServerRpcs::new(config.max_pending_server_rpcs),
             lane: VecDeque::new(),
             connects: HashMap::new(),
+            disconnects: HashMap::new(),
             keepalive_after: config.sub_device_keepalive,
             attribute_timeout: config.attribute_request_timeout,
             rpc_timeout: config.rpc_timeout,
             next_sweep: None,
             family: config.device_topics,
             signals: Vec::new(),
+            ota: if config.is_provisioning() {
+                None
+            } else {
+                config.ota.as_ref().map(Ota::new)
+            },
         }
     }
 
@@ -262,6 +291,10 @@ impl Api {
         stats.sub_devices = self.registry.len();
         stats.pending_requests = self.requests.len();
         stats.pending_server_rpcs = self.server_rpcs.len();
+        if let Some(ota) = &self.ota {
+            stats.ota_chunks = ota.chunks_received;
+            stats.ota_chunk_retries = ota.chunk_retries;
+        }
     }
 
     /// Whether `device` is tracked (for tests and invariant checks).
@@ -299,7 +332,46 @@ impl Api {
                 self.prepare_gateway(cmd, telemetry_qos, fit)
             }
             Command::Device(cmd) => self.prepare_device(cmd, telemetry_qos, fit),
+            Command::Ota(cmd) => self.prepare_ota(cmd),
         }
+    }
+
+    fn prepare_ota(&mut self, cmd: OtaCommand) -> Result<Prepared, CommandError> {
+        let (payload, commit) = match cmd {
+            OtaCommand::Download { kind } => {
+                let ota = self
+                    .ota
+                    .as_ref()
+                    .ok_or(CommandError::Ota(OtaCommandError::NotWatched(kind)))?;
+                ota.check_download(kind).map_err(CommandError::Ota)?;
+                (
+                    state_telemetry(kind, OtaState::Downloading, None, None),
+                    Commit::OtaDownload(kind),
+                )
+            }
+            OtaCommand::Updating { kind } => (
+                state_telemetry(kind, OtaState::Updating, None, None),
+                Commit::Nothing,
+            ),
+            OtaCommand::Updated { kind, version } => (
+                state_telemetry(kind, OtaState::Updated, None, Some(&version)),
+                Commit::OtaUpdated { kind, version },
+            ),
+            OtaCommand::Failed { kind, error } => (
+                state_telemetry(kind, OtaState::Failed, Some(&error), None),
+                Commit::OtaFailed(kind),
+            ),
+        };
+        Ok(Prepared {
+            topic: topic::DEVICE_TELEMETRY.to_owned(),
+            payload,
+            qos: QoS::AtLeastOnce,
+            commit,
+            // State telemetry: charged by its data points when it is about to go (only if
+            // the device is paced); never split (a few small keys).
+            charge: None,
+            more: Vec::new(),
+        })
     }
 
     fn prepare_gateway(
@@ -736,23 +808,51 @@ impl Api {
     }
 
     /// The publish of `prepared` was admitted as request `id`: record what it implies.
-    pub(crate) fn commit(&mut self, now: Instant, id: u64, commit: Commit) {
+    pub(crate) fn commit(
+        &mut self,
+        now: Instant,
+        id: u64,
+        commit: Commit,
+        qos: QoS,
+        out: &mut OutputQueue,
+    ) {
         match commit {
             Commit::Nothing => {}
+            Commit::OtaDownload(kind) => {
+                if let Some(ota) = &mut self.ota {
+                    ota.start_download(kind, out);
+                }
+            }
+            Commit::OtaUpdated { kind, version } => {
+                if let Some(ota) = &mut self.ota {
+                    ota.on_updated(kind, version);
+                }
+            }
+            Commit::OtaFailed(kind) => {
+                if let Some(ota) = &mut self.ota {
+                    ota.on_app_failed(kind, out);
+                }
+            }
             Commit::Touch(devices) => {
+                let mut new = Vec::new();
                 for device in devices {
+                    if !self.registry.contains(&device) {
+                        new.push(device.clone());
+                    }
                     self.registry.touch(&device, None, now);
                 }
+                self.track_new(id, qos, new);
             }
             Commit::Connect {
                 device,
                 device_type,
             } => {
                 self.registry.touch(&device, device_type.as_deref(), now);
-                self.connects.insert(id, device);
+                self.connects.insert(id, vec![device]);
             }
             Commit::Disconnect(device) => {
                 self.registry.remove(&device);
+                self.disconnects.insert(id, device);
             }
             Commit::Request {
                 wire,
@@ -761,7 +861,11 @@ impl Api {
                 device,
             } => {
                 if let Some(device) = device {
+                    let new = !self.registry.contains(&device);
                     self.registry.touch(&device, None, now);
+                    if new {
+                        self.track_new(id, qos, vec![device]);
+                    }
                 }
                 self.requests
                     .insert_at(wire, Some(id), expect, now + timeout);
@@ -778,15 +882,56 @@ impl Api {
         }
     }
 
+    /// Data just started tracking the sub-devices `new` (an implicit connect on the server).
+    /// At QoS 1 its PUBACK tells whether the server could connect them (`on_outcome`); at
+    /// QoS 0 nothing would, so they are announced explicitly (a QoS 1 `v1/gateway/connect`
+    /// from the lane, ahead of the data), whose refusal forgets them like a re-announce's.
+    /// Without this, a device the server refused (device limit) stayed tracked, and the
+    /// gateway believed it reachable until the next reconnect.
+    fn track_new(&mut self, id: u64, qos: QoS, new: Vec<String>) {
+        if new.is_empty() || self.role != Role::Gateway {
+            return;
+        }
+        if qos == QoS::AtMostOnce {
+            for device in new {
+                if self.registry.mark_queued(&device) {
+                    self.lane.push_back(LaneItem::Announce(device));
+                }
+            }
+        } else {
+            self.connects.insert(id, new);
+        }
+    }
+
     /// A publish ended: `Ok` = acknowledged (or sent, at QoS 0). Returns whether that is the
     /// request's outcome; `false` when the request still awaits its answer, or when it had
     /// already ended (its answer or response deadline came first).
     pub(crate) fn on_outcome(&mut self, id: u64, result: Result<(), &RequestError>) -> bool {
-        if let Some(device) = self.connects.remove(&id) {
-            if matches!(result, Err(RequestError::Rejected(_))) {
-                // Not connected on the server (device limit or another failure): forget it,
-                // or every reconnect would announce it again.
-                self.registry.remove(&device);
+        if let Some(devices) = self.connects.remove(&id) {
+            match result {
+                Err(RequestError::Rejected(_)) => {
+                    // Not connected on the server (device limit or another failure): forget
+                    // them, or the gateway would believe them reachable and every reconnect
+                    // would announce them again.
+                    for device in devices {
+                        self.registry.remove(&device);
+                    }
+                }
+                Err(RequestError::Timeout) => {
+                    // Whether the server connected them is unknown (a late refusal is not
+                    // matched to a finished request): announce them, whose answer settles it.
+                    for device in devices {
+                        if self.registry.mark_queued(&device) {
+                            self.lane.push_back(LaneItem::Announce(device));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(device) = self.disconnects.remove(&id) {
+            if self.role == Role::Gateway && self.registry.mark_queued(&device) {
+                self.lane.push_back(LaneItem::Announce(device));
             }
         }
         match result {
@@ -802,13 +947,39 @@ impl Api {
         }
     }
 
-    /// Response deadlines passed: the requests to fail with `Timeout` (keep-alives vanish).
-    pub(crate) fn expire(&mut self, now: Instant) -> Vec<u64> {
-        self.requests
-            .expire(now)
-            .into_iter()
-            .filter_map(|p| p.request)
-            .collect()
+    /// Response deadlines passed: the requests to fail with `Timeout` (keep-alives vanish;
+    /// an unanswered OTA attribute request is the OTA state machine's business).
+    pub(crate) fn expire(&mut self, now: Instant, out: &mut OutputQueue) -> Vec<u64> {
+        let mut failed = Vec::new();
+        for p in self.requests.expire(now) {
+            match (p.request, p.expect) {
+                (Some(id), _) => failed.push(id),
+                (None, Expect::OtaInfo) => {
+                    if let Some(ota) = &mut self.ota {
+                        ota.on_info_timeout(out);
+                    }
+                }
+                (None, _) => {}
+            }
+        }
+        failed
+    }
+
+    /// When the outstanding OTA chunk is due.
+    pub(crate) fn ota_deadline(&self) -> Option<Instant> {
+        self.ota.as_ref().and_then(Ota::next_deadline)
+    }
+
+    /// The OTA chunk deadline passed.
+    pub(crate) fn ota_timeout(&mut self, now: Instant, out: &mut OutputQueue) {
+        if let Some(ota) = &mut self.ota {
+            ota.on_timeout(now, out);
+        }
+    }
+
+    /// OTA state telemetry the connection must publish on its own, oldest first.
+    pub(crate) fn take_ota_report(&mut self) -> Option<(OtaKind, Bytes)> {
+        self.ota.as_mut().and_then(Ota::take_report)
     }
 
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
@@ -829,10 +1000,16 @@ impl Api {
             );
         }
         self.next_sweep = self.keepalive_after.map(|after| now + after);
+        if let Some(ota) = &mut self.ota {
+            ota.on_connected();
+        }
     }
 
     /// The session ended. Returns the requests whose answers can no longer arrive.
     pub(crate) fn on_connection_lost(&mut self) -> Vec<u64> {
+        if let Some(ota) = &mut self.ota {
+            ota.on_connection_lost();
+        }
         self.lane.clear();
         self.registry.clear_queued();
         self.next_sweep = None;
@@ -846,9 +1023,13 @@ impl Api {
     /// The application closed the connection: requests awaiting an answer (whose publishes
     /// already finished) are returned to be failed.
     pub(crate) fn on_close(&mut self) -> Vec<u64> {
+        if let Some(ota) = &mut self.ota {
+            ota.on_connection_lost();
+        }
         self.lane.clear();
         self.next_sweep = None;
         self.connects.clear();
+        self.disconnects.clear();
         self.requests
             .drain_all()
             .into_iter()
@@ -880,14 +1061,29 @@ impl Api {
         !self.lane.is_empty()
     }
 
+    /// The server's payload limit (`maxPayloadSize`) was learned: OTA chunk requests stay
+    /// within it.
+    pub(crate) fn cap_ota_chunk(&mut self, cap: Option<usize>) {
+        if let Some(ota) = &mut self.ota {
+            ota.set_chunk_cap(cap);
+        }
+    }
+
+    /// Whether an OTA request waits (served after the queue).
+    pub(crate) fn ota_pending(&self) -> bool {
+        self.ota.as_ref().is_some_and(Ota::wants_send)
+    }
+
     /// Takes the next connection-made publish and writes its topic and payload. Items for
     /// devices forgotten meanwhile are skipped. The returned tag goes into the packet-id slot.
     pub(crate) fn next_lane(
         &mut self,
         now: Instant,
+        topic_out: &mut String,
         payload: &mut Vec<u8>,
-    ) -> Option<(&'static str, crate::outbound::ControlTag)> {
-        use crate::outbound::ControlTag;
+    ) -> Option<ControlTag> {
+        topic_out.clear();
+        payload.clear();
         loop {
             let item = self.lane.pop_front()?;
             let (LaneItem::Announce(device) | LaneItem::Keepalive(device)) = &item;
@@ -930,14 +1126,58 @@ impl Api {
             self.registry.dequeued(device);
             // A new child session (or one kept alive) counts from now.
             self.registry.touch(device, None, now);
-            return Some(result);
+            topic_out.push_str(result.0);
+            return Some(result.1);
         }
     }
 
+    /// Takes the OTA attribute request, or the next chunk request, and writes its topic and
+    /// payload.
+    pub(crate) fn next_ota(
+        &mut self,
+        now: Instant,
+        topic_out: &mut String,
+        payload: &mut Vec<u8>,
+    ) -> Option<ControlTag> {
+        topic_out.clear();
+        payload.clear();
+        let ota = self.ota.as_mut()?;
+        if ota.take_info() {
+            let keys = ota.info_keys();
+            let Ok(request) = DeviceAttributeRequest::new(Vec::new(), keys) else {
+                return None;
+            };
+            let wire = self.requests.allocate();
+            request.encode_into(payload);
+            self.requests
+                .insert_at(wire, None, Expect::OtaInfo, now + self.attribute_timeout);
+            topic_out.push_str(&topic::attribute_request_topic(u64::from(wire)));
+            return Some(ControlTag::OtaInfo(wire));
+        }
+        let chunk = ota.take_chunk(now)?;
+        payload.extend_from_slice(ota.chunk_size_text(chunk.kind).as_bytes());
+        topic_out.push_str(&topic::ota_chunk_request_topic(
+            chunk.kind,
+            u64::from(chunk.request_id),
+            u64::from(chunk.chunk),
+        ));
+        Some(ControlTag::OtaChunk(chunk))
+    }
+
     /// The window had no room after all: put the item back at the front.
-    pub(crate) fn unpop_lane(&mut self, tag: crate::outbound::ControlTag) {
-        use crate::outbound::ControlTag;
+    pub(crate) fn unpop_lane(&mut self, tag: ControlTag) {
         match tag {
+            ControlTag::OtaInfo(wire) => {
+                self.requests.take(u64::from(wire));
+                if let Some(ota) = &mut self.ota {
+                    ota.untake_info();
+                }
+            }
+            ControlTag::OtaChunk(chunk) => {
+                if let Some(ota) = &mut self.ota {
+                    ota.untake_chunk(chunk.kind);
+                }
+            }
             ControlTag::Announce(device) => self.lane.push_front(LaneItem::Announce(device)),
             ControlTag::Keepalive(wire) => {
                 if let Some(Pending {
@@ -956,12 +1196,23 @@ impl Api {
     /// A connection-made publish was acknowledged with `code`.
     pub(crate) fn on_control_ack(
         &mut self,
-        tag: crate::outbound::ControlTag,
+        tag: ControlTag,
         code: ReasonCode,
         out: &mut OutputQueue,
     ) {
-        use crate::outbound::ControlTag;
         match tag {
+            ControlTag::OtaInfo(wire) => {
+                if code.is_success() {
+                    self.requests.mark_wire_acked(wire);
+                } else if self.requests.take(u64::from(wire)).is_some() {
+                    if let Some(ota) = &mut self.ota {
+                        ota.on_info_timeout(out);
+                    }
+                }
+            }
+            // ThingsBoard acknowledges chunk requests with success or not at all (errors
+            // come on `v2/fw/error`); the chunk's deadline covers both.
+            ControlTag::OtaChunk(_) => {}
             ControlTag::Announce(device) => {
                 if !code.is_success() && self.registry.remove(&device) {
                     out.event(Event::Warning(Warning::ReannounceRejected { device, code }));
@@ -1105,12 +1356,67 @@ impl Api {
             }
             InboundTopic::DeviceAttributes { .. } => {
                 match AttributeUpdate::parse(&payload) {
-                    Ok(u) => out.event(Event::AttributeUpdate {
-                        device: None,
-                        values: u.values,
-                        deleted: u.deleted,
-                    }),
+                    Ok(u) => {
+                        // The OTA keys are read after the application saw the update.
+                        let ota_part = self
+                            .ota
+                            .as_ref()
+                            .map(|_| (u.values.clone(), u.deleted.clone()));
+                        out.event(Event::AttributeUpdate {
+                            device: None,
+                            values: u.values,
+                            deleted: u.deleted,
+                        });
+                        if let (Some(ota), Some((values, deleted))) = (&mut self.ota, ota_part) {
+                            ota.on_attributes(&values, &deleted, out);
+                        }
+                    }
                     Err(error) => invalid(out, topic, error),
+                }
+                None
+            }
+            InboundTopic::DeviceAttributesResponse { id, .. }
+                if self
+                    .requests
+                    .get(id)
+                    .is_some_and(|p| p.expect == Expect::OtaInfo) =>
+            {
+                match DeviceAttributeResponse::parse(&payload) {
+                    Ok(r) => {
+                        self.requests.take(id);
+                        if let Some(ota) = &mut self.ota {
+                            ota.on_info(&r.shared, out);
+                        }
+                    }
+                    Err(error) => invalid(out, topic, error),
+                }
+                None
+            }
+            InboundTopic::OtaChunk {
+                kind,
+                request_id,
+                chunk,
+            } if self.ota.is_some() => {
+                let matched = self
+                    .ota
+                    .as_mut()
+                    .is_some_and(|ota| ota.on_chunk(kind, request_id, chunk, payload, out));
+                if !matched {
+                    out.event(Event::Warning(Warning::UnmatchedResponse {
+                        topic,
+                        id: chunk,
+                    }));
+                }
+                None
+            }
+            InboundTopic::OtaError { .. } if self.ota.is_some() => {
+                let text = String::from_utf8_lossy(&payload).into_owned();
+                let consumed = self
+                    .ota
+                    .as_mut()
+                    .is_some_and(|ota| ota.on_error(&text, out));
+                if !consumed {
+                    out.event(Event::Message { topic, payload });
                 }
                 None
             }

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::codec::QoS;
+use crate::ota::{OtaCommand, OtaKind, OtaVersion};
 use crate::payload::{Claim, GatewayTelemetry, TelemetryEntry};
 use crate::raw::RawUplink;
 
@@ -36,6 +37,9 @@ pub enum Command {
     Gateway(GatewayCommand),
     /// A Device API request for the connection's own device.
     Device(DeviceCommand),
+    /// A firmware or software update step (see [`crate::ota`]): each publishes the OTA
+    /// state telemetry and ends like a QoS 1 publish.
+    Ota(OtaCommand),
 }
 
 /// Scope of a gateway attribute request: ThingsBoard answers one scope per request.
@@ -53,6 +57,13 @@ pub enum AttributeScope {
 /// Every variant that names a device registers it with the connection (bounded by
 /// [`Config::max_sub_devices`](crate::Config::max_sub_devices)) so it is re-announced after
 /// every reconnect, except [`GatewayCommand::Disconnect`], which forgets it.
+///
+/// Data for a sub-device not tracked yet is an implicit connect on the server. At QoS 1, a
+/// refusal of that message (an MQTT 5 PUBACK failure code, e.g. 0x97 at the tenant's device
+/// limit) forgets the device again, as for a refused [`GatewayCommand::Connect`]; at QoS 0,
+/// which nothing acknowledges, the connection first announces the device itself with a QoS 1
+/// `v1/gateway/connect`, and a refusal of that announce forgets it
+/// ([`Warning::ReannounceRejected`](crate::Warning::ReannounceRejected)).
 ///
 /// Outcomes: [`GatewayCommand::RequestAttributes`] ends in
 /// [`Event::AttributeResponse`](crate::Event::AttributeResponse) or `Failed`; every other
@@ -279,6 +290,36 @@ impl Command {
     /// Reply to a server-side RPC addressed to the connection's own device.
     pub fn rpc_reply(id: u64, data: Value) -> Self {
         Self::Device(DeviceCommand::RpcReply { id, data })
+    }
+
+    /// Download the assigned firmware or software ([`OtaCommand::Download`]).
+    pub fn ota_download(kind: OtaKind) -> Self {
+        Self::Ota(OtaCommand::Download { kind })
+    }
+
+    /// Report that the update is being installed ([`OtaCommand::Updating`]).
+    pub fn ota_updating(kind: OtaKind) -> Self {
+        Self::Ota(OtaCommand::Updating { kind })
+    }
+
+    /// Report that this version is installed now ([`OtaCommand::Updated`]).
+    pub fn ota_updated(
+        kind: OtaKind,
+        title: impl Into<String>,
+        version: impl Into<String>,
+    ) -> Self {
+        Self::Ota(OtaCommand::Updated {
+            kind,
+            version: OtaVersion::new(title, version),
+        })
+    }
+
+    /// Report that the update failed ([`OtaCommand::Failed`]).
+    pub fn ota_failed(kind: OtaKind, error: impl Into<String>) -> Self {
+        Self::Ota(OtaCommand::Failed {
+            kind,
+            error: error.into(),
+        })
     }
 
     /// A client-side RPC.

@@ -6,6 +6,8 @@ use std::time::Duration;
 use crate::codec::{ProtocolVersion, QoS};
 use crate::error::ConfigError;
 use crate::limits::LimitsConfig;
+use crate::ota::{OtaConfig, MAX_OTA_CHUNK_SIZE, OTA_CHUNK_OVERHEAD};
+use crate::payload::{Payload, ProvisionRequest};
 use crate::topic::{self, IdTopicKind, TopicFamily};
 
 /// The username and client id ThingsBoard reserves for provisioning-only sessions.
@@ -32,6 +34,10 @@ pub enum Credentials {
     /// X.509 client certificate: authentication happens in the TLS handshake (the adapter's
     /// job), so the CONNECT carries no username or password.
     X509,
+    /// A provisioning-only connection ([`Config::provisioning`]): the CONNECT carries the
+    /// username [`PROVISION_IDENTITY`], and this request, with the device profile's
+    /// provision key and secret, goes to `/provision/request`.
+    Provision(Box<ProvisionRequest>),
 }
 
 impl fmt::Debug for Credentials {
@@ -44,6 +50,11 @@ impl fmt::Debug for Credentials {
                 .field("password", &password.as_ref().map(|_| "<redacted>"))
                 .finish(),
             Self::X509 => f.write_str("X509"),
+            Self::Provision(request) => f
+                .debug_struct("Provision")
+                .field("device_name", &request.device_name)
+                .field("credentials_type", &request.credentials_type)
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -211,6 +222,12 @@ pub struct Config {
     pub device_topics: TopicFamily,
     /// Session limits, pacing, splitting and push-back (see [`limits`](crate::limits)).
     pub limits: LimitsConfig,
+    /// Firmware and software updates over the air (see [`crate::ota`]). `None` (the default)
+    /// leaves the `fw_*` / `sw_*` attributes to the application.
+    pub ota: Option<OtaConfig>,
+    /// How long a provisioning connection ([`Config::provisioning`]) waits for its answer
+    /// once the session is up. Default 30 s.
+    pub provision_timeout: Duration,
 }
 
 /// What the connection authenticates as.
@@ -261,12 +278,38 @@ impl Config {
             max_pending_server_rpcs: 1024,
             device_topics: TopicFamily::V1,
             limits: LimitsConfig::default(),
+            ota: None,
+            provision_timeout: Duration::from_secs(30),
         }
+    }
+
+    /// A provisioning-only connection: it sends `request` once, reports
+    /// [`Event::Provisioned`](crate::Event::Provisioned) and closes itself (see
+    /// [`crate::provision`]). It refuses every command and never reconnects.
+    pub fn provisioning(request: ProvisionRequest) -> Self {
+        let mut config = Self::new(Credentials::Provision(Box::new(request)));
+        config.role = Role::Device;
+        config
+    }
+
+    /// Whether this is a provisioning-only connection.
+    pub fn is_provisioning(&self) -> bool {
+        matches!(self.credentials, Credentials::Provision(_))
     }
 
     /// The filters subscribed after every CONNACK: the API's own (if
     /// [`subscribe_api`](Self::subscribe_api)) followed by [`subscriptions`](Self::subscriptions).
+    /// A provisioning connection subscribes to `/provision/response` only (ThingsBoard
+    /// refuses anything else there). With [`ota`](Self::ota) set, the API filters include the
+    /// OTA chunk filters (ThingsBoard pushes chunks without them, but they document the
+    /// session and set the QoS).
     pub fn effective_subscriptions(&self) -> Vec<Subscription> {
+        if self.is_provisioning() {
+            return vec![Subscription::new(
+                topic::PROVISION_RESPONSE,
+                QoS::AtLeastOnce,
+            )];
+        }
         let mut subs = Vec::new();
         if self.subscribe_api {
             let family = self.device_topics;
@@ -300,6 +343,18 @@ impl Config {
                         .map(|f| Subscription::new(*f, QoS::AtLeastOnce)),
                 );
             }
+            if let Some(ota) = &self.ota {
+                let filters = [
+                    (ota.firmware, topic::FW_RESPONSE_SUB),
+                    (ota.software, topic::SW_RESPONSE_SUB),
+                ];
+                subs.extend(
+                    filters
+                        .iter()
+                        .filter(|(on, _)| *on)
+                        .map(|(_, f)| Subscription::new(*f, QoS::AtLeastOnce)),
+                );
+            }
         }
         subs.extend(self.subscriptions.iter().cloned());
         subs
@@ -307,7 +362,7 @@ impl Config {
 
     /// Checks the configuration for values the protocol or ThingsBoard cannot work with.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.client_id == PROVISION_IDENTITY {
+        if self.client_id == PROVISION_IDENTITY && !self.is_provisioning() {
             return Err(ConfigError::ReservedIdentity);
         }
         check_len("client_id", &self.client_id)?;
@@ -333,6 +388,25 @@ impl Config {
                 }
             }
             Credentials::X509 => {}
+            Credentials::Provision(request) => {
+                if request.provision_device_key.is_empty() {
+                    return Err(ConfigError::InvalidProvisionRequest(
+                        "provision device key is empty",
+                    ));
+                }
+                if request.provision_device_secret.is_empty() {
+                    return Err(ConfigError::InvalidProvisionRequest(
+                        "provision device secret is empty",
+                    ));
+                }
+                // Topic, packet id and (MQTT 5) properties length on top of the payload.
+                let len = request.to_vec().len() + topic::PROVISION_REQUEST.len() + 5;
+                if len > self.max_outgoing_packet {
+                    return Err(ConfigError::InvalidProvisionRequest(
+                        "provision request exceeds max_outgoing_packet",
+                    ));
+                }
+            }
         }
         if self.keep_alive.as_secs() > u64::from(u16::MAX) {
             return Err(ConfigError::KeepAliveTooLong(self.keep_alive));
@@ -366,10 +440,27 @@ impl Config {
         if self.limits.session_limits_wait.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::ZeroDuration("limits.session_limits_wait"));
         }
+        if let Some(ota) = &self.ota {
+            let max =
+                MAX_OTA_CHUNK_SIZE.min(self.max_incoming_packet.saturating_sub(OTA_CHUNK_OVERHEAD));
+            if ota.chunk_size == 0 || ota.chunk_size > max {
+                return Err(ConfigError::OtaChunkSize {
+                    value: ota.chunk_size,
+                    max,
+                });
+            }
+            if ota.chunk_timeout.is_zero() {
+                return Err(ConfigError::ZeroDuration("ota.chunk_timeout"));
+            }
+            if ota.chunk_attempts == 0 {
+                return Err(ConfigError::ZeroAttempts);
+            }
+        }
         for (name, d) in [
             ("attribute_request_timeout", self.attribute_request_timeout),
             ("rpc_timeout", self.rpc_timeout),
             ("limits.push_back_recovery", self.limits.push_back_recovery),
+            ("provision_timeout", self.provision_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));

@@ -4,6 +4,7 @@
 //! Phases: waiting for a transport → waiting for CONNACK → connected → (session ends) →
 //! waiting to reconnect → waiting for a transport … until [`Connection::close`].
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -12,13 +13,16 @@ use crate::api::{Api, Fit, Prepared, Signal};
 use crate::backoff::Backoff;
 use crate::codec::{self, DecodeError, Packet, ProtocolVersion, QoS};
 use crate::command::Command;
-use crate::config::{Config, Credentials, PER_MESSAGE_OVERHEAD};
+use crate::config::{Config, Credentials, PER_MESSAGE_OVERHEAD, PROVISION_IDENTITY};
 use crate::error::{CommandError, ConfigError, ProtocolError};
 use crate::event::{DisconnectReason, Event, RequestError, RequestId, Warning};
 use crate::limits::{self, Limits, PushBack, Traffic};
+use crate::ota::OtaKind;
 use crate::outbound::{Acked, ControlTag, Outbound, Ready};
 use crate::output::{Output, OutputQueue};
 use crate::pacing::{charge_of_publish, Charge, Scope};
+use crate::payload::{Payload, ProvisionResponse};
+use crate::provision::{ProvisionError, ProvisionedCredentials};
 use crate::reason::{ConnectRefusal, ReasonCode};
 use crate::split::{Groups, PartDone, Settled};
 use crate::stats::Stats;
@@ -55,6 +59,15 @@ pub enum State {
     Closed,
 }
 
+/// A publish the connection made on its own; its outcome is not an application event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Internal {
+    /// The request of a provisioning connection.
+    ProvisionRequest,
+    /// OTA state telemetry.
+    OtaReport(OtaKind),
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Phase {
     AwaitTransport,
@@ -88,8 +101,14 @@ pub struct Connection {
     backoff: Backoff,
     /// The ThingsBoard APIs: sub-devices, pending requests, typed downlinks.
     api: Api,
-    /// Reused buffer for connection-made payloads.
+    /// Reused buffers for connection-made topics and payloads.
+    scratch_topic: String,
     scratch: Vec<u8>,
+    /// Publishes in `outbound` the connection made on its own, by request id. Bound: the
+    /// buffered-bytes bound of `outbound`, which holds each of them.
+    internal: HashMap<u64, Internal>,
+    /// A provisioning connection reported its outcome.
+    provision_done: bool,
     next_request: u64,
     last_tx: Instant,
     last_rx: Instant,
@@ -109,7 +128,10 @@ impl Connection {
             api: Api::new(&config),
             limits: Limits::new(&config),
             groups: Groups::default(),
+            scratch_topic: String::new(),
             scratch: Vec::new(),
+            internal: HashMap::new(),
+            provision_done: false,
             outbound: Outbound::new(config.max_buffered_bytes),
             config,
             phase: Phase::AwaitTransport,
@@ -122,6 +144,22 @@ impl Connection {
             last_rx: now,
             stats: Stats::default(),
         };
+        if let Credentials::Provision(request) = &conn.config.credentials {
+            let payload = request.to_bytes();
+            let id = conn
+                .accept_publish(
+                    now,
+                    topic::PROVISION_REQUEST.to_owned(),
+                    payload,
+                    QoS::AtLeastOnce,
+                    // One message; a provisioning connection is never paced anyway.
+                    Some(Charge::message(Scope::Device)),
+                )
+                .map_err(|_| {
+                    ConfigError::InvalidProvisionRequest("the request does not fit the send buffer")
+                })?;
+            conn.internal.insert(id.0, Internal::ProvisionRequest);
+        }
         conn.open_transport(now);
         Ok(conn)
     }
@@ -168,6 +206,9 @@ impl Connection {
         if matches!(self.phase, Phase::Closed) {
             return Err(CommandError::Closed);
         }
+        if self.config.is_provisioning() {
+            return Err(CommandError::ProvisioningOnly);
+        }
         let fit = Fit {
             protocol: self.config.protocol,
             max_packet: self.limits.max_packet(),
@@ -192,7 +233,7 @@ impl Connection {
             );
             self.accept_parts(now, topic, first, more, qos)?
         };
-        self.api.commit(now, id.0, commit);
+        self.api.commit(now, id.0, commit, qos, &mut self.out);
         self.pump(now);
         self.refresh_timers();
         Ok(id)
@@ -205,12 +246,34 @@ impl Connection {
         if matches!(self.phase, Phase::Closed) {
             return;
         }
-        if matches!(self.phase, Phase::Connected { .. }) {
+        if self.config.is_provisioning() && !self.provision_done {
+            self.provision_done = true;
+            self.out
+                .event(Event::Provisioned(Err(ProvisionError::Closed)));
+        }
+        let transport = self.transport_wanted();
+        self.shut_down(now, DisconnectReason::Local, true, transport);
+    }
+
+    /// Ends the connection for good: a DISCONNECT if `graceful` and a session is up,
+    /// [`Output::CloseTransport`] if `close_transport`, then [`Event::Disconnected`] and the
+    /// failure of everything unfinished.
+    fn shut_down(
+        &mut self,
+        now: Instant,
+        reason: DisconnectReason,
+        graceful: bool,
+        close_transport: bool,
+    ) {
+        if matches!(self.phase, Phase::Closed) {
+            return;
+        }
+        if graceful && matches!(self.phase, Phase::Connected { .. }) {
             let disconnect = Packet::Disconnect(codec::Disconnect { code: 0 });
             // A DISCONNECT always fits: encoding cannot fail.
             let _ = self.send(now, &disconnect);
         }
-        if self.transport_wanted() {
+        if close_transport {
             self.out.push(Output::CloseTransport);
         }
         self.phase = Phase::Closed;
@@ -218,15 +281,32 @@ impl Connection {
         self.rx = BytesMut::new();
         self.skip = 0;
         self.out.event(Event::Disconnected {
-            reason: DisconnectReason::Local,
+            reason,
             reconnect_at: None,
         });
         for id in self.outbound.drain_all() {
-            self.fail(id, RequestError::Closed);
+            self.fail(now, id, RequestError::Closed);
         }
         for id in self.api.on_close() {
-            self.fail(id, RequestError::Closed);
+            self.fail(now, id, RequestError::Closed);
         }
+    }
+
+    /// A provisioning connection reports its outcome and closes for good.
+    fn finish_provisioning(
+        &mut self,
+        now: Instant,
+        result: Result<ProvisionedCredentials, ProvisionError>,
+        reason: DisconnectReason,
+        graceful: bool,
+        close_transport: bool,
+    ) {
+        if self.provision_done {
+            return;
+        }
+        self.provision_done = true;
+        self.out.event(Event::Provisioned(result));
+        self.shut_down(now, reason, graceful, close_transport);
     }
 
     /// The next action for the adapter, in order; `None` when there is nothing to do until
@@ -407,6 +487,10 @@ impl Connection {
         self.stats.connections += 1;
         self.out.event(Event::Connected { session_present });
         self.api.on_connected(now);
+        if self.config.is_provisioning() {
+            self.timers
+                .set(Timer::Provision, now + self.config.provision_timeout);
+        }
         let subscriptions = self.config.effective_subscriptions();
         // ThingsBoard counts the session's opening and each attribute or RPC subscription
         // against the device's message limit.
@@ -473,7 +557,7 @@ impl Connection {
         match self.outbound.ack(pkid) {
             Acked::Publish(id) => {
                 if !reason.is_success() {
-                    self.fail(id, RequestError::Rejected(reason));
+                    self.fail(now, id, RequestError::Rejected(reason));
                 } else {
                     self.finished(id, PartDone::Delivered);
                 }
@@ -503,6 +587,27 @@ impl Connection {
             }
         }
         self.stats.messages_received += 1;
+        if self.config.is_provisioning() {
+            if publish.topic == topic::PROVISION_RESPONSE {
+                let result = match ProvisionResponse::parse(&publish.payload) {
+                    Ok(response) => ProvisionedCredentials::from_response(response),
+                    Err(e) => Err(ProvisionError::InvalidResponse(e)),
+                };
+                self.finish_provisioning(
+                    now,
+                    result,
+                    DisconnectReason::ProvisioningEnded,
+                    true,
+                    true,
+                );
+            } else {
+                self.out.event(Event::Message {
+                    topic: publish.topic,
+                    payload: publish.payload,
+                });
+            }
+            return;
+        }
         if let Some(answered) = self
             .api
             .on_message(publish.topic, publish.payload, &mut self.out)
@@ -519,6 +624,7 @@ impl Connection {
             match signal {
                 Signal::Limits(answer) => {
                     let report = self.limits.on_answer(answer, now);
+                    self.api.cap_ota_chunk(self.limits.server_max_payload());
                     self.out.event(Event::SessionLimits(report));
                 }
                 Signal::LimitsUnanswered => {
@@ -586,14 +692,25 @@ impl Connection {
                 Timer::KeepAlive => self.send_ping(now),
                 Timer::PublishDeadline => {
                     for id in self.outbound.expire(now, self.config.publish_timeout) {
-                        self.fail(id, RequestError::Timeout);
+                        self.fail(now, id, RequestError::Timeout);
                     }
                 }
                 Timer::ResponseDeadline => {
-                    for id in self.api.expire(now) {
+                    for id in self.api.expire(now, &mut self.out) {
                         self.outbound.cancel(id);
-                        self.fail(id, RequestError::Timeout);
+                        self.fail(now, id, RequestError::Timeout);
                     }
+                }
+                Timer::OtaChunk => self.api.ota_timeout(now, &mut self.out),
+                Timer::Provision => {
+                    let transport = self.transport_wanted();
+                    self.finish_provisioning(
+                        now,
+                        Err(ProvisionError::Timeout),
+                        DisconnectReason::ProvisioningEnded,
+                        true,
+                        transport,
+                    );
                 }
                 Timer::SubDeviceSweep => {
                     self.api.sweep(now);
@@ -708,6 +825,7 @@ impl Connection {
             Credentials::AccessToken(token) => (Some(token.clone()), None),
             Credentials::Basic { username, password } => (username.clone(), password.clone()),
             Credentials::X509 => (None, None),
+            Credentials::Provision(_) => (Some(PROVISION_IDENTITY.to_owned()), None),
         };
         let connect = Packet::Connect(codec::Connect {
             client_id: self.config.client_id.clone(),
@@ -741,11 +859,13 @@ impl Connection {
 
     /// Moves queued publishes onto the wire as far as the in-flight window and the rate
     /// limits allow. Order: the `getSessionLimits` request, then (once it is answered or
-    /// the wait is over) connection-made publishes, then the queue. A publish that must wait
-    /// for tokens holds back everything behind it, so order is kept; the instant it may go
-    /// becomes the `Limits` deadline.
+    /// the wait is over) connection-made publishes, then the queue, then OTA requests
+    /// (which keep one slot of the window for themselves while they wait). A queued publish
+    /// that must wait for tokens holds back everything behind it, so order is kept; the
+    /// instant it may go becomes the `Limits` deadline.
     fn pump(&mut self, now: Instant) {
         self.limits.set_pace(None);
+        self.queue_ota_reports(now);
         if !matches!(self.phase, Phase::Connected { .. }) {
             return;
         }
@@ -755,6 +875,8 @@ impl Connection {
         if self.limits.wants_request() && !self.send_limits_request(now, window, max) {
             return;
         }
+        // The session-limits hold applies to everything after the request: connection-made
+        // publishes, queued data and OTA requests.
         if self.limits.holding() {
             return;
         }
@@ -765,47 +887,32 @@ impl Connection {
             if !self.paced(&lane_charge, now) {
                 return;
             }
-            let Some((topic, tag)) = self.api.next_lane(now, &mut self.scratch) else {
+            let Some(tag) = self
+                .api
+                .next_lane(now, &mut self.scratch_topic, &mut self.scratch)
+            else {
                 break;
             };
-            let Some(pkid) = self.outbound.reserve_control(window, tag.clone()) else {
-                // Every packet id is taken: wait for acknowledgements.
-                self.api.unpop_lane(tag);
+            if !self.send_control(now, window, tag, &lane_charge) {
                 break;
-            };
-            let publish = codec::PublishRef {
-                topic,
-                payload: &self.scratch,
-                qos: QoS::AtLeastOnce,
-                dup: false,
-                retain: false,
-                pkid,
-            };
-            match codec::encode_publish(&publish, protocol, self.out.transmit_buffer(), max) {
-                Ok(n) => {
-                    self.count_sent(now, n);
-                    self.limits.take(&lane_charge, now);
-                    match tag {
-                        ControlTag::Announce(_) => self.stats.reannounced += 1,
-                        ControlTag::Keepalive(_) => self.stats.keepalives_sent += 1,
-                        ControlTag::SessionLimits(_) => {}
-                    }
-                }
-                Err(_) => {
-                    // Only a device name near the packet limit gets here; the application's
-                    // own commands for it are refused the same way.
-                    self.outbound.ack(pkid);
-                }
             }
         }
         if self.api.lane_pending() {
             return;
         }
+        // OTA requests (one at a time) go after the queue, which may not take the last free
+        // slot of the window while one waits: a download never starves, and the state
+        // telemetry of a command goes out before the requests it starts.
+        let queue_window = if self.api.ota_pending() {
+            window - 1
+        } else {
+            window
+        };
         while let Some(charge) = self.head_charge() {
             if !self.paced(&charge, now) {
                 break;
             }
-            let Some(ready) = self.outbound.next_ready(window) else {
+            let Some(ready) = self.outbound.next_ready(queue_window) else {
                 break;
             };
             let (entry, qos, dup, pkid) = match &ready {
@@ -839,15 +946,76 @@ impl Connection {
                         self.stats.retransmitted += 1;
                     }
                 }
-                (Err(e), Ready::AtMostOnce(id, _)) => self.fail(id, encode_failure(e)),
+                (Err(e), Ready::AtMostOnce(id, _)) => self.fail(now, id, encode_failure(e)),
                 (Err(e), Ready::AtLeastOnce { id, pkid, .. }) => {
                     // Checked when the command was accepted (unless the server's limit
                     // shrank since); the request still gets its one outcome.
                     self.outbound.ack(pkid);
-                    self.fail(id, encode_failure(e));
+                    self.fail(now, id, encode_failure(e));
                 }
             }
         }
+        // OTA requests are paced like any message of the device; one that must wait for
+        // tokens sets the `Limits` deadline like a queued publish.
+        let ota_charge = Charge::message(Scope::Device);
+        while self.api.ota_pending() && self.outbound.window_open(window) {
+            if !self.paced(&ota_charge, now) {
+                break;
+            }
+            let Some(tag) = self
+                .api
+                .next_ota(now, &mut self.scratch_topic, &mut self.scratch)
+            else {
+                break;
+            };
+            if !self.send_control(now, window, tag, &ota_charge) {
+                break;
+            }
+        }
+    }
+
+    /// Sends the connection-made publish in the scratch buffers, taking `charge` from the
+    /// rate-limit buckets. Returns false (and puts it back) when no packet id is free.
+    fn send_control(
+        &mut self,
+        now: Instant,
+        window: usize,
+        tag: ControlTag,
+        charge: &Charge,
+    ) -> bool {
+        let Some(pkid) = self.outbound.reserve_control(window, tag.clone()) else {
+            // Every packet id is taken: wait for acknowledgements.
+            self.api.unpop_lane(tag);
+            return false;
+        };
+        let publish = codec::PublishRef {
+            topic: &self.scratch_topic,
+            payload: &self.scratch,
+            qos: QoS::AtLeastOnce,
+            dup: false,
+            retain: false,
+            pkid,
+        };
+        let (protocol, max) = (self.config.protocol, self.limits.max_packet());
+        match codec::encode_publish(&publish, protocol, self.out.transmit_buffer(), max) {
+            Ok(n) => {
+                self.count_sent(now, n);
+                self.limits.take(charge, now);
+                match tag {
+                    ControlTag::Announce(_) => self.stats.reannounced += 1,
+                    ControlTag::Keepalive(_) => self.stats.keepalives_sent += 1,
+                    ControlTag::OtaInfo(_)
+                    | ControlTag::OtaChunk(_)
+                    | ControlTag::SessionLimits(_) => {}
+                }
+            }
+            Err(_) => {
+                // Only a device name near the packet limit gets here; the application's
+                // own commands for it are refused the same way. (OTA requests are small.)
+                self.outbound.ack(pkid);
+            }
+        }
+        true
     }
 
     /// The charge of the next queued publish. One the application built itself is parsed
@@ -941,9 +1109,51 @@ impl Connection {
         self.stats.bytes_sent += bytes as u64;
     }
 
+    /// Queues the OTA state telemetry the connection reports on its own.
+    fn queue_ota_reports(&mut self, now: Instant) {
+        while let Some((kind, payload)) = self.api.take_ota_report() {
+            let topic = topic::DEVICE_TELEMETRY.to_owned();
+            // Charged by its data points when it is about to go (if the device is paced).
+            match self.accept_publish(now, topic, payload, QoS::AtLeastOnce, None) {
+                Ok(id) => {
+                    self.internal.insert(id.0, Internal::OtaReport(kind));
+                }
+                Err(error) => self
+                    .out
+                    .event(Event::Warning(Warning::OtaReportDropped { kind, error })),
+            }
+        }
+    }
+
     /// Publish `id` failed: the request fails (a part of a split command fails its
-    /// command once the last part is finished).
-    fn fail(&mut self, id: u64, error: RequestError) {
+    /// command once the last part is finished; a publish the connection made on its own
+    /// is handled here).
+    fn fail(&mut self, now: Instant, id: u64, error: RequestError) {
+        if let Some(internal) = self.internal.remove(&id) {
+            match internal {
+                Internal::OtaReport(_) if error == RequestError::Closed => {}
+                Internal::OtaReport(kind) => self
+                    .out
+                    .event(Event::Warning(Warning::OtaReportFailed { kind, error })),
+                Internal::ProvisionRequest => {
+                    let error = match error {
+                        RequestError::Rejected(code) => ProvisionError::Rejected(code),
+                        RequestError::Timeout => ProvisionError::Timeout,
+                        RequestError::Closed => ProvisionError::Closed,
+                        _ => ProvisionError::ConnectionEnded(DisconnectReason::TransportClosed),
+                    };
+                    let transport = self.transport_wanted();
+                    self.finish_provisioning(
+                        now,
+                        Err(error),
+                        DisconnectReason::ProvisioningEnded,
+                        true,
+                        transport,
+                    );
+                }
+            }
+            return;
+        }
         match self.groups.settle(id, Err(error)) {
             Settled::Single(result) => self.report(id, result),
             Settled::Waiting => {}
@@ -953,6 +1163,13 @@ impl Connection {
 
     /// Publish `id` finished well.
     fn finished(&mut self, id: u64, done: PartDone) {
+        if self.internal.remove(&id).is_some() {
+            // A publish of the connection's own was acknowledged.
+            if done == PartDone::Delivered {
+                self.stats.delivered += 1;
+            }
+            return;
+        }
         match self.groups.settle(id, Ok(done)) {
             Settled::Single(result) => self.report(id, result),
             Settled::Waiting => {}
@@ -1003,6 +1220,12 @@ impl Connection {
 
     /// Ends the current attempt or session and schedules the next one.
     fn end_session(&mut self, now: Instant, reason: DisconnectReason, close_transport: bool) {
+        if self.config.is_provisioning() {
+            // Never again: the request may have created the device already.
+            let error = ProvisionError::ConnectionEnded(reason.clone());
+            self.finish_provisioning(now, Err(error), reason, false, close_transport);
+            return;
+        }
         let lasted = match self.phase {
             Phase::Connected { since, .. } => now.saturating_duration_since(since),
             _ => Duration::ZERO,
@@ -1030,10 +1253,10 @@ impl Connection {
             .outbound
             .connection_lost(self.config.max_publish_attempts)
         {
-            self.fail(id, RequestError::ConnectionLost);
+            self.fail(now, id, RequestError::ConnectionLost);
         }
         for id in self.api.on_connection_lost() {
-            self.fail(id, RequestError::ConnectionLost);
+            self.fail(now, id, RequestError::ConnectionLost);
         }
     }
 
@@ -1053,6 +1276,8 @@ impl Connection {
         self.timers.set_or_clear(Timer::PublishDeadline, deadline);
         self.timers
             .set_or_clear(Timer::ResponseDeadline, self.api.next_deadline());
+        self.timers
+            .set_or_clear(Timer::OtaChunk, self.api.ota_deadline());
         let sweep = match self.phase {
             Phase::Connected { .. } => self.api.next_sweep(),
             _ => None,

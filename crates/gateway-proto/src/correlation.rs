@@ -40,6 +40,9 @@ pub(crate) enum Expect {
     RawRpc,
     /// The transport's answer to the connection's own `getSessionLimits`.
     SessionLimits,
+    /// `v1/devices/me/attributes/response/{id}` with the OTA package attributes; consumed
+    /// by the OTA state machine.
+    OtaInfo,
 }
 
 /// One request awaiting its response.

@@ -5,6 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::codec::{DecodeError, EncodeError};
+use crate::ota::OtaCommandError;
 use crate::payload::PayloadError;
 
 /// A [`Config`](crate::Config) value the protocol or ThingsBoard cannot work with.
@@ -48,6 +49,16 @@ pub enum ConfigError {
     ZeroDuration(&'static str),
     /// `limits.rate_share_percent` is outside 1..=100.
     ShareOutOfRange(u8),
+    /// A provisioning request that cannot work (empty key or secret, too large).
+    InvalidProvisionRequest(&'static str),
+    /// [`OtaConfig::chunk_size`](crate::OtaConfig::chunk_size) is zero, above ThingsBoard's
+    /// payload limit, or does not fit `max_incoming_packet` with its topic.
+    OtaChunkSize {
+        /// The value given.
+        value: usize,
+        /// The largest allowed with this configuration.
+        max: usize,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -65,7 +76,9 @@ impl fmt::Display for ConfigError {
                 write!(f, "keep-alive {d:?} is not a whole number of seconds")
             }
             Self::ZeroInflight => f.write_str("max_inflight must be at least 1"),
-            Self::ZeroAttempts => f.write_str("max_publish_attempts must be at least 1"),
+            Self::ZeroAttempts => {
+                f.write_str("max_publish_attempts and ota.chunk_attempts must be at least 1")
+            }
             Self::PacketLimitOutOfRange { name, value } => {
                 write!(f, "{name} = {value} is outside 128..=268435455")
             }
@@ -78,6 +91,10 @@ impl fmt::Display for ConfigError {
             Self::ZeroDuration(name) => write!(f, "{name} must be longer than zero"),
             Self::ShareOutOfRange(p) => {
                 write!(f, "limits.rate_share_percent {p} is outside 1..=100")
+            }
+            Self::InvalidProvisionRequest(why) => write!(f, "invalid provisioning request: {why}"),
+            Self::OtaChunkSize { value, max } => {
+                write!(f, "ota.chunk_size {value} is outside 1..={max}")
             }
         }
     }
@@ -151,6 +168,10 @@ pub enum CommandError {
     /// send the encoded payload with a [`DeviceCommand::Raw`](crate::DeviceCommand::Raw)
     /// command instead.
     JsonOnProtobufTopic,
+    /// A provisioning connection takes no commands: it sends its one request by itself.
+    ProvisioningOnly,
+    /// An OTA command that cannot be carried out now.
+    Ota(OtaCommandError),
 }
 
 impl fmt::Display for CommandError {
@@ -201,6 +222,8 @@ impl fmt::Display for CommandError {
             Self::JsonOnProtobufTopic => {
                 f.write_str("JSON command on the protobuf (/p) topics: send encoded bytes")
             }
+            Self::ProvisioningOnly => f.write_str("a provisioning connection takes no commands"),
+            Self::Ota(e) => write!(f, "OTA command refused: {e}"),
         }
     }
 }
@@ -209,6 +232,7 @@ impl std::error::Error for CommandError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Payload(e) => Some(e),
+            Self::Ota(e) => Some(e),
             _ => None,
         }
     }

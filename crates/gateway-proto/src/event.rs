@@ -7,9 +7,11 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::codec::EncodeError;
-use crate::error::ProtocolError;
+use crate::error::{CommandError, ProtocolError};
 use crate::limits::{LimitsReport, RateLimitNotice};
+use crate::ota::{OtaEvent, OtaKind};
 use crate::payload::{ClientRpcResponse, PayloadError};
+use crate::provision::{ProvisionError, ProvisionedCredentials};
 use crate::raw::RawDownlink;
 use crate::reason::{ConnectRefusal, ReasonCode};
 
@@ -51,6 +53,10 @@ pub enum Event {
         reconnect_at: Option<Instant>,
     },
     /// A QoS 1 publish was acknowledged with a success code.
+    ///
+    /// On MQTT 3.1.1 a PUBACK carries no code, and ThingsBoard acknowledges a gateway message
+    /// it dropped because the sub-device could not be created (tenant device limit) like any
+    /// other; only MQTT 5 (PUBACK 0x97) tells the two apart.
     Delivered(RequestId),
     /// A QoS 0 publish was handed to the transport (QoS 0 has no acknowledgement).
     Sent(RequestId),
@@ -148,6 +154,11 @@ pub enum Event {
     SessionLimits(LimitsReport),
     /// The server pushed back on the message rate, and the connection slowed down.
     RateLimited(RateLimitNotice),
+    /// The answer of a provisioning connection ([`Config::provisioning`](crate::Config::provisioning)),
+    /// or why there is none. The connection closes right after it.
+    Provisioned(Result<ProvisionedCredentials, ProvisionError>),
+    /// Firmware or software update news ([`Config::ota`](crate::Config::ota)).
+    Ota(OtaEvent),
 }
 
 impl Event {
@@ -186,6 +197,9 @@ pub enum DisconnectReason {
     Protocol(ProtocolError),
     /// The application called [`Connection::close`](crate::Connection::close).
     Local,
+    /// A provisioning connection closed itself: its answer arrived, or it gave up waiting
+    /// (see [`Event::Provisioned`]).
+    ProvisioningEnded,
 }
 
 impl fmt::Display for DisconnectReason {
@@ -198,6 +212,7 @@ impl fmt::Display for DisconnectReason {
             Self::ServerDisconnect(code) => write!(f, "server disconnected: {code}"),
             Self::Protocol(e) => e.fmt(f),
             Self::Local => f.write_str("closed by the application"),
+            Self::ProvisioningEnded => f.write_str("provisioning connection finished"),
         }
     }
 }
@@ -316,6 +331,21 @@ pub enum Warning {
         /// Its id.
         id: u64,
     },
+    /// OTA state telemetry the connection reports by itself (`DOWNLOADED`, `VERIFIED`,
+    /// `FAILED`, ...) could not be queued (e.g. the send buffer is full); it was dropped.
+    OtaReportDropped {
+        /// Firmware or software.
+        kind: OtaKind,
+        /// Why it was not queued.
+        error: CommandError,
+    },
+    /// OTA state telemetry the connection reported by itself was not delivered.
+    OtaReportFailed {
+        /// Firmware or software.
+        kind: OtaKind,
+        /// Why.
+        error: RequestError,
+    },
 }
 
 impl fmt::Display for Warning {
@@ -350,6 +380,12 @@ impl fmt::Display for Warning {
             }
             Self::ServerRpcForgotten { device: None, id } => {
                 write!(f, "forgot pending RPC {id} (table full)")
+            }
+            Self::OtaReportDropped { kind, error } => {
+                write!(f, "{kind:?} state report dropped: {error}")
+            }
+            Self::OtaReportFailed { kind, error } => {
+                write!(f, "{kind:?} state report failed: {error}")
             }
         }
     }

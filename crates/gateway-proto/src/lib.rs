@@ -194,6 +194,80 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! ## Provisioning
+//!
+//! A device that has only its device profile's provision key and secret asks ThingsBoard for
+//! credentials on a provisioning-only connection ([`Config::provisioning`]). It is driven like
+//! any other connection, refuses commands, reports [`Event::Provisioned`] and closes itself;
+//! it never reconnects (see [`provision`]).
+//!
+//! ```
+//! use std::time::Instant;
+//! use gateway_proto::payload::ProvisionRequest;
+//! use gateway_proto::{Config, Connection, Event, Role};
+//!
+//! let request = ProvisionRequest::new("PROFILE_KEY", "PROFILE_SECRET").with_device_name("Sensor 7");
+//! let conn = Connection::new(Config::provisioning(request), Instant::now())?;
+//!
+//! // In the drive loop: the answer, then `Event::Disconnected` and the end.
+//! fn on_event(event: Event) -> Option<Config> {
+//!     match event {
+//!         Event::Provisioned(Ok(credentials)) => {
+//!             // Store the credentials, then connect for real with them.
+//!             let mut config = credentials.to_config();
+//!             config.role = Role::Device;
+//!             Some(config)
+//!         }
+//!         Event::Provisioned(Err(e)) => {
+//!             eprintln!("{e}");
+//!             None
+//!         }
+//!         _ => None,
+//!     }
+//! }
+//! # let _ = (conn, on_event);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Firmware and software updates
+//!
+//! With [`Config::ota`] set, the connection watches the `fw_*` / `sw_*` shared attributes,
+//! announces a new package, downloads it chunk by chunk on command (or by itself), hands
+//! every chunk to the application and verifies the checksum incrementally, reporting the
+//! `fw_state` telemetry ThingsBoard's dashboards follow (see [`ota`]).
+//!
+//! ```
+//! use std::time::Instant;
+//! use gateway_proto::{Command, Config, Connection, Credentials, Event, OtaConfig, OtaEvent, OtaVersion, Role};
+//!
+//! let mut config = Config::new(Credentials::AccessToken("DEVICE_TOKEN".into()));
+//! config.role = Role::Device;
+//! let mut ota = OtaConfig::new();
+//! ota.current_firmware = Some(OtaVersion::new("cam-fw", "1.4"));
+//! config.ota = Some(ota);
+//! let conn = Connection::new(config, Instant::now())?;
+//!
+//! fn on_event(conn: &mut Connection, now: Instant, event: Event, image: &mut Vec<u8>) {
+//!     match event {
+//!         Event::Ota(OtaEvent::Available(package)) => {
+//!             let _ = conn.command(now, Command::ota_download(package.kind));
+//!         }
+//!         // Write each chunk out; the connection keeps nothing.
+//!         Event::Ota(OtaEvent::Chunk { data, .. }) => image.extend_from_slice(&data),
+//!         Event::Ota(OtaEvent::Verified(package)) => {
+//!             let _ = conn.command(now, Command::ota_updating(package.kind));
+//!             // ... install `image` ...
+//!             let updated = Command::ota_updated(package.kind, &package.title, &package.version);
+//!             let _ = conn.command(now, updated);
+//!         }
+//!         Event::Ota(OtaEvent::Failed { error, .. }) => eprintln!("update failed: {error}"),
+//!         _ => {}
+//!     }
+//! }
+//! # let _ = (conn, on_event);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! Anything the typed commands do not cover goes through [`Command::Publish`]; downlinks on
 //! topics the connection does not know arrive as [`Event::Message`].
 //!
@@ -298,12 +372,17 @@
 //!   in name order, within the in-flight window) before any queued publish goes out.
 //! * Bad server input on an API topic (invalid JSON, wrong shape, unknown id) is a
 //!   [`Warning`] event; it never ends the session and never completes a request.
+//! * An OTA download holds one chunk request and an incremental hash, never the image: each
+//!   chunk leaves as [`OtaEvent::Chunk`] as it arrives, in order, exactly once.
+//! * A provisioning connection sends its request once and ends with exactly one
+//!   [`Event::Provisioned`]; it never reconnects.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod api;
 mod backoff;
+pub mod checksum;
 mod codec;
 mod command;
 mod config;
@@ -312,10 +391,12 @@ mod correlation;
 mod error;
 mod event;
 pub mod limits;
+pub mod ota;
 mod outbound;
 mod output;
 mod pacing;
 pub mod payload;
+pub mod provision;
 pub mod raw;
 mod reason;
 mod registry;
@@ -334,7 +415,9 @@ pub use connection::{Connection, Input, State};
 pub use error::{CommandError, ConfigError, ProtocolError};
 pub use event::{DisconnectReason, Event, RequestError, RequestId, Warning};
 pub use limits::{LimitsConfig, LimitsReport, RateLimitNotice};
+pub use ota::{OtaCommand, OtaConfig, OtaEvent, OtaKind, OtaPackage, OtaVersion};
 pub use output::Output;
+pub use provision::{ProvisionError, ProvisionedCredentials};
 pub use reason::{ConnectRefusal, ReasonCode};
 pub use stats::Stats;
 

@@ -277,6 +277,8 @@ pub(crate) struct Limits {
     pace_at: Option<Instant>,
     /// Whether rate limits were ever installed.
     learned: bool,
+    /// The server's `maxPayloadSize`, once learned (and usable).
+    server_max_payload: Option<usize>,
     /// Own-scope messages the server counted this session before any limits were known
     /// (session open, subscriptions, the request itself): charged when they arrive.
     precharge: u64,
@@ -287,7 +289,14 @@ const MIN_SERVER_PACKET: u64 = 128;
 
 impl Limits {
     pub(crate) fn new(config: &Config) -> Self {
-        let cfg = config.limits.clone();
+        // A provisioning connection sends its one request and nothing else: no
+        // `getSessionLimits` (ThingsBoard's provisioning session answers only the
+        // provisioning topic), no pacing, no push-back.
+        let cfg = if config.is_provisioning() {
+            LimitsConfig::disabled()
+        } else {
+            config.limits.clone()
+        };
         Self {
             pacer: Pacer::new(
                 cfg.rate_share_percent,
@@ -304,6 +313,7 @@ impl Limits {
             hold_until: None,
             pace_at: None,
             learned: false,
+            server_max_payload: None,
             precharge: 0,
         }
     }
@@ -311,6 +321,11 @@ impl Limits {
     /// Largest PUBLISH (remaining length) to send.
     pub(crate) fn max_packet(&self) -> usize {
         self.max_packet
+    }
+
+    /// The server's `maxPayloadSize`, once learned (`None`: not known, or none usable).
+    pub(crate) fn server_max_payload(&self) -> Option<usize> {
+        self.server_max_payload
     }
 
     /// In-flight window.
@@ -438,12 +453,13 @@ impl Limits {
             let precharge = std::mem::take(&mut self.precharge);
             self.count_own(now, precharge);
         }
-        self.max_packet = if limits.max_payload_size >= MIN_SERVER_PACKET {
-            let server = usize::try_from(limits.max_payload_size).unwrap_or(usize::MAX);
-            self.config_max_packet.min(server)
-        } else {
-            self.config_max_packet
-        };
+        self.server_max_payload = (limits.max_payload_size >= MIN_SERVER_PACKET)
+            .then(|| usize::try_from(limits.max_payload_size).unwrap_or(usize::MAX));
+        self.max_packet = self
+            .server_max_payload
+            .map_or(self.config_max_packet, |server| {
+                self.config_max_packet.min(server)
+            });
         self.window = match u16::try_from(limits.max_inflight_messages) {
             Ok(0) => self.config_window,
             Ok(n) => self.config_window.min(n),
@@ -479,7 +495,11 @@ impl Limits {
 
     /// The head of the queue waits until `at` (the last pump's verdict).
     pub(crate) fn set_pace(&mut self, at: Option<Instant>) {
-        self.pace_at = at;
+        // Several lanes may wait for tokens in one pump: the earliest instant wins.
+        self.pace_at = match (self.pace_at, at) {
+            (Some(old), Some(new)) => Some(old.min(new)),
+            (_, at) => at,
+        };
     }
 
     /// The next instant the connection must look at its limits again.

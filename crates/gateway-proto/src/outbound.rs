@@ -59,6 +59,10 @@ pub(crate) enum ControlTag {
     Keepalive(u32),
     /// The `getSessionLimits` request with this wire id.
     SessionLimits(u32),
+    /// The OTA package attribute request with this wire id.
+    OtaInfo(u32),
+    /// An OTA chunk request.
+    OtaChunk(crate::ota::ChunkRequest),
 }
 
 /// What a PUBACK's packet id referred to.

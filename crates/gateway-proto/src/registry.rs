@@ -132,6 +132,17 @@ impl Registry {
             .collect()
     }
 
+    /// Marks a tracked device queued for the lane; false if it is unknown or already queued.
+    pub(crate) fn mark_queued(&mut self, name: &str) -> bool {
+        match self.devices.get_mut(name) {
+            Some(d) if !d.queued => {
+                d.queued = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The device left the announce/keep-alive lane (sent, or the lane was cleared).
     pub(crate) fn dequeued(&mut self, name: &str) {
         if let Some(d) = self.devices.get_mut(name) {

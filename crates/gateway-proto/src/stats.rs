@@ -75,4 +75,8 @@ pub struct Stats {
     pub split_parts: u64,
     /// Split commands with parts not finished yet.
     pub split_requests: usize,
+    /// OTA chunks received and passed on.
+    pub ota_chunks: u64,
+    /// OTA chunk requests repeated after a timeout.
+    pub ota_chunk_retries: u64,
 }

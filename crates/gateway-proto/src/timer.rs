@@ -26,17 +26,23 @@ pub(crate) enum Timer {
     /// Session limits and pacing: the end of the wait for `getSessionLimits`, the instant
     /// the next paced publish may go, or the next step of a rate recovery.
     Limits,
+    /// When the outstanding OTA chunk is due.
+    OtaChunk,
+    /// When a provisioning connection stops waiting for its answer.
+    Provision,
 }
 
 impl Timer {
     /// Firing order when several expire at once: the session-ending ones first, so a
     /// publish deadline that coincides with a dead link still sees the link as dead.
-    pub(crate) const ALL: [Timer; 8] = [
+    pub(crate) const ALL: [Timer; 10] = [
         Timer::Connect,
         Timer::PingResponse,
+        Timer::Provision,
         Timer::KeepAlive,
         Timer::PublishDeadline,
         Timer::ResponseDeadline,
+        Timer::OtaChunk,
         Timer::SubDeviceSweep,
         Timer::Limits,
         Timer::Reconnect,
@@ -52,6 +58,8 @@ impl Timer {
             Timer::ResponseDeadline => 5,
             Timer::SubDeviceSweep => 6,
             Timer::Limits => 7,
+            Timer::OtaChunk => 8,
+            Timer::Provision => 9,
         }
     }
 }
@@ -59,7 +67,7 @@ impl Timer {
 /// One optional deadline per [`Timer`].
 #[derive(Debug, Default, Clone)]
 pub(crate) struct TimerTable {
-    slots: [Option<Instant>; 8],
+    slots: [Option<Instant>; 10],
 }
 
 impl TimerTable {

@@ -269,6 +269,12 @@ impl OtaKind {
         }
     }
 
+    /// ThingsBoard's key prefix for this kind (`OtaPackageType.keyPrefix`): `fw` or `sw`, as in
+    /// the `fw_title` attribute and the `v2/fw/...` topics.
+    pub fn prefix(self) -> &'static str {
+        self.key()
+    }
+
     fn from_key(key: &str) -> Option<Self> {
         match key {
             "fw" => Some(Self::Firmware),

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{config, server_publish, Harness};
+use common::{config, publishes, server_publish, Harness};
 use gateway_proto::payload::{ClientRpcResponse, GatewayTelemetry, PayloadError, TelemetryEntry};
 use gateway_proto::wire::{self, Packet, ProtocolVersion};
 use gateway_proto::{
@@ -272,12 +272,111 @@ fn telemetry_qos_follows_the_config() {
     let mut h = Harness::new(c);
     h.connect();
     h.take_events();
+    cmd(&mut h, Command::connect_device("D", None));
+    // Connects stay at QoS 1 whatever the telemetry QoS.
+    assert_eq!(one(&mut h).qos, wire::QoS::AtLeastOnce);
     let id = cmd(&mut h, Command::device_telemetry("D", map(json!({"k": 1}))));
     assert_eq!(one(&mut h).qos, wire::QoS::AtMostOnce);
     assert_eq!(h.take_events(), vec![Event::Sent(id)]);
-    // Connects stay at QoS 1 whatever the telemetry QoS.
-    cmd(&mut h, Command::connect_device("D", None));
-    assert_eq!(one(&mut h).qos, wire::QoS::AtLeastOnce);
+}
+
+/// Found by the simulation (gateway-sim): QoS 0 data for a sub-device the gateway did not
+/// track yet registered it silently; when the server could not connect it (tenant device
+/// limit) nothing said so, and the gateway kept believing it reachable. Now the connection
+/// announces such a device itself at QoS 1, ahead of the data, and a refusal forgets it.
+#[test]
+fn qos0_data_for_a_new_sub_device_announces_it_and_a_refusal_forgets_it() {
+    let mut c = api_config(V5, Role::Gateway);
+    c.telemetry_qos = QoS::AtMostOnce;
+    let mut h = Harness::new(c);
+    h.connect();
+    h.take_events();
+    let id = cmd(&mut h, Command::device_telemetry("D", map(json!({"k": 1}))));
+    let sent = sent(&mut h);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(
+        (
+            sent[0].topic.as_str(),
+            sent[0].payload.as_str(),
+            sent[0].qos
+        ),
+        (
+            "v1/gateway/connect",
+            r#"{"device":"D"}"#,
+            wire::QoS::AtLeastOnce
+        )
+    );
+    assert_eq!(
+        (sent[1].topic.as_str(), sent[1].qos),
+        ("v1/gateway/telemetry", wire::QoS::AtMostOnce)
+    );
+    assert_eq!(h.take_events(), vec![Event::Sent(id)]);
+    puback(&mut h, sent[0].pkid, 0x97);
+    assert_eq!(
+        h.take_events(),
+        vec![Event::Warning(Warning::ReannounceRejected {
+            device: "D".into(),
+            code: ReasonCode::QuotaExceeded,
+        })]
+    );
+    assert!(!h.conn.is_sub_device_registered("D"));
+    // Known devices are not announced again with their data.
+    cmd(&mut h, Command::connect_device("E", None));
+    let ack = one(&mut h);
+    puback(&mut h, ack.pkid, 0);
+    cmd(&mut h, Command::device_telemetry("E", map(json!({"k": 2}))));
+    assert_eq!(one(&mut h).topic, "v1/gateway/telemetry");
+}
+
+/// Found by the simulation (gateway-sim), the QoS 1 side of the same hole: data that started
+/// tracking a sub-device was refused (MQTT 5 PUBACK 0x97, device limit), the request failed,
+/// but the device stayed tracked as if connected. Now it is forgotten like a refused connect;
+/// a device tracked before keeps its place when one of its messages is refused.
+#[test]
+fn refused_data_forgets_the_sub_devices_it_started_tracking() {
+    let mut h = gateway(V5);
+    cmd(&mut h, Command::connect_device("Known", None));
+    let ack = one(&mut h);
+    puback(&mut h, ack.pkid, 0);
+    h.take_events();
+    let id = cmd(
+        &mut h,
+        Command::device_telemetry("New", map(json!({"k": 1}))),
+    );
+    let p = one(&mut h);
+    assert!(h.conn.is_sub_device_registered("New"));
+    puback(&mut h, p.pkid, 0x97);
+    assert_eq!(
+        h.take_events(),
+        vec![Event::Failed {
+            request: id,
+            error: RequestError::Rejected(ReasonCode::QuotaExceeded),
+        }]
+    );
+    assert!(!h.conn.is_sub_device_registered("New"));
+    let id = cmd(
+        &mut h,
+        Command::request_device_attributes("Other", AttributeScope::Shared, ["k"]),
+    );
+    let p = one(&mut h);
+    puback(&mut h, p.pkid, 0x97);
+    assert!(
+        matches!(h.take_events().as_slice(), [Event::Failed { request, .. }] if *request == id)
+    );
+    assert!(!h.conn.is_sub_device_registered("Other"));
+    let id = cmd(
+        &mut h,
+        Command::device_telemetry("Known", map(json!({"k": 1}))),
+    );
+    let p = one(&mut h);
+    puback(&mut h, p.pkid, 0x97);
+    assert!(
+        matches!(h.take_events().as_slice(), [Event::Failed { request, .. }] if *request == id)
+    );
+    assert!(
+        h.conn.is_sub_device_registered("Known"),
+        "tracked before: kept"
+    );
 }
 
 // ----- Device API: bytes out -------------------------------------------------------------
@@ -1431,4 +1530,94 @@ mod names {
             prop_assert!(h.conn.is_sub_device_registered(&name));
         }
     }
+}
+
+/// Found by the simulation (gateway-sim): a disconnect queued while offline, then a command
+/// naming the same device again (tracking it anew). After the reconnect the re-announce went
+/// out first and the older disconnect after it, so the server dropped a device the gateway
+/// kept tracking: RPCs and attribute updates for it stopped. Now a disconnect that finishes
+/// while its device is tracked again is followed by one more announce.
+#[test]
+fn a_queued_disconnect_does_not_undo_a_later_reregistration() {
+    for version in [V5, V3] {
+        let mut h = gateway(version);
+        cmd(&mut h, Command::connect_device("D", None));
+        let ack = one(&mut h);
+        puback(&mut h, ack.pkid, 0);
+        h.drop_transport();
+        cmd(&mut h, Command::disconnect_device("D"));
+        cmd(
+            &mut h,
+            Command::request_device_attributes("D", AttributeScope::Shared, ["k"]),
+        );
+        assert!(h.conn.is_sub_device_registered("D"));
+        h.advance_to_timeout();
+        let after = h.connect();
+        let topics: Vec<&str> = publishes(&after).iter().map(|p| p.topic.as_str()).collect();
+        assert_eq!(
+            topics,
+            [
+                "v1/gateway/connect",
+                "v1/gateway/disconnect",
+                "v1/gateway/attributes/request"
+            ],
+            "{version:?}"
+        );
+        let disconnect = publishes(&after)[1].pkid;
+        puback(&mut h, disconnect, 0);
+        let again = sent(&mut h);
+        assert_eq!(again.len(), 1, "{again:?}");
+        assert_eq!(
+            (again[0].topic.as_str(), again[0].payload.as_str()),
+            ("v1/gateway/connect", r#"{"device":"D"}"#),
+            "{version:?}"
+        );
+        // A disconnect of a device that stays forgotten is not followed by anything.
+        cmd(&mut h, Command::disconnect_device("D"));
+        let p = one(&mut h);
+        puback(&mut h, p.pkid, 0);
+        assert!(sent(&mut h).is_empty());
+    }
+}
+
+/// Found by the simulation (gateway-sim): data that started tracking a sub-device timed out
+/// (network stalled) and the server's 0x97 refusal came after the timeout, matched to no
+/// request. The device stayed tracked though the server never connected it. Now a timed-out
+/// request announces the devices it started tracking, and that announce's answer settles it.
+#[test]
+fn a_timed_out_implicit_connect_is_settled_by_an_announce() {
+    let mut h = gateway(V5);
+    let id = cmd(
+        &mut h,
+        Command::request_device_attributes("New", AttributeScope::Shared, ["k"]),
+    );
+    let request = one(&mut h);
+    h.advance(Duration::from_secs(31));
+    let events = h.take_events();
+    assert_eq!(
+        events,
+        vec![Event::Failed {
+            request: id,
+            error: RequestError::Timeout
+        }]
+    );
+    let announce = one(&mut h);
+    assert_eq!(
+        (announce.topic.as_str(), announce.payload.as_str()),
+        ("v1/gateway/connect", r#"{"device":"New"}"#)
+    );
+    puback(&mut h, request.pkid, 0x97);
+    assert!(
+        h.take_events().is_empty(),
+        "a late refusal completes nothing"
+    );
+    puback(&mut h, announce.pkid, 0x97);
+    assert_eq!(
+        h.take_events(),
+        vec![Event::Warning(Warning::ReannounceRejected {
+            device: "New".into(),
+            code: ReasonCode::QuotaExceeded,
+        })]
+    );
+    assert!(!h.conn.is_sub_device_registered("New"));
 }

@@ -152,6 +152,9 @@ where
         "the broker saved its database:\n{}",
         broker.log_tail()
     );
+    // mosquitto logs before it writes: give the write time to finish, or the freeze below
+    // can cut the file short and the restart forgets the subscriber's session.
+    std::thread::sleep(Duration::from_millis(500));
     // Freeze the broker (SIGSTOP) so that what follows is sent but never acknowledged, then
     // kill it (SIGKILL, a crash) and start it again on the same port: the first half only
     // arrives if the client retransmits it on the new connection.

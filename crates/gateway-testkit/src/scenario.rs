@@ -12,11 +12,15 @@ use std::time::Duration;
 
 use gateway_client::{Client, ClientEvent, ClientOptions, Delivery, Events, TlsOptions};
 use gateway_emulator::{
-    ClaimOutcome, ClientRpcAnswer, EmulatorConfig, EmulatorHandle, NewDevice, RpcCall, RpcOutcome,
-    TlsConfig,
+    ClaimOutcome, ClientRpcAnswer, EmulatorConfig, EmulatorHandle, NewDevice, OtaPackage,
+    ProvisionProfile, ProvisionStrategy, RpcCall, RpcOutcome, TlsConfig,
 };
-use gateway_proto::payload::{Claim, ClientRpcResponse};
-use gateway_proto::{AttributeScope, Credentials, Event};
+use gateway_proto::checksum::ChecksumAlgorithm;
+use gateway_proto::payload::{Claim, ClientRpcResponse, ProvisionRequest};
+use gateway_proto::{
+    AttributeScope, Config, Credentials, DisconnectReason, Event, OtaConfig, OtaEvent, OtaKind,
+    ProvisionedCredentials, Role,
+};
 use serde_json::{json, Map, Value};
 
 /// The gateway's access token in [`Platform::start`].
@@ -418,4 +422,166 @@ pub fn wrong_token_options(platform: &Platform) -> ClientOptions {
     let mut options = platform.gateway_options();
     options.config.credentials = Credentials::AccessToken("WRONG".into());
     options
+}
+
+/// The provision key of the profile [`provisioning_options`] adds.
+pub const PROVISION_KEY: &str = "SCENARIO_PROVISION_KEY";
+/// Its secret.
+pub const PROVISION_SECRET: &str = "SCENARIO_PROVISION_SECRET";
+
+/// Adds a create-new provisioning profile to the emulator and returns options for a
+/// provisioning connection that asks for a device named `device`.
+pub fn provisioning_options(platform: &Platform, device: &str) -> ClientOptions {
+    platform.emu.add_provision_profile(ProvisionProfile {
+        device_type: "provisioned".into(),
+        key: PROVISION_KEY.into(),
+        secret: PROVISION_SECRET.into(),
+        strategy: ProvisionStrategy::AllowCreateNew,
+    });
+    let addr = platform.emu.addr();
+    let request = ProvisionRequest::new(PROVISION_KEY, PROVISION_SECRET).with_device_name(device);
+    ClientOptions::with_config(
+        addr.ip().to_string(),
+        addr.port(),
+        Config::provisioning(request),
+    )
+}
+
+/// The answer on the provisioning connection's events: an access token for `device`, which
+/// now exists; the stream then ends (the connection closed itself).
+pub async fn provisioned(
+    platform: &Platform,
+    device: &str,
+    events: &Events,
+) -> ProvisionedCredentials {
+    let credentials = events
+        .provisioned()
+        .await
+        .expect("an answer before the stream ends")
+        .expect("provisioned");
+    assert!(matches!(
+        credentials,
+        ProvisionedCredentials::AccessToken(_)
+    ));
+    assert_eq!(
+        platform.emu.device(device).expect("created").device_type,
+        "provisioned"
+    );
+    let next = recv_within(events).await;
+    assert!(
+        matches!(
+            next,
+            Some(ClientEvent::Proto(Event::Disconnected {
+                reason: DisconnectReason::ProvisioningEnded,
+                reconnect_at: None
+            }))
+        ),
+        "{next:?}"
+    );
+    assert_eq!(
+        recv_within(events).await,
+        None,
+        "the provisioning connection is over"
+    );
+    credentials
+}
+
+/// The next event, or `None` when the stream ended; panics after 10 s.
+async fn recv_within(events: &Events) -> Option<ClientEvent> {
+    let timeout = async {
+        async_io::Timer::after(Duration::from_secs(10)).await;
+        panic!("no event and no end of the stream within 10 s");
+    };
+    futures_lite::future::or(events.recv(), timeout).await
+}
+
+/// Device options with the provisioned credentials and firmware updates on.
+pub fn device_options(platform: &Platform, credentials: &ProvisionedCredentials) -> ClientOptions {
+    let addr = platform.emu.addr();
+    let mut config = credentials.to_config();
+    config.role = Role::Device;
+    let mut ota = OtaConfig::new();
+    ota.chunk_size = 1500;
+    config.ota = Some(ota);
+    ClientOptions::with_config(addr.ip().to_string(), addr.port(), config)
+}
+
+/// A firmware package is assigned to `device` (connected with [`device_options`]); the
+/// client downloads it in chunks, it verifies, and the client reports it installed. Both
+/// sides are checked: the bytes the events carried, and the states the emulator stored.
+pub async fn firmware_update(platform: &Platform, device: &str, client: &Client, events: &Events) {
+    let image: Vec<u8> = (0..12_345u32).map(|i| (i % 241) as u8).collect();
+    platform
+        .emu
+        .assign_ota(
+            device,
+            true,
+            OtaPackage {
+                title: "scenario-fw".into(),
+                version: "v7".into(),
+                checksum: ChecksumAlgorithm::Murmur3_32.checksum(&image),
+                checksum_algorithm: "MURMUR3_32".into(),
+                data: image.clone().into(),
+            },
+        )
+        .unwrap();
+    let kind = next_event(events, |e| match e {
+        ClientEvent::Proto(Event::Ota(OtaEvent::Available(p))) => Some(p.kind),
+        _ => None,
+    })
+    .await;
+    assert_eq!(kind, OtaKind::Firmware);
+    assert_eq!(
+        client.ota_download(kind).await.unwrap().await.unwrap(),
+        Delivery::Acknowledged
+    );
+    let mut received = Vec::new();
+    loop {
+        let ota = next_event(events, |e| match e {
+            ClientEvent::Proto(Event::Ota(o)) => Some(o.clone()),
+            _ => None,
+        })
+        .await;
+        match ota {
+            OtaEvent::Started(_) => {}
+            OtaEvent::Chunk { offset, data, .. } => {
+                assert_eq!(offset as usize, received.len());
+                received.extend_from_slice(&data);
+            }
+            OtaEvent::Verified(p) => {
+                assert_eq!(
+                    (p.title.as_str(), p.version.as_str()),
+                    ("scenario-fw", "v7")
+                );
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(received, image);
+    client.ota_updating(kind).await.unwrap().await.unwrap();
+    client
+        .ota_updated(kind, "scenario-fw", "v7")
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let states: Vec<Value> = platform.emu.telemetry(device).unwrap()["fw_state"]
+        .iter()
+        .map(|p| p.value.clone())
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "DOWNLOADING",
+            "DOWNLOADED",
+            "VERIFIED",
+            "UPDATING",
+            "UPDATED"
+        ]
+    );
+    assert_eq!(
+        platform.emu.latest_telemetry(device).unwrap()["current_fw_version"].value,
+        json!("v7")
+    );
 }

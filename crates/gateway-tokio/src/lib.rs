@@ -35,7 +35,7 @@
 use std::time::Instant;
 
 pub use gateway_client::TransportError;
-use gateway_client::{Action, Commands, Driver, Parts, TlsSetup};
+use gateway_client::{Action, Commands, Driver, Parts, Queue, TlsSetup};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -45,10 +45,6 @@ pub use gateway_client::{
     ClientOptions, ConnectError, Delivery, Events, FirstAttempt, Pending, Startup, TlsError,
     TlsOptions,
 };
-
-/// Requests taken from the queue per wake-up at most, so one burst becomes one write without
-/// starving reads.
-const REQUESTS_PER_WAKEUP: usize = 256;
 
 /// Connects and waits for the first session. A refusal (bad credentials), a TLS failure or an
 /// unreachable server is returned as the error and nothing keeps running; after the first
@@ -229,13 +225,8 @@ async fn run(
             },
             request = commands.recv(), if !clients_gone => match request {
                 Some(request) => {
-                    let now = now();
-                    driver.handle_request(now, request);
-                    for _ in 1..REQUESTS_PER_WAKEUP {
-                        match commands.try_recv() {
-                            Ok(Some(request)) => driver.handle_request(now, request),
-                            _ => break,
-                        }
+                    if driver.take_requests(now(), &commands, Some(request)) == Queue::ClientsGone {
+                        clients_gone = true;
                     }
                 }
                 None => {

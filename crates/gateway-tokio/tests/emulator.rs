@@ -75,3 +75,18 @@ async fn round_trip_over_mutual_tls_with_x509_authentication() {
         .iter()
         .any(|s| s.tls && s.device.as_deref() == Some(scenario::GATEWAY_NAME)));
 }
+
+#[tokio::test]
+async fn provisions_then_connects_and_takes_a_firmware_update() {
+    let platform = Platform::start();
+    let device = "Provisioned Tokio";
+    let (_provisioning, events) = connect(scenario::provisioning_options(&platform, device))
+        .await
+        .unwrap();
+    let credentials = scenario::provisioned(&platform, device, &events).await;
+    let (client, events) = connect(scenario::device_options(&platform, &credentials))
+        .await
+        .unwrap();
+    scenario::firmware_update(&platform, device, &client, &events).await;
+    client.close().await;
+}

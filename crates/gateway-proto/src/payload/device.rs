@@ -517,6 +517,59 @@ pub struct ProvisionRequest {
     pub gateway: Option<bool>,
 }
 
+impl ProvisionRequest {
+    /// A request with the device profile's provision key and secret; the server names the
+    /// device and issues an access token unless told otherwise.
+    pub fn new(key: impl Into<String>, secret: impl Into<String>) -> Self {
+        Self {
+            provision_device_key: key.into(),
+            provision_device_secret: secret.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Names the device to create (or, for pre-provisioned devices, to claim).
+    pub fn with_device_name(mut self, name: impl Into<String>) -> Self {
+        self.device_name = Some(name.into());
+        self
+    }
+
+    /// Asks for `ACCESS_TOKEN` credentials with this token.
+    pub fn with_access_token(mut self, token: impl Into<String>) -> Self {
+        self.credentials_type = Some(CredentialsType::AccessToken);
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Asks for `MQTT_BASIC` credentials.
+    pub fn with_basic(
+        mut self,
+        client_id: impl Into<String>,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.credentials_type = Some(CredentialsType::MqttBasic);
+        self.client_id = Some(client_id.into());
+        self.username = Some(username.into());
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Asks for `X509_CERTIFICATE` credentials for this certificate (`hash`: the PEM
+    /// certificate as ThingsBoard expects it).
+    pub fn with_x509(mut self, hash: impl Into<String>) -> Self {
+        self.credentials_type = Some(CredentialsType::X509Certificate);
+        self.hash = Some(hash.into());
+        self
+    }
+
+    /// Creates the device as a gateway.
+    pub fn as_gateway(mut self) -> Self {
+        self.gateway = Some(true);
+        self
+    }
+}
+
 impl Payload for ProvisionRequest {
     fn encode_into<S: JsonSink + ?Sized>(&self, out: &mut S) {
         let mut o = ObjWriter::open(out);

@@ -722,7 +722,7 @@ impl Connection {
                     }
                 }
                 Timer::Limits => {
-                    if let Some(report) = self.limits.check_hold(now) {
+                    if let Some(report) = self.limits.on_deadline(now) {
                         self.out.event(Event::SessionLimits(report));
                     }
                 }

@@ -402,6 +402,14 @@ impl Limits {
         self.hold_until.is_some()
     }
 
+    /// The `Limits` deadline passed: step up the rate of a slowed-down scope that is due
+    /// (even with nothing queued to pace, so the deadline moves on), and end the hold if
+    /// it passed without an answer (the report, once).
+    pub(crate) fn on_deadline(&mut self, now: Instant) -> Option<LimitsReport> {
+        self.pacer.recover(now);
+        self.check_hold(now)
+    }
+
     /// The hold passed without an answer: carry on. Returns the report, once.
     pub(crate) fn check_hold(&mut self, now: Instant) -> Option<LimitsReport> {
         match self.hold_until {
@@ -567,4 +575,49 @@ pub(crate) fn is_rate_refusal(code: ReasonCode) -> bool {
         code,
         ReasonCode::QuotaExceeded | ReasonCode::MessageRateTooHigh
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::config::Credentials;
+
+    /// A slow-down recovers on its deadline even with nothing queued to pace, so the
+    /// `Limits` deadline moves past the instant just handled (found by the simulation).
+    #[test]
+    fn a_recovery_step_moves_the_deadline_on_with_nothing_queued() {
+        let config = Config::new(Credentials::AccessToken("t".into()));
+        let mut limits = Limits::new(&config);
+        let start = Instant::now();
+        let signal = PushBack::SubDeviceDisconnected { device: "d".into() };
+        let _ = limits.push_back(Scope::Gateway, signal, None, start);
+        let mut now = start;
+        for _ in 0..64 {
+            let Some(at) = limits.next_deadline() else {
+                return;
+            };
+            assert!(at >= now, "deadline {at:?} before {now:?}");
+            now = at;
+            let _ = limits.on_deadline(now);
+            assert!(
+                limits.next_deadline().is_none_or(|next| next > now),
+                "the deadline did not move on"
+            );
+        }
+        panic!("still slowed down after 64 steps ({:?})", now - start);
+    }
+
+    /// A provisioning connection never asks for `getSessionLimits`.
+    #[test]
+    fn a_provisioning_connection_asks_for_no_limits() {
+        let request = crate::payload::ProvisionRequest::new("key", "secret");
+        let config = Config::provisioning(request);
+        let mut limits = Limits::new(&config);
+        limits.on_connected(Instant::now(), 1);
+        assert!(!limits.wants_request());
+        assert!(!limits.holding());
+        assert!(limits.next_deadline().is_none());
+    }
 }

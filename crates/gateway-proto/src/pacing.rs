@@ -539,7 +539,7 @@ impl Pacer {
     }
 
     /// Steps the rate back up where the recovery time has passed.
-    fn recover(&mut self, now: Instant) {
+    pub(crate) fn recover(&mut self, now: Instant) {
         let (share, recovery) = (self.share, self.recovery);
         for state in [&mut self.device, &mut self.gateway] {
             while let Some(at) = state.recover_at {

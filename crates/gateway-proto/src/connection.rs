@@ -371,6 +371,13 @@ impl Connection {
         self.api.is_registered(device)
     }
 
+    /// Whether connection-made publishes (re-announces, keep-alives) wait to go out, for
+    /// instance for rate-limit tokens (for invariant checks).
+    #[doc(hidden)]
+    pub fn has_connection_publishes_waiting(&self) -> bool {
+        self.api.lane_pending()
+    }
+
     // ----- inputs -----------------------------------------------------------------------
 
     /// A transport is open and bytes from it are expected.

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{config, publishes, server_publish, Harness};
+use gateway_proto::checksum::ChecksumAlgorithm;
 use gateway_proto::limits::{LimitsReport, PushBack, Scope, Traffic};
 use gateway_proto::payload::{
     DeviceTelemetry, GatewayTelemetry, Payload, RpcRequest, TelemetryEntry,
@@ -17,8 +18,8 @@ use gateway_proto::raw::RawDownlink;
 use gateway_proto::topic::TopicFamily;
 use gateway_proto::wire::{self, Packet, ProtocolVersion};
 use gateway_proto::{
-    Command, CommandError, Config, DisconnectReason, Event, LimitsConfig, ReasonCode, RequestError,
-    Role,
+    Command, CommandError, Config, DisconnectReason, Event, LimitsConfig, OtaConfig, ReasonCode,
+    RequestError, Role,
 };
 use serde_json::{json, Map, Value};
 
@@ -1037,5 +1038,56 @@ fn raw_requests_get_raw_answers_on_any_family() {
             request: r,
             payload: Bytes::from_static(b"\xff")
         })]
+    );
+}
+
+// ----- with OTA ----------------------------------------------------------------------------
+
+#[test]
+fn ota_requests_wait_for_the_limits_and_chunks_fit_the_servers_payload_limit() {
+    let mut c = limits_config(Role::Device);
+    c.subscribe_api = true;
+    let mut ota = OtaConfig::new();
+    ota.software = false;
+    ota.auto_download = true;
+    assert!(
+        ota.chunk_size > 2048,
+        "the default chunk is above the answer's limit"
+    );
+    c.ota = Some(ota);
+    let mut h = Harness::new(c);
+    // `connect_with_limits` checks that only the request goes before the answer: the OTA
+    // attribute request is held like queued data.
+    let after = connect_with_limits(&mut h, &limits_json("1000:1", "100:1"));
+    let info = publishes(&after)
+        .into_iter()
+        .find(|p| p.topic.starts_with("v1/devices/me/attributes/request/"))
+        .expect("the OTA attribute request once the limits are known");
+    puback(&mut h, info.pkid, 0);
+    let id: u64 = info.topic.rsplit('/').next().unwrap().parse().unwrap();
+    let image = vec![7u8; 5000];
+    let algorithm = ChecksumAlgorithm::Sha256;
+    let shared = json!({
+        "fw_title": "cam-fw",
+        "fw_version": "2.0",
+        "fw_size": image.len(),
+        "fw_checksum_algorithm": algorithm.as_str(),
+        "fw_checksum": algorithm.checksum(&image),
+    });
+    h.send(server_publish(
+        &format!("v1/devices/me/attributes/response/{id}"),
+        json!({ "shared": shared }).to_string(),
+        Some(901),
+    ));
+    let sent = h.client_packets();
+    let chunk = publishes(&sent)
+        .into_iter()
+        .find(|p| p.topic.starts_with("v2/fw/request/"))
+        .expect("a chunk request");
+    assert!(chunk.topic.ends_with("/chunk/0"), "{}", chunk.topic);
+    assert_eq!(
+        &chunk.payload[..],
+        b"2048",
+        "ThingsBoard refuses a chunk above its maxPayloadSize (PAYLOAD_TOO_LARGE)"
     );
 }

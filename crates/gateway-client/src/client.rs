@@ -13,8 +13,8 @@ use serde_json::{Map, Value};
 
 use crate::error::ClientError;
 use crate::request::{
-    to_answer, to_attributes, to_delivery, to_rpc, Answer, AttributeValues, Convert, Delivery,
-    Pending, Reply, Request, RequestKind,
+    to_answer, to_attributes, to_delivery, to_raw, to_rpc, Answer, AttributeValues, Convert,
+    Delivery, Pending, Reply, Request, RequestKind,
 };
 
 /// Called after each request is queued, for drivers that cannot wait on the queue itself
@@ -265,4 +265,27 @@ request_methods! {
     /// A raw QoS 1 publish on any topic ([`Command::publish`]).
     fn publish(topic: impl Into<String>, payload: bytes::Bytes) -> Delivery =
         Command::publish(topic, payload), to_delivery;
+
+    /// Device API: telemetry encoded by the application (protobuf on `v2/t/p` with
+    /// [`Config::device_topics`](gateway_proto::Config::device_topics) set to `V2Proto`),
+    /// carrying `data_points` key-value pairs (ThingsBoard's data-point limit counts them).
+    fn telemetry_bytes(payload: bytes::Bytes, data_points: u64) -> Delivery =
+        Command::telemetry_bytes(payload, data_points), to_delivery;
+
+    /// Device API: client attributes encoded by the application.
+    fn attributes_bytes(payload: bytes::Bytes, data_points: u64) -> Delivery =
+        Command::attributes_bytes(payload, data_points), to_delivery;
+
+    /// Device API: an attribute request encoded by the application; the answer's bytes.
+    fn request_attributes_bytes(payload: bytes::Bytes) -> bytes::Bytes =
+        Command::request_attributes_bytes(payload), to_raw;
+
+    /// Device API: a client-side RPC encoded by the application; the answer's bytes.
+    fn rpc_bytes(payload: bytes::Bytes) -> bytes::Bytes = Command::rpc_bytes(payload), to_raw;
+
+    /// Device API: the reply to server-side RPC `id` (received as
+    /// [`RawDownlink::RpcRequest`](gateway_proto::raw::RawDownlink::RpcRequest)), encoded by
+    /// the application.
+    fn rpc_reply_bytes(id: u64, payload: bytes::Bytes) -> Delivery =
+        Command::rpc_reply_bytes(id, payload), to_delivery;
 }

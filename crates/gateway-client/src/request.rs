@@ -60,6 +60,9 @@ pub enum Answer {
     Attributes(AttributeValues),
     /// A client-side RPC was answered.
     Rpc(ClientRpcResponse),
+    /// A raw request (attribute request or client-side RPC with an application-encoded
+    /// payload, e.g. protobuf on the `/p` topics) was answered with these bytes.
+    Raw(bytes::Bytes),
 }
 
 /// Turns the core's outcome event into a typed result.
@@ -80,6 +83,7 @@ pub(crate) fn to_answer(event: Event) -> Result<Answer, ClientError> {
             shared,
         })),
         Event::RpcResponse { response, .. } => Ok(Answer::Rpc(response)),
+        Event::Raw(raw) if raw.request().is_some() => Ok(Answer::Raw(raw.payload().clone())),
         Event::Failed { error, .. } => Err(ClientError::Failed(error)),
         // Only outcome events are routed to a request (`Event::request()` is `Some`).
         _ => Err(ClientError::Closed),
@@ -96,6 +100,13 @@ pub(crate) fn to_delivery(event: Event) -> Result<Delivery, ClientError> {
 pub(crate) fn to_attributes(event: Event) -> Result<AttributeValues, ClientError> {
     match to_answer(event)? {
         Answer::Attributes(a) => Ok(a),
+        _ => Err(ClientError::Closed),
+    }
+}
+
+pub(crate) fn to_raw(event: Event) -> Result<bytes::Bytes, ClientError> {
+    match to_answer(event)? {
+        Answer::Raw(b) => Ok(b),
         _ => Err(ClientError::Closed),
     }
 }

@@ -320,6 +320,25 @@ fn retry_mode_keeps_trying_and_reports_transport_failures_as_events() {
 }
 
 #[test]
+fn raw_requests_resolve_to_the_answers_bytes() {
+    let mut h = Harness::new("GW_TOKEN", FirstAttempt::MustSucceed, |_| {});
+    h.startup.take().unwrap().wait_blocking().unwrap();
+    // Application-encoded payloads; JSON here, since the emulator speaks no protobuf.
+    let sent = h
+        .client()
+        .attributes_bytes(bytes::Bytes::from_static(br#"{"serial":"S-1"}"#), 1)
+        .unwrap();
+    let asked = h
+        .client()
+        .request_attributes_bytes(bytes::Bytes::from_static(br#"{"clientKeys":"serial"}"#))
+        .unwrap();
+    h.settle();
+    assert_eq!(sent.wait(), Ok(Delivery::Acknowledged));
+    let answer: Value = serde_json::from_slice(&asked.wait().unwrap()).unwrap();
+    assert_eq!(answer, json!({"client": {"serial": "S-1"}}));
+}
+
+#[test]
 fn refusals_by_the_core_come_back_on_the_pending() {
     let mut h = Harness::new("GW_TOKEN", FirstAttempt::MustSucceed, |o| {
         o.config.role = Role::Device

@@ -1,9 +1,10 @@
 //! A walk through one gateway session, with no server and no sockets: the core is driven
 //! against a tiny in-memory broker on a virtual clock, and every step is printed.
 //!
-//! It shows what an adapter sees: the CONNECT, a refused first attempt, queued telemetry
-//! going out after CONNACK, the link dying with publishes in flight, the backoff, and the
-//! retransmission (DUP) that completes each publish exactly once.
+//! It shows what an adapter sees: the CONNECT, a refused first attempt, the
+//! `getSessionLimits` exchange after CONNACK, queued telemetry going out once the limits are
+//! known, the link dying with publishes in flight, the backoff, and the retransmission (DUP)
+//! that completes each publish exactly once.
 //!
 //! Run with `cargo run -p gateway-proto --example session_walkthrough`.
 
@@ -47,6 +48,20 @@ impl Broker {
                     codes: vec![1],
                 })),
                 Packet::PingReq => Some(Packet::PingResp),
+                // ThingsBoard's transport answers this client-side RPC itself.
+                Packet::Publish(p) if p.topic.starts_with("v1/devices/me/rpc/request/") => {
+                    let id = p.topic.rsplit('/').next().unwrap_or("0");
+                    Some(Packet::Publish(wire::Publish {
+                        topic: format!("v1/devices/me/rpc/response/{id}"),
+                        payload: Bytes::from_static(
+                            br#"{"maxPayloadSize":65536,"maxInflightMessages":100,"rateLimits":{"messages":"200:1","telemetryMessages":"100:1","telemetryDataPoints":"1000:1"},"gatewayRateLimits":{"messages":"200:1","telemetryMessages":"100:1","telemetryDataPoints":"1000:1"}}"#,
+                        ),
+                        qos: wire::QoS::AtMostOnce,
+                        dup: false,
+                        retain: false,
+                        pkid: 0,
+                    }))
+                }
                 _ => None,
             };
             if let Some(a) = answer {
@@ -150,6 +165,9 @@ fn main() {
                         "[{at:>6.1}s] event: disconnected ({reason}); reconnect in {wait:.2?}"
                     );
                 }
+                Output::Event(Event::SessionLimits(report)) => {
+                    println!("[{at:>6.1}s] event: {report}");
+                }
                 Output::Event(e) => println!("[{at:>6.1}s] event: {e:?}"),
                 _ => {}
             }
@@ -173,7 +191,10 @@ fn main() {
                     _ => None,
                 })
                 .collect();
-            if !publishes.is_empty() && !link_dropped {
+            let telemetry = seen
+                .iter()
+                .any(|p| matches!(p, Packet::Publish(p) if p.topic == "v1/gateway/telemetry"));
+            if telemetry && !link_dropped {
                 // The link dies before any PUBACK arrives.
                 link_dropped = true;
                 println!(

@@ -11,12 +11,13 @@ use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde_json::{Map, Value};
 
-use crate::codec::QoS;
+use crate::codec::{ProtocolVersion, QoS};
 use crate::command::{AttributeScope, Command, DeviceCommand, GatewayCommand};
 use crate::config::{Config, Role, KEEPALIVE_KEY};
+use crate::connection::publish_remaining_len;
 use crate::correlation::{Expect, Pending, PendingRequests, ServerRpcs};
 use crate::error::CommandError;
 use crate::event::{Event, RequestError, RequestId, Warning};
@@ -25,20 +26,24 @@ use crate::ota::{
 };
 use crate::outbound::ControlTag;
 use crate::output::OutputQueue;
+use crate::pacing::{Charge, Scope};
 use crate::payload::device::write_device_telemetry;
 use crate::payload::gateway::{
     write_gateway_attributes, write_gateway_claim, write_gateway_telemetry_entries,
 };
 use crate::payload::{
-    AttributeResult, AttributeUpdate, ClientAttributes, Connect, DeviceAttributeRequest,
+    AttributeResult, AttributeUpdate, ClientRpcResponse, Connect, DeviceAttributeRequest,
     DeviceAttributeResponse, Disconnect, DisconnectNotice, GatewayAttributeRequest,
     GatewayAttributeResponse, GatewayAttributeUpdate, GatewayNotification, GatewayRpcRequest,
-    GatewayRpcResponse, Payload, PayloadError, RequestedKeys, RpcRequest, TelemetryEntry,
+    GatewayRpcResponse, Payload, PayloadError, RequestedKeys, RpcRequest, SessionLimits,
+    TelemetryEntry,
 };
+use crate::raw::{RawDownlink, RawUplink};
 use crate::reason::ReasonCode;
 use crate::registry::Registry;
+use crate::split::{Budget, Message};
 use crate::stats::Stats;
-use crate::topic::{self, InboundTopic, TopicFamily};
+use crate::topic::{self, IdTopicKind, InboundTopic, TopicFamily};
 
 /// A command turned into a publish, with what to remember once it is accepted.
 #[derive(Debug)]
@@ -48,6 +53,119 @@ pub(crate) struct Prepared {
     pub(crate) payload: Bytes,
     pub(crate) qos: QoS,
     pub(crate) commit: Commit,
+    /// What `payload` takes from the rate-limit buckets (`None`: worked out from the payload
+    /// when it is about to be sent, for publishes the application built itself).
+    pub(crate) charge: Option<Charge>,
+    /// Further parts, when the message was split to fit the limits; `payload` is the first.
+    pub(crate) more: Vec<(Bytes, Charge)>,
+}
+
+/// What shaping a publish to the limits needs to know about the connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fit {
+    pub(crate) protocol: ProtocolVersion,
+    /// Largest PUBLISH (remaining length) now.
+    pub(crate) max_packet: usize,
+    /// Split telemetry and attributes that do not fit.
+    pub(crate) split: bool,
+    /// Data points per message: own device, sub-devices.
+    pub(crate) device_points: Option<u64>,
+    pub(crate) gateway_points: Option<u64>,
+}
+
+/// A payload with its charge and any further parts.
+struct Body {
+    payload: Bytes,
+    charge: Charge,
+    more: Vec<(Bytes, Charge)>,
+}
+
+impl Body {
+    /// One regular message on `topic`.
+    fn message(buf: BytesMut, topic: &str) -> Self {
+        Self {
+            payload: buf.freeze(),
+            charge: Charge::message(Scope::of_topic(topic)),
+            more: Vec::new(),
+        }
+    }
+}
+
+/// How a telemetry-like message is charged.
+#[derive(Debug, Clone, Copy)]
+enum Counted {
+    Telemetry,
+    Attributes,
+}
+
+impl Counted {
+    fn charge(self, scope: Scope, messages: u64, points: u64) -> Charge {
+        match self {
+            Self::Telemetry => Charge::telemetry(scope, messages, points),
+            Self::Attributes => Charge::attributes(scope, messages, points),
+        }
+    }
+}
+
+/// The encoded message `whole` (in `buf`) if it fits the packet and data-point limits;
+/// otherwise `msg` cut into parts that do (or the typed error of a value that cannot fit).
+fn fit(
+    msg: &Message<'_>,
+    counted: Counted,
+    topic: &str,
+    qos: QoS,
+    buf: BytesMut,
+    fit: &Fit,
+) -> Result<Body, CommandError> {
+    let scope = Scope::of_topic(topic);
+    let overhead = publish_remaining_len(fit.protocol, topic, 0, qos);
+    let budget = Budget {
+        payload: fit.max_packet.saturating_sub(overhead),
+        points: match scope {
+            Scope::Device => fit.device_points,
+            Scope::Gateway => fit.gateway_points,
+        },
+    };
+    let points = msg.points();
+    if !fit.split || (buf.len() <= budget.payload && budget.points.is_none_or(|max| points <= max))
+    {
+        return Ok(Body {
+            payload: buf.freeze(),
+            charge: counted.charge(scope, msg.device_count(), points),
+            more: Vec::new(),
+        });
+    }
+    let parts = msg
+        .split(&budget)
+        .map_err(|u| CommandError::ValueTooLarge {
+            device: u.device,
+            key: u.key,
+            size: u.size.saturating_add(overhead),
+            max: fit.max_packet,
+        })?;
+    let mut parts = parts
+        .into_iter()
+        .map(|p| (p.payload, counted.charge(scope, p.devices, p.points)));
+    let Some((payload, charge)) = parts.next() else {
+        return Err(CommandError::Payload(PayloadError::NoDeviceEntries));
+    };
+    Ok(Body {
+        payload,
+        charge,
+        more: parts.collect(),
+    })
+}
+
+/// Something the connection must act on, found while handling a downlink or an ack.
+#[derive(Debug)]
+pub(crate) enum Signal {
+    /// The answer to `getSessionLimits` (or why it is unusable).
+    Limits(Result<SessionLimits, String>),
+    /// No answer will come on this session: the request was refused, or a plain broker
+    /// reflected it back as an RPC request.
+    LimitsUnanswered,
+    /// `v1/gateway/disconnect` with reason 150 for this sub-device.
+    SubDeviceRateLimited(String),
 }
 
 /// Bookkeeping deferred until the publish is admitted, so a refused command changes nothing.
@@ -119,11 +237,12 @@ pub(crate) struct Api {
     rpc_timeout: Duration,
     /// When the next idle sweep is due (while connected).
     next_sweep: Option<Instant>,
+    /// Topic family of the Device API.
+    family: TopicFamily,
+    /// What the connection must act on (taken after each downlink or ack).
+    signals: Vec<Signal>,
     /// Firmware/software updates, when configured.
     ota: Option<Ota>,
-    /// Reused buffer the payloads of commands are written into; each payload is then copied
-    /// into an allocation of its exact size (no growth steps, no slack kept per message).
-    scratch: Vec<u8>,
 }
 
 impl Api {
@@ -140,13 +259,36 @@ impl Api {
             attribute_timeout: config.attribute_request_timeout,
             rpc_timeout: config.rpc_timeout,
             next_sweep: None,
+            family: config.device_topics,
+            signals: Vec::new(),
             ota: if config.is_provisioning() {
                 None
             } else {
                 config.ota.as_ref().map(Ota::new)
             },
-            scratch: Vec::new(),
         }
+    }
+
+    /// Signals found since the last call.
+    pub(crate) fn take_signals(&mut self) -> Vec<Signal> {
+        std::mem::take(&mut self.signals)
+    }
+
+    /// Registers the connection's own `getSessionLimits` request, writes its payload and
+    /// returns its wire id (the topic is `v1/devices/me/rpc/request/{id}`: ThingsBoard
+    /// answers it on the v1 topic only).
+    pub(crate) fn session_limits_request(&mut self, now: Instant, payload: &mut Vec<u8>) -> u32 {
+        payload.clear();
+        RpcRequest::new(SessionLimits::METHOD, Value::Object(Map::new())).encode_into(payload);
+        let wire = self.requests.allocate();
+        self.requests
+            .insert_at(wire, None, Expect::SessionLimits, now + self.rpc_timeout);
+        wire
+    }
+
+    /// Forgets a request registered but not sent.
+    pub(crate) fn forget_request(&mut self, wire: u32) {
+        self.requests.take(u64::from(wire));
     }
 
     pub(crate) fn fill_stats(&self, stats: &mut Stats) {
@@ -166,11 +308,13 @@ impl Api {
 
     // ----- commands ---------------------------------------------------------------------
 
-    /// Validates a command and builds its publish. Changes nothing but the wire-id counter.
+    /// Validates a command and builds its publish (or publishes, when it must be split to
+    /// fit `fit`). Changes nothing but the wire-id counter.
     pub(crate) fn prepare(
         &mut self,
         command: Command,
         telemetry_qos: QoS,
+        fit: &Fit,
     ) -> Result<Prepared, CommandError> {
         match command {
             Command::Publish {
@@ -178,18 +322,20 @@ impl Api {
                 payload,
                 qos,
             } => Ok(Prepared {
-                topic: Cow::Owned(topic),
+                charge: None,
+                topic: topic.into(),
                 payload,
                 qos,
                 commit: Commit::Nothing,
+                more: Vec::new(),
             }),
             Command::Gateway(cmd) => {
                 if self.role != Role::Gateway {
                     return Err(CommandError::NotAGateway);
                 }
-                self.prepare_gateway(cmd, telemetry_qos)
+                self.prepare_gateway(cmd, telemetry_qos, fit)
             }
-            Command::Device(cmd) => self.prepare_device(cmd, telemetry_qos),
+            Command::Device(cmd) => self.prepare_device(cmd, telemetry_qos, fit),
             Command::Ota(cmd) => self.prepare_ota(cmd),
         }
     }
@@ -225,6 +371,10 @@ impl Api {
             payload,
             qos: QoS::AtLeastOnce,
             commit,
+            // State telemetry: charged by its data points when it is about to go (only if
+            // the device is paced); never split (a few small keys).
+            charge: None,
+            more: Vec::new(),
         })
     }
 
@@ -232,11 +382,11 @@ impl Api {
         &mut self,
         cmd: GatewayCommand,
         telemetry_qos: QoS,
+        fit_to: &Fit,
     ) -> Result<Prepared, CommandError> {
         let qos1 = QoS::AtLeastOnce;
-        let mut buf = std::mem::take(&mut self.scratch);
-        buf.clear();
-        let (topic, qos, commit) = match cmd {
+        let mut buf = BytesMut::new();
+        let (topic, qos, commit, body) = match cmd {
             GatewayCommand::Connect {
                 device,
                 device_type,
@@ -254,6 +404,7 @@ impl Api {
                         device,
                         device_type,
                     },
+                    Body::message(buf, topic::GATEWAY_CONNECT),
                 )
             }
             GatewayCommand::Disconnect { device } => {
@@ -264,16 +415,30 @@ impl Api {
                     device: device.clone(),
                 }
                 .encode_into(&mut buf);
-                (topic::GATEWAY_DISCONNECT, qos1, Commit::Disconnect(device))
+                (
+                    topic::GATEWAY_DISCONNECT,
+                    qos1,
+                    Commit::Disconnect(device),
+                    Body::message(buf, topic::GATEWAY_DISCONNECT),
+                )
             }
             GatewayCommand::Telemetry { device, entries } => {
                 self.registry.check([device.as_str()])?;
                 check_entries(&entries)?;
                 write_gateway_telemetry_entries(&mut buf, &device, &entries);
+                let body = fit(
+                    &Message::gateway_telemetry(&device, &entries),
+                    Counted::Telemetry,
+                    topic::GATEWAY_TELEMETRY,
+                    telemetry_qos,
+                    buf,
+                    fit_to,
+                )?;
                 (
                     topic::GATEWAY_TELEMETRY,
                     telemetry_qos,
                     Commit::TouchOne(device),
+                    body,
                 )
             }
             GatewayCommand::TelemetryBatch(batch) => {
@@ -286,26 +451,49 @@ impl Api {
                     check_entries(entries)?;
                 }
                 batch.encode_into(&mut buf);
+                let body = fit(
+                    &Message::gateway_batch(&batch),
+                    Counted::Telemetry,
+                    topic::GATEWAY_TELEMETRY,
+                    telemetry_qos,
+                    buf,
+                    fit_to,
+                )?;
                 let devices = batch.devices.into_keys().collect();
                 (
                     topic::GATEWAY_TELEMETRY,
                     telemetry_qos,
                     Commit::Touch(devices),
+                    body,
                 )
             }
             GatewayCommand::Attributes { device, values } => {
                 self.registry.check([device.as_str()])?;
                 write_gateway_attributes(&mut buf, &device, &values);
+                let body = fit(
+                    &Message::gateway_attributes(&device, &values),
+                    Counted::Attributes,
+                    topic::GATEWAY_ATTRIBUTES,
+                    telemetry_qos,
+                    buf,
+                    fit_to,
+                )?;
                 (
                     topic::GATEWAY_ATTRIBUTES,
                     telemetry_qos,
                     Commit::TouchOne(device),
+                    body,
                 )
             }
             GatewayCommand::Claim { device, claim } => {
                 self.registry.check([device.as_str()])?;
                 write_gateway_claim(&mut buf, &device, &claim);
-                (topic::GATEWAY_CLAIM, qos1, Commit::TouchOne(device))
+                (
+                    topic::GATEWAY_CLAIM,
+                    qos1,
+                    Commit::TouchOne(device),
+                    Body::message(buf, topic::GATEWAY_CLAIM),
+                )
             }
             GatewayCommand::RequestAttributes {
                 device,
@@ -349,6 +537,7 @@ impl Api {
                         timeout: self.attribute_timeout,
                         device: Some(device),
                     },
+                    Body::message(buf, topic::GATEWAY_ATTRIBUTES_REQUEST),
                 )
             }
             GatewayCommand::RpcReply { device, id, data } => {
@@ -371,16 +560,17 @@ impl Api {
                         device: Some(device),
                         id,
                     },
+                    Body::message(buf, topic::GATEWAY_RPC),
                 )
             }
         };
-        let payload = Bytes::copy_from_slice(&buf);
-        self.scratch = buf;
         Ok(Prepared {
             topic: Cow::Borrowed(topic),
-            payload,
+            payload: body.payload,
             qos,
             commit,
+            charge: Some(body.charge),
+            more: body.more,
         })
     }
 
@@ -388,39 +578,76 @@ impl Api {
         &mut self,
         cmd: DeviceCommand,
         telemetry_qos: QoS,
+        fit_to: &Fit,
     ) -> Result<Prepared, CommandError> {
         let qos1 = QoS::AtLeastOnce;
-        let mut buf = std::mem::take(&mut self.scratch);
-        buf.clear();
-        let (topic, qos, commit): (Cow<'static, str>, _, _) = match cmd {
+        let family = self.family;
+        let json_family = || {
+            if family == TopicFamily::V2Proto {
+                Err(CommandError::JsonOnProtobufTopic)
+            } else {
+                Ok(family)
+            }
+        };
+        let mut buf = BytesMut::new();
+        let (topic, qos, commit, body) = match cmd {
             DeviceCommand::Telemetry(entries) => {
+                let family = json_family()?;
                 check_entries(&entries)?;
                 match entries.as_slice() {
                     [one] => write_device_telemetry(&mut buf, one.ts, &one.values),
-                    _ => crate::payload::DeviceTelemetry { entries }.encode_into(&mut buf),
+                    _ => {
+                        // The array form of `DeviceTelemetry`, without moving the entries.
+                        buf.extend_from_slice(b"[");
+                        for (i, e) in entries.iter().enumerate() {
+                            if i > 0 {
+                                buf.extend_from_slice(b",");
+                            }
+                            e.write(&mut buf);
+                        }
+                        buf.extend_from_slice(b"]");
+                    }
                 }
-                (
-                    Cow::Borrowed(topic::DEVICE_TELEMETRY),
+                let topic = family.telemetry_topic();
+                let body = fit(
+                    &Message::device_telemetry(&entries),
+                    Counted::Telemetry,
+                    topic,
                     telemetry_qos,
-                    Commit::Nothing,
-                )
+                    buf,
+                    fit_to,
+                )?;
+                (topic.to_owned(), telemetry_qos, Commit::Nothing, body)
             }
             DeviceCommand::Attributes(values) => {
-                ClientAttributes { values }.encode_into(&mut buf);
-                (
-                    Cow::Borrowed(topic::DEVICE_ATTRIBUTES),
+                let family = json_family()?;
+                // The form of `ClientAttributes`, without moving the values.
+                crate::payload::put_json(&mut buf, &values);
+                let topic = family.attributes_topic();
+                let body = fit(
+                    &Message::device_attributes(&values),
+                    Counted::Attributes,
+                    topic,
                     telemetry_qos,
-                    Commit::Nothing,
-                )
+                    buf,
+                    fit_to,
+                )?;
+                (topic.to_owned(), telemetry_qos, Commit::Nothing, body)
             }
             DeviceCommand::Claim(claim) => {
                 claim.encode_into(&mut buf);
-                (Cow::Borrowed(topic::DEVICE_CLAIM), qos1, Commit::Nothing)
+                (
+                    topic::DEVICE_CLAIM.to_owned(),
+                    qos1,
+                    Commit::Nothing,
+                    Body::message(buf, topic::DEVICE_CLAIM),
+                )
             }
             DeviceCommand::RequestAttributes {
                 client_keys,
                 shared_keys,
             } => {
+                let family = json_family()?;
                 let request = DeviceAttributeRequest::new(client_keys, shared_keys)
                     .map_err(CommandError::Payload)?;
                 if !self.requests.has_room() {
@@ -430,8 +657,11 @@ impl Api {
                 }
                 request.encode_into(&mut buf);
                 let wire = self.requests.allocate();
+                let topic =
+                    topic::topic_with_id(IdTopicKind::AttributeRequest, family, u64::from(wire));
+                let body = Body::message(buf, &topic);
                 (
-                    topic::attribute_request_topic(u64::from(wire)).into(),
+                    topic,
                     qos1,
                     Commit::Request {
                         wire,
@@ -439,20 +669,23 @@ impl Api {
                         timeout: self.attribute_timeout,
                         device: None,
                     },
+                    body,
                 )
             }
             DeviceCommand::RpcReply { id, data } => {
                 let Some(family) = self.server_rpcs.family(None, id) else {
                     return Err(CommandError::UnknownRpc { device: None, id });
                 };
+                if family == TopicFamily::V2Proto {
+                    return Err(CommandError::JsonOnProtobufTopic);
+                }
                 data.encode_into(&mut buf);
-                (
-                    topic::rpc_response_topic_v2(family, id).into(),
-                    qos1,
-                    Commit::RpcReply { device: None, id },
-                )
+                let topic = topic::rpc_response_topic_v2(family, id);
+                let body = Body::message(buf, &topic);
+                (topic, qos1, Commit::RpcReply { device: None, id }, body)
             }
             DeviceCommand::Rpc { method, params } => {
+                let family = json_family()?;
                 if !self.requests.has_room() {
                     return Err(CommandError::TooManyRequests {
                         max: self.requests.capacity(),
@@ -460,8 +693,10 @@ impl Api {
                 }
                 RpcRequest { method, params }.encode_into(&mut buf);
                 let wire = self.requests.allocate();
+                let topic = topic::topic_with_id(IdTopicKind::RpcRequest, family, u64::from(wire));
+                let body = Body::message(buf, &topic);
                 (
-                    topic::rpc_request_topic(u64::from(wire)).into(),
+                    topic,
                     qos1,
                     Commit::Request {
                         wire,
@@ -469,16 +704,110 @@ impl Api {
                         timeout: self.rpc_timeout,
                         device: None,
                     },
+                    body,
+                )
+            }
+            DeviceCommand::Raw(raw) => return self.prepare_raw(raw, telemetry_qos),
+        };
+        Ok(Prepared {
+            topic: topic.into(),
+            payload: body.payload,
+            qos,
+            commit,
+            charge: Some(body.charge),
+            more: body.more,
+        })
+    }
+
+    /// A wire id for a raw request, if there is room for one more pending request.
+    fn raw_request_wire(&mut self) -> Result<u32, CommandError> {
+        if !self.requests.has_room() {
+            return Err(CommandError::TooManyRequests {
+                max: self.requests.capacity(),
+            });
+        }
+        Ok(self.requests.allocate())
+    }
+
+    /// A Device API message the application encoded: published as is on the family's topic.
+    fn prepare_raw(
+        &mut self,
+        raw: RawUplink,
+        telemetry_qos: QoS,
+    ) -> Result<Prepared, CommandError> {
+        let family = self.family;
+        let qos1 = QoS::AtLeastOnce;
+        let (topic, payload, qos, commit, charge) = match raw {
+            RawUplink::Telemetry {
+                payload,
+                data_points,
+            } => (
+                family.telemetry_topic().to_owned(),
+                payload,
+                telemetry_qos,
+                Commit::Nothing,
+                Charge::telemetry(Scope::Device, 1, data_points),
+            ),
+            RawUplink::Attributes {
+                payload,
+                data_points,
+            } => (
+                family.attributes_topic().to_owned(),
+                payload,
+                telemetry_qos,
+                Commit::Nothing,
+                Charge::attributes(Scope::Device, 1, data_points),
+            ),
+            RawUplink::RequestAttributes(payload) => {
+                let wire = self.raw_request_wire()?;
+                (
+                    topic::topic_with_id(IdTopicKind::AttributeRequest, family, u64::from(wire)),
+                    payload,
+                    qos1,
+                    Commit::Request {
+                        wire,
+                        expect: Expect::RawAttributes,
+                        timeout: self.attribute_timeout,
+                        device: None,
+                    },
+                    Charge::message(Scope::Device),
+                )
+            }
+            RawUplink::Rpc(payload) => {
+                let wire = self.raw_request_wire()?;
+                (
+                    topic::topic_with_id(IdTopicKind::RpcRequest, family, u64::from(wire)),
+                    payload,
+                    qos1,
+                    Commit::Request {
+                        wire,
+                        expect: Expect::RawRpc,
+                        timeout: self.rpc_timeout,
+                        device: None,
+                    },
+                    Charge::message(Scope::Device),
+                )
+            }
+            RawUplink::RpcReply { id, payload } => {
+                let Some(family) = self.server_rpcs.family(None, id) else {
+                    return Err(CommandError::UnknownRpc { device: None, id });
+                };
+                (
+                    topic::rpc_response_topic_v2(family, id),
+                    payload,
+                    qos1,
+                    Commit::RpcReply { device: None, id },
+                    Charge::message(Scope::Device),
                 )
             }
         };
-        let payload = Bytes::copy_from_slice(&buf);
-        self.scratch = buf;
         Ok(Prepared {
-            topic,
+            topic: topic.into(),
             payload,
             qos,
             commit,
+            charge: Some(charge),
+            more: Vec::new(),
         })
     }
 
@@ -743,6 +1072,14 @@ impl Api {
         !self.lane.is_empty()
     }
 
+    /// The server's payload limit (`maxPayloadSize`) was learned: OTA chunk requests stay
+    /// within it.
+    pub(crate) fn cap_ota_chunk(&mut self, cap: Option<usize>) {
+        if let Some(ota) = &mut self.ota {
+            ota.set_chunk_cap(cap);
+        }
+    }
+
     /// Whether an OTA request waits (served after the queue).
     pub(crate) fn ota_pending(&self) -> bool {
         self.ota.as_ref().is_some_and(Ota::wants_send)
@@ -834,7 +1171,7 @@ impl Api {
             return Some(ControlTag::OtaInfo(wire));
         }
         let chunk = ota.take_chunk(now)?;
-        payload.extend_from_slice(ota.chunk_size_text().as_bytes());
+        payload.extend_from_slice(ota.chunk_size_text(chunk.kind).as_bytes());
         topic_out.push_str(&topic::ota_chunk_request_topic(
             chunk.kind,
             u64::from(chunk.request_id),
@@ -867,6 +1204,8 @@ impl Api {
                     self.lane.push_front(LaneItem::Keepalive(device));
                 }
             }
+            // Not a lane item.
+            ControlTag::SessionLimits(_) => {}
         }
     }
 
@@ -902,6 +1241,13 @@ impl Api {
                     self.requests.take(u64::from(wire));
                 }
             }
+            ControlTag::SessionLimits(wire) => {
+                if code.is_success() {
+                    self.requests.mark_wire_acked(wire);
+                } else if self.requests.take(u64::from(wire)).is_some() {
+                    self.signals.push(Signal::LimitsUnanswered);
+                }
+            }
         }
     }
 
@@ -922,9 +1268,55 @@ impl Api {
             out.event(Event::Message { topic, payload });
             return None;
         };
+        match kind {
+            InboundTopic::DeviceRpcResponse { id, .. }
+                if self.requests.get(id).map(|p| &p.expect) == Some(&Expect::SessionLimits) =>
+            {
+                self.on_session_limits(id, &payload);
+                return None;
+            }
+            InboundTopic::DeviceRpcRequest {
+                family: TopicFamily::V1,
+                id,
+            } if self.requests.get(id).map(|p| &p.expect) == Some(&Expect::SessionLimits)
+                && RpcRequest::parse(&payload).is_ok_and(|r| r.method == SessionLimits::METHOD) =>
+            {
+                // A plain MQTT broker hands our own request back (we subscribe to the RPC
+                // request filter): nobody is going to answer it.
+                self.requests.take(id);
+                self.signals.push(Signal::LimitsUnanswered);
+                return None;
+            }
+            InboundTopic::DeviceAttributesResponse { id, .. }
+                if self.requests.get(id).map(|p| &p.expect) == Some(&Expect::RawAttributes) =>
+            {
+                return self.complete_raw(
+                    id,
+                    payload,
+                    |request, payload| RawDownlink::AttributeResponse { request, payload },
+                    out,
+                );
+            }
+            InboundTopic::DeviceRpcResponse { id, .. }
+                if self.requests.get(id).map(|p| &p.expect) == Some(&Expect::RawRpc) =>
+            {
+                return self.complete_raw(
+                    id,
+                    payload,
+                    |request, payload| RawDownlink::RpcResponse { request, payload },
+                    out,
+                );
+            }
+            _ => {}
+        }
         if kind.family() == TopicFamily::V2Proto {
             // Protobuf payloads follow the device profile's schema: the application decodes.
-            out.event(Event::Message { topic, payload });
+            // Typed as raw downlinks on the family the connection uses, passed on otherwise.
+            if self.family == TopicFamily::V2Proto {
+                self.on_raw(topic, kind, payload, out);
+            } else {
+                out.event(Event::Message { topic, payload });
+            }
             return None;
         }
         match kind {
@@ -964,10 +1356,16 @@ impl Api {
             }
             InboundTopic::GatewayDisconnect if gateway => {
                 match DisconnectNotice::parse(&payload) {
-                    Ok(n) => out.event(Event::SubDeviceDisconnected {
-                        device: n.device,
-                        reason: ReasonCode::from_u8(n.reason),
-                    }),
+                    Ok(n) => {
+                        if n.is_rate_limit() {
+                            self.signals
+                                .push(Signal::SubDeviceRateLimited(n.device.clone()));
+                        }
+                        out.event(Event::SubDeviceDisconnected {
+                            device: n.device,
+                            reason: ReasonCode::from_u8(n.reason),
+                        })
+                    }
                     Err(error) => invalid(out, topic, error),
                 }
                 None
@@ -1082,6 +1480,53 @@ impl Api {
                 out.event(Event::Message { topic, payload });
                 None
             }
+        }
+    }
+
+    /// The transport's answer to `getSessionLimits` (wire id `id`).
+    fn on_session_limits(&mut self, id: u64, payload: &[u8]) {
+        self.requests.take(id);
+        let answer = match ClientRpcResponse::parse(payload) {
+            Ok(ClientRpcResponse::Ok(value)) => {
+                SessionLimits::from_value(value).map_err(|e| e.to_string())
+            }
+            Ok(ClientRpcResponse::Error(e)) => Err(format!("the server answered {e:?}")),
+            Err(e) => Err(e.to_string()),
+        };
+        self.signals.push(Signal::Limits(answer));
+    }
+
+    /// The answer to a raw request: its outcome, as bytes.
+    fn complete_raw(
+        &mut self,
+        id: u64,
+        payload: Bytes,
+        done: impl FnOnce(RequestId, Bytes) -> RawDownlink,
+        out: &mut OutputQueue,
+    ) -> Option<u64> {
+        let request = self.requests.take(id)?.request?;
+        out.event(Event::Raw(done(RequestId(request), payload)));
+        Some(request)
+    }
+
+    /// A downlink on a `/p` topic of the family the connection uses.
+    fn on_raw(&mut self, topic: String, kind: InboundTopic, payload: Bytes, out: &mut OutputQueue) {
+        match kind {
+            InboundTopic::DeviceAttributes { .. } => {
+                out.event(Event::Raw(RawDownlink::AttributeUpdate(payload)));
+            }
+            InboundTopic::DeviceRpcRequest { family, id } => {
+                if let Some((device, id)) = self.server_rpcs.insert(None, id, family) {
+                    out.event(Event::Warning(Warning::ServerRpcForgotten { device, id }));
+                }
+                out.event(Event::Raw(RawDownlink::RpcRequest { id, payload }));
+            }
+            InboundTopic::DeviceAttributesResponse { id, .. }
+            | InboundTopic::DeviceRpcResponse { id, .. } => {
+                // Raw answers were matched before; nothing else waits on a `/p` topic.
+                out.event(Event::Warning(Warning::UnmatchedResponse { topic, id }));
+            }
+            _ => out.event(Event::Message { topic, payload }),
         }
     }
 

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use crate::codec::QoS;
 use crate::ota::{OtaCommand, OtaKind, OtaVersion};
 use crate::payload::{Claim, GatewayTelemetry, TelemetryEntry};
+use crate::raw::RawUplink;
 
 /// An application request.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +69,11 @@ pub enum AttributeScope {
 /// [`Event::AttributeResponse`](crate::Event::AttributeResponse) or `Failed`; every other
 /// variant ends like a [`Command::Publish`] at QoS 1 (`Delivered` / `Failed`), except
 /// telemetry and attributes, which use [`Config::telemetry_qos`](crate::Config::telemetry_qos).
+///
+/// Telemetry and attributes larger than the packet limit, or with more data points than the
+/// sub-devices' data-point limit, are split into several publishes (see
+/// [`LimitsConfig::split`](crate::LimitsConfig::split)); the command keeps its one outcome,
+/// reported when its last part finishes.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum GatewayCommand {
@@ -140,13 +146,18 @@ pub enum GatewayCommand {
     },
 }
 
-/// Device API requests (`v1/devices/me/*`), for the connection's own device (a gateway is a
-/// device too).
+/// Device API requests (`v1/devices/me/*`, or the short `v2/*` topics of
+/// [`Config::device_topics`](crate::Config::device_topics)), for the connection's own device
+/// (a gateway is a device too).
 ///
 /// Outcomes: [`DeviceCommand::RequestAttributes`] ends in
 /// [`Event::AttributeResponse`](crate::Event::AttributeResponse) or `Failed`;
 /// [`DeviceCommand::Rpc`] in [`Event::RpcResponse`](crate::Event::RpcResponse) or `Failed`;
 /// the others like a [`Command::Publish`].
+///
+/// Telemetry and attributes larger than the packet limit, or with more data points than the
+/// server's data-point limit, are split into several publishes (see
+/// [`LimitsConfig::split`](crate::LimitsConfig::split)); the command still ends in one outcome.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum DeviceCommand {
@@ -181,6 +192,9 @@ pub enum DeviceCommand {
         /// Parameters (any JSON).
         params: Value,
     },
+    /// A message whose payload the application encoded (protobuf on the `/p` topics): see
+    /// [`raw`](crate::raw). Ends like the typed command of the same kind.
+    Raw(RawUplink),
 }
 
 impl Command {

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use crate::codec::{ProtocolVersion, QoS};
 use crate::error::ConfigError;
+use crate::limits::LimitsConfig;
 use crate::ota::{OtaConfig, MAX_OTA_CHUNK_SIZE, OTA_CHUNK_OVERHEAD};
 use crate::payload::{Payload, ProvisionRequest};
-use crate::topic;
+use crate::topic::{self, IdTopicKind, TopicFamily};
 
 /// The username and client id ThingsBoard reserves for provisioning-only sessions.
 ///
@@ -210,6 +211,17 @@ pub struct Config {
     /// [`Warning::ServerRpcForgotten`](crate::Warning::ServerRpcForgotten) reported.
     /// Default 1,024.
     pub max_pending_server_rpcs: usize,
+    /// Topic family of the Device API (the connection's own telemetry, attributes, attribute
+    /// requests, RPCs): [`TopicFamily::V1`] (`v1/devices/me/...`, the default),
+    /// [`TopicFamily::V2`] (`v2/t`, `v2/a`, `v2/a/req/{id}`, `v2/r/req/{id}` ...: payload type
+    /// from the device profile), [`TopicFamily::V2Json`] (`v2/.../j`) or
+    /// [`TopicFamily::V2Proto`] (`v2/.../p`, protobuf: see [`raw`](crate::raw)). Subscriptions
+    /// follow it (ThingsBoard publishes downlinks on the family of the last subscription);
+    /// downlinks are understood on every family. Claims and `getSessionLimits` have v1 topics
+    /// only; the Gateway API is always `v1/gateway/*`.
+    pub device_topics: TopicFamily,
+    /// Session limits, pacing, splitting and push-back (see [`limits`](crate::limits)).
+    pub limits: LimitsConfig,
     /// Firmware and software updates over the air (see [`crate::ota`]). `None` (the default)
     /// leaves the `fw_*` / `sw_*` attributes to the application.
     pub ota: Option<OtaConfig>,
@@ -264,6 +276,8 @@ impl Config {
             rpc_timeout: Duration::from_secs(75),
             max_pending_requests: 1024,
             max_pending_server_rpcs: 1024,
+            device_topics: TopicFamily::V1,
+            limits: LimitsConfig::default(),
             ota: None,
             provision_timeout: Duration::from_secs(30),
         }
@@ -298,11 +312,12 @@ impl Config {
         }
         let mut subs = Vec::new();
         if self.subscribe_api {
+            let family = self.device_topics;
             let device = [
-                topic::DEVICE_ATTRIBUTES,
-                topic::DEVICE_ATTRIBUTES_RESPONSE_SUB,
-                topic::DEVICE_RPC_REQUEST_SUB,
-                topic::DEVICE_RPC_RESPONSE_SUB,
+                family.attributes_topic(),
+                family.subscription_filter(IdTopicKind::AttributeResponse),
+                family.subscription_filter(IdTopicKind::RpcRequest),
+                family.subscription_filter(IdTopicKind::RpcResponse),
             ];
             let gateway = [
                 topic::GATEWAY_ATTRIBUTES,
@@ -314,6 +329,13 @@ impl Config {
                     .iter()
                     .map(|f| Subscription::new(*f, QoS::AtLeastOnce)),
             );
+            if family != TopicFamily::V1 && self.limits.session_limits_wait.is_some() {
+                // `getSessionLimits` is answered on the v1 RPC response topic only.
+                subs.push(Subscription::new(
+                    topic::DEVICE_RPC_RESPONSE_SUB,
+                    QoS::AtLeastOnce,
+                ));
+            }
             if self.role == Role::Gateway {
                 subs.extend(
                     gateway
@@ -412,6 +434,12 @@ impl Config {
         if self.sub_device_keepalive.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::ZeroDuration("sub_device_keepalive"));
         }
+        if !(1..=100).contains(&self.limits.rate_share_percent) {
+            return Err(ConfigError::ShareOutOfRange(self.limits.rate_share_percent));
+        }
+        if self.limits.session_limits_wait.is_some_and(|d| d.is_zero()) {
+            return Err(ConfigError::ZeroDuration("limits.session_limits_wait"));
+        }
         if let Some(ota) = &self.ota {
             let max =
                 MAX_OTA_CHUNK_SIZE.min(self.max_incoming_packet.saturating_sub(OTA_CHUNK_OVERHEAD));
@@ -431,6 +459,7 @@ impl Config {
         for (name, d) in [
             ("attribute_request_timeout", self.attribute_request_timeout),
             ("rpc_timeout", self.rpc_timeout),
+            ("limits.push_back_recovery", self.limits.push_back_recovery),
             ("provision_timeout", self.provision_timeout),
         ] {
             if d.is_zero() {

@@ -9,19 +9,22 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 
-use crate::api::{Api, Prepared};
+use crate::api::{Api, Fit, Prepared, Signal};
 use crate::backoff::Backoff;
 use crate::codec::{self, DecodeError, Packet, ProtocolVersion, QoS};
 use crate::command::Command;
 use crate::config::{Config, Credentials, PER_MESSAGE_OVERHEAD, PROVISION_IDENTITY};
 use crate::error::{CommandError, ConfigError, ProtocolError};
 use crate::event::{DisconnectReason, Event, RequestError, RequestId, Warning};
+use crate::limits::{self, Limits, PushBack, Traffic};
 use crate::ota::OtaKind;
 use crate::outbound::{Acked, ControlTag, Outbound, Ready};
 use crate::output::{Output, OutputQueue};
+use crate::pacing::{charge_of_publish, Charge, Scope};
 use crate::payload::{Payload, ProvisionResponse};
 use crate::provision::{ProvisionError, ProvisionedCredentials};
 use crate::reason::{ConnectRefusal, ReasonCode};
+use crate::split::{Groups, PartDone, Settled};
 use crate::stats::Stats;
 use crate::timer::{Timer, TimerTable};
 use crate::topic;
@@ -110,6 +113,10 @@ pub struct Connection {
     last_tx: Instant,
     last_rx: Instant,
     stats: Stats,
+    /// Session limits, pacing and push-back.
+    limits: Limits,
+    /// Commands split into several publishes, until their last part finishes.
+    groups: Groups,
 }
 
 impl Connection {
@@ -119,6 +126,8 @@ impl Connection {
         let mut conn = Self {
             backoff: Backoff::new(config.reconnect.clone()),
             api: Api::new(&config),
+            limits: Limits::new(&config),
+            groups: Groups::default(),
             scratch_topic: String::new(),
             scratch: Vec::new(),
             internal: HashMap::new(),
@@ -143,6 +152,8 @@ impl Connection {
                     topic::PROVISION_REQUEST.into(),
                     payload,
                     QoS::AtLeastOnce,
+                    // One message; a provisioning connection is never paced anyway.
+                    Some(Charge::message(Scope::Device)),
                 )
                 .map_err(|_| {
                     ConfigError::InvalidProvisionRequest("the request does not fit the send buffer")
@@ -198,13 +209,30 @@ impl Connection {
         if self.config.is_provisioning() {
             return Err(CommandError::ProvisioningOnly);
         }
+        let fit = Fit {
+            protocol: self.config.protocol,
+            max_packet: self.limits.max_packet(),
+            split: self.limits.split_enabled(),
+            device_points: self.limits.max_points(Scope::Device),
+            gateway_points: self.limits.max_points(Scope::Gateway),
+        };
         let Prepared {
             topic,
             payload,
             qos,
             commit,
-        } = self.api.prepare(command, self.config.telemetry_qos)?;
-        let id = self.accept_publish(now, topic, payload, qos)?;
+            charge,
+            more,
+        } = self.api.prepare(command, self.config.telemetry_qos, &fit)?;
+        let id = if more.is_empty() {
+            self.accept_publish(now, topic, payload, qos, charge)?
+        } else {
+            let first = (
+                payload,
+                charge.unwrap_or(Charge::message(Scope::of_topic(&topic))),
+            );
+            self.accept_parts(now, topic, first, more, qos)?
+        };
         self.api.commit(now, id.0, commit, qos, &mut self.out);
         self.pump(now);
         self.refresh_timers();
@@ -316,6 +344,7 @@ impl Connection {
             ..self.stats.clone()
         };
         self.api.fill_stats(&mut stats);
+        stats.split_requests = self.groups.len();
         stats
     }
 
@@ -330,6 +359,12 @@ impl Connection {
         &self.config
     }
 
+    /// The largest PUBLISH (MQTT remaining length) the connection sends now:
+    /// [`Config::max_outgoing_packet`], lowered by the server's `maxPayloadSize` once known.
+    pub fn max_outgoing_packet(&self) -> usize {
+        self.limits.max_packet()
+    }
+
     /// Packet ids awaiting an answer on the current connection (for invariant checks).
     #[doc(hidden)]
     pub fn pkids_in_use(&self) -> Vec<u16> {
@@ -340,6 +375,13 @@ impl Connection {
     #[doc(hidden)]
     pub fn is_sub_device_registered(&self, device: &str) -> bool {
         self.api.is_registered(device)
+    }
+
+    /// Whether connection-made publishes (re-announces, keep-alives) wait to go out, for
+    /// instance for rate-limit tokens (for invariant checks).
+    #[doc(hidden)]
+    pub fn has_connection_publishes_waiting(&self) -> bool {
+        self.api.lane_pending()
     }
 
     // ----- inputs -----------------------------------------------------------------------
@@ -409,7 +451,17 @@ impl Connection {
                 }
             }
             Packet::Disconnect(d) => {
-                let reason = DisconnectReason::ServerDisconnect(ReasonCode::from_u8(d.code));
+                let code = ReasonCode::from_u8(d.code);
+                if connected && self.limits.push_back_enabled() {
+                    if let Some(scope) = limits::disconnect_scope(code) {
+                        let scope = match self.config.role {
+                            crate::config::Role::Device => Scope::Device,
+                            _ => scope,
+                        };
+                        self.push_back(now, scope, PushBack::Disconnect(code), None);
+                    }
+                }
+                let reason = DisconnectReason::ServerDisconnect(code);
                 self.end_session(now, reason, true);
             }
             Packet::PubAck(ack) if connected => self.on_puback(now, ack.pkid, ack.code),
@@ -453,6 +505,11 @@ impl Connection {
                 .set(Timer::Provision, now + self.config.provision_timeout);
         }
         let subscriptions = self.config.effective_subscriptions();
+        // ThingsBoard counts the session's opening and each attribute or RPC subscription
+        // against the device's message limit.
+        let counted =
+            1 + limits::counted_subscriptions(subscriptions.iter().map(|s| s.filter.as_str()));
+        self.limits.on_connected(now, counted);
         if !subscriptions.is_empty() {
             let filters: Vec<String> = subscriptions.iter().map(|s| s.filter.clone()).collect();
             let Some(pkid) = self.outbound.reserve_subscribe(filters) else {
@@ -477,19 +534,51 @@ impl Connection {
 
     fn on_puback(&mut self, now: Instant, pkid: u16, code: u8) {
         let reason = ReasonCode::from_u8(code);
+        if self.limits.push_back_enabled() && limits::is_rate_refusal(reason) {
+            let refused = self
+                .outbound
+                .in_flight(pkid)
+                .filter(|(_, entry)| entry.topic != topic::GATEWAY_CONNECT)
+                .map(|(id, entry)| {
+                    let charge = entry
+                        .charge
+                        .unwrap_or_else(|| charge_of_publish(&entry.topic, &entry.payload));
+                    (id, charge)
+                });
+            if let Some((id, charge)) = refused {
+                // Not stored by the server: send it again (paced) while attempts remain.
+                let resent = self
+                    .outbound
+                    .requeue(pkid, self.config.max_publish_attempts);
+                let signal = PushBack::PubAck {
+                    request: RequestId(self.groups.request_of(id)),
+                    code: reason,
+                    resent,
+                };
+                let traffic = if charge.is_telemetry() {
+                    Traffic::Telemetry
+                } else {
+                    Traffic::Messages
+                };
+                self.push_back(now, charge.scope, signal, Some(traffic));
+                if resent {
+                    self.stats.resent_after_push_back += 1;
+                    return;
+                }
+            }
+        }
         match self.outbound.ack(pkid) {
             Acked::Publish(id) => {
                 if !reason.is_success() {
                     self.fail(now, id, RequestError::Rejected(reason));
-                } else if self.internal.remove(&id).is_some() {
-                    // A publish of the connection's own was acknowledged.
-                    self.stats.delivered += 1;
-                } else if self.api.on_outcome(id, Ok(())) {
-                    self.stats.delivered += 1;
-                    self.out.event(Event::Delivered(RequestId(id)));
+                } else {
+                    self.finished(id, PartDone::Delivered);
                 }
             }
-            Acked::Control(tag) => self.api.on_control_ack(tag, reason, &mut self.out),
+            Acked::Control(tag) => {
+                self.api.on_control_ack(tag, reason, &mut self.out);
+                self.handle_signals(now);
+            }
             Acked::TimedOut => self.stats.late_acks += 1,
             Acked::Unknown | Acked::WrongKind => self.stats.unexpected_acks += 1,
         }
@@ -539,6 +628,45 @@ impl Connection {
             // The answer overtook the request's PUBACK: the request is finished.
             self.outbound.cancel(answered);
         }
+        self.handle_signals(now);
+    }
+
+    /// Acts on what the API found in a downlink or an acknowledgement.
+    fn handle_signals(&mut self, now: Instant) {
+        for signal in self.api.take_signals() {
+            match signal {
+                Signal::Limits(answer) => {
+                    let report = self.limits.on_answer(answer, now);
+                    self.api.cap_ota_chunk(self.limits.server_max_payload());
+                    self.out.event(Event::SessionLimits(report));
+                }
+                Signal::LimitsUnanswered => {
+                    if self.limits.holding() {
+                        let report = self.limits.give_up();
+                        self.out.event(Event::SessionLimits(report));
+                    }
+                }
+                Signal::SubDeviceRateLimited(device) => {
+                    if self.limits.push_back_enabled() {
+                        let signal = PushBack::SubDeviceDisconnected { device };
+                        self.push_back(now, Scope::Gateway, signal, None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The server pushed back: slow the scope down and say so.
+    fn push_back(
+        &mut self,
+        now: Instant,
+        scope: Scope,
+        signal: PushBack,
+        traffic: Option<Traffic>,
+    ) {
+        self.stats.push_backs += 1;
+        let notice = self.limits.push_back(scope, signal, traffic, now);
+        self.out.event(Event::RateLimited(notice));
     }
 
     fn on_suback(&mut self, pkid: u16, codes: &[u8]) {
@@ -606,6 +734,11 @@ impl Connection {
                         self.open_transport(now);
                     }
                 }
+                Timer::Limits => {
+                    if let Some(report) = self.limits.on_deadline(now) {
+                        self.out.event(Event::SessionLimits(report));
+                    }
+                }
             }
         }
         // Expired publishes and requests may have been what queued messages waited behind.
@@ -620,24 +753,73 @@ impl Connection {
         topic: std::borrow::Cow<'static, str>,
         payload: bytes::Bytes,
         qos: QoS,
+        charge: Option<Charge>,
     ) -> Result<RequestId, CommandError> {
         if !valid_topic_name(&topic) {
             return Err(CommandError::InvalidTopic(topic.into_owned()));
         }
-        let remaining = publish_remaining_len(self.config.protocol, &topic, payload.len(), qos);
-        if remaining > self.config.max_outgoing_packet {
-            return Err(CommandError::TooLarge {
-                size: remaining,
-                max: self.config.max_outgoing_packet,
-            });
-        }
-        let cost = codec::publish_size(self.config.protocol, topic.len(), payload.len(), qos)
-            + PER_MESSAGE_OVERHEAD;
+        let cost = self.publish_cost(&topic, payload.len(), qos)?;
         let id = self.next_request;
-        self.outbound.admit(id, topic, payload, qos, now, cost)?;
+        self.outbound
+            .admit(id, topic, payload, qos, now, cost, charge)?;
         self.next_request += 1;
         self.stats.requests += 1;
         Ok(RequestId(id))
+    }
+
+    /// Bytes a publish is accounted at, if it fits the packet limit.
+    fn publish_cost(&self, topic: &str, payload: usize, qos: QoS) -> Result<usize, CommandError> {
+        let max = self.limits.max_packet();
+        let remaining = publish_remaining_len(self.config.protocol, topic, payload, qos);
+        if remaining > max {
+            return Err(CommandError::TooLarge {
+                size: remaining,
+                max,
+            });
+        }
+        Ok(
+            codec::publish_size(self.config.protocol, topic.len(), payload, qos)
+                + PER_MESSAGE_OVERHEAD,
+        )
+    }
+
+    /// Admits the parts of a split command, all or none: the request id is the first
+    /// part's, the others take the ids after it.
+    fn accept_parts(
+        &mut self,
+        now: Instant,
+        topic: std::borrow::Cow<'static, str>,
+        first: (bytes::Bytes, Charge),
+        more: Vec<(bytes::Bytes, Charge)>,
+        qos: QoS,
+    ) -> Result<RequestId, CommandError> {
+        if !valid_topic_name(&topic) {
+            return Err(CommandError::InvalidTopic(topic.into_owned()));
+        }
+        let parts: Vec<(bytes::Bytes, Charge)> = std::iter::once(first).chain(more).collect();
+        let mut costs = Vec::with_capacity(parts.len());
+        for (payload, _) in &parts {
+            costs.push(self.publish_cost(&topic, payload.len(), qos)?);
+        }
+        let needed: usize = costs.iter().sum();
+        let available = self.outbound.available();
+        if needed > available {
+            return Err(CommandError::QueueFull { needed, available });
+        }
+        let first_id = self.next_request;
+        let mut ids = Vec::with_capacity(parts.len());
+        for ((payload, charge), cost) in parts.into_iter().zip(costs) {
+            let id = self.next_request;
+            self.outbound
+                .admit(id, topic.clone(), payload, qos, now, cost, Some(charge))?;
+            self.next_request += 1;
+            ids.push(id);
+        }
+        self.groups.add(&ids);
+        self.stats.requests += 1;
+        self.stats.split_requests_total += 1;
+        self.stats.split_parts += ids.len() as u64;
+        Ok(RequestId(first_id))
     }
 
     // ----- outputs ----------------------------------------------------------------------
@@ -688,25 +870,43 @@ impl Connection {
         }
     }
 
-    /// Moves queued publishes onto the wire as far as the in-flight window allows.
+    /// Moves queued publishes onto the wire as far as the in-flight window and the rate
+    /// limits allow. Order: the `getSessionLimits` request, then (once it is answered or
+    /// the wait is over) connection-made publishes, then the queue, then OTA requests
+    /// (which keep one slot of the window for themselves while they wait). A queued publish
+    /// that must wait for tokens holds back everything behind it, so order is kept; the
+    /// instant it may go becomes the `Limits` deadline.
     fn pump(&mut self, now: Instant) {
+        self.limits.set_pace(None);
         self.queue_ota_reports(now);
         if !matches!(self.phase, Phase::Connected { .. }) {
             return;
         }
-        let window = usize::from(self.config.max_inflight);
+        let window = self.limits.window();
         let protocol = self.config.protocol;
-        let max = self.config.max_outgoing_packet;
+        let max = self.limits.max_packet();
+        if self.limits.wants_request() && !self.send_limits_request(now, window, max) {
+            return;
+        }
+        // The session-limits hold applies to everything after the request: connection-made
+        // publishes, queued data and OTA requests.
+        if self.limits.holding() {
+            return;
+        }
         // Connection-made publishes (re-announces, keep-alives) go first: after a reconnect
         // every sub-device is connected again before any queued data for it.
+        let lane_charge = Charge::message(Scope::Gateway);
         while self.api.lane_pending() && self.outbound.window_open(window) {
+            if !self.paced(&lane_charge, now) {
+                return;
+            }
             let Some(tag) = self
                 .api
                 .next_lane(now, &mut self.scratch_topic, &mut self.scratch)
             else {
                 break;
             };
-            if !self.send_control(now, window, tag) {
+            if !self.send_control(now, window, tag, &lane_charge) {
                 break;
             }
         }
@@ -721,7 +921,13 @@ impl Connection {
         } else {
             window
         };
-        while let Some(ready) = self.outbound.next_ready(queue_window) {
+        while let Some(charge) = self.head_charge() {
+            if !self.paced(&charge, now) {
+                break;
+            }
+            let Some(ready) = self.outbound.next_ready(queue_window) else {
+                break;
+            };
             let (entry, qos, dup, pkid) = match &ready {
                 Ready::AtMostOnce(_, entry) => (&**entry, QoS::AtMostOnce, false, 0),
                 Ready::AtLeastOnce { id, pkid, dup } => match self.outbound.get(*id) {
@@ -738,13 +944,14 @@ impl Connection {
                 pkid,
             };
             let result = codec::encode_publish(&publish, protocol, self.out.transmit_buffer(), max);
+            if result.is_ok() {
+                self.limits.take(&charge, now);
+            }
             match (result, ready) {
                 (Ok(n), Ready::AtMostOnce(id, _)) => {
                     self.count_sent(now, n);
                     self.stats.sent_qos0 += 1;
-                    if self.api.on_outcome(id, Ok(())) {
-                        self.out.event(Event::Sent(RequestId(id)));
-                    }
+                    self.finished(id, PartDone::Sent);
                 }
                 (Ok(n), Ready::AtLeastOnce { dup, .. }) => {
                     self.count_sent(now, n);
@@ -752,33 +959,43 @@ impl Connection {
                         self.stats.retransmitted += 1;
                     }
                 }
-                (Err(e), Ready::AtMostOnce(id, _)) => {
-                    self.fail(now, id, RequestError::Encode(e));
-                }
+                (Err(e), Ready::AtMostOnce(id, _)) => self.fail(now, id, encode_failure(e)),
                 (Err(e), Ready::AtLeastOnce { id, pkid, .. }) => {
-                    // Checked when the command was accepted, so not expected; the request
-                    // still gets its one outcome.
+                    // Checked when the command was accepted (unless the server's limit
+                    // shrank since); the request still gets its one outcome.
                     self.outbound.ack(pkid);
-                    self.fail(now, id, RequestError::Encode(e));
+                    self.fail(now, id, encode_failure(e));
                 }
             }
         }
+        // OTA requests are paced like any message of the device; one that must wait for
+        // tokens sets the `Limits` deadline like a queued publish.
+        let ota_charge = Charge::message(Scope::Device);
         while self.api.ota_pending() && self.outbound.window_open(window) {
+            if !self.paced(&ota_charge, now) {
+                break;
+            }
             let Some(tag) = self
                 .api
                 .next_ota(now, &mut self.scratch_topic, &mut self.scratch)
             else {
                 break;
             };
-            if !self.send_control(now, window, tag) {
+            if !self.send_control(now, window, tag, &ota_charge) {
                 break;
             }
         }
     }
 
-    /// Sends the connection-made publish in the scratch buffers. Returns false (and puts it
-    /// back) when no packet id is free.
-    fn send_control(&mut self, now: Instant, window: usize, tag: ControlTag) -> bool {
+    /// Sends the connection-made publish in the scratch buffers, taking `charge` from the
+    /// rate-limit buckets. Returns false (and puts it back) when no packet id is free.
+    fn send_control(
+        &mut self,
+        now: Instant,
+        window: usize,
+        tag: ControlTag,
+        charge: &Charge,
+    ) -> bool {
         let Some(pkid) = self.outbound.reserve_control(window, tag.clone()) else {
             // Every packet id is taken: wait for acknowledgements.
             self.api.unpop_lane(tag);
@@ -792,20 +1009,97 @@ impl Connection {
             retain: false,
             pkid,
         };
-        let (protocol, max) = (self.config.protocol, self.config.max_outgoing_packet);
+        let (protocol, max) = (self.config.protocol, self.limits.max_packet());
         match codec::encode_publish(&publish, protocol, self.out.transmit_buffer(), max) {
             Ok(n) => {
                 self.count_sent(now, n);
+                self.limits.take(charge, now);
                 match tag {
                     ControlTag::Announce(_) => self.stats.reannounced += 1,
                     ControlTag::Keepalive(_) => self.stats.keepalives_sent += 1,
-                    ControlTag::OtaInfo(_) | ControlTag::OtaChunk(_) => {}
+                    ControlTag::OtaInfo(_)
+                    | ControlTag::OtaChunk(_)
+                    | ControlTag::SessionLimits(_) => {}
                 }
             }
             Err(_) => {
                 // Only a device name near the packet limit gets here; the application's
                 // own commands for it are refused the same way. (OTA requests are small.)
                 self.outbound.ack(pkid);
+            }
+        }
+        true
+    }
+
+    /// The charge of the next queued publish. One the application built itself is parsed
+    /// for its data points only once its scope has learned limits (and then remembered).
+    fn head_charge(&mut self) -> Option<Charge> {
+        let limits = &self.limits;
+        let entry = self.outbound.head()?;
+        if let Some(charge) = entry.charge {
+            return Some(charge);
+        }
+        let scope = Scope::of_topic(&entry.topic);
+        if !limits.is_paced(scope) {
+            return Some(Charge::message(scope));
+        }
+        let charge = charge_of_publish(&entry.topic, &entry.payload);
+        entry.charge = Some(charge);
+        Some(charge)
+    }
+
+    /// Whether `charge` may be published now; if not, when becomes the pacing deadline.
+    fn paced(&mut self, charge: &Charge, now: Instant) -> bool {
+        let at = self.limits.ready_at(charge, now);
+        if at > now {
+            self.stats.paced += 1;
+            self.limits.set_pace(Some(at));
+            false
+        } else {
+            true
+        }
+    }
+
+    /// Publishes this session's `getSessionLimits` request; `false` while it must wait
+    /// (window or rate).
+    fn send_limits_request(&mut self, now: Instant, window: usize, max: usize) -> bool {
+        let charge = Charge::message(Scope::Device);
+        if !self.outbound.window_open(window) || !self.paced(&charge, now) {
+            return false;
+        }
+        let wire = self.api.session_limits_request(now, &mut self.scratch);
+        let Some(pkid) = self
+            .outbound
+            .reserve_control(window, ControlTag::SessionLimits(wire))
+        else {
+            self.api.forget_request(wire);
+            return false;
+        };
+        let topic = topic::rpc_request_topic(u64::from(wire));
+        let publish = codec::PublishRef {
+            topic: &topic,
+            payload: &self.scratch,
+            qos: QoS::AtLeastOnce,
+            dup: false,
+            retain: false,
+            pkid,
+        };
+        match codec::encode_publish(
+            &publish,
+            self.config.protocol,
+            self.out.transmit_buffer(),
+            max,
+        ) {
+            Ok(n) => {
+                self.count_sent(now, n);
+                self.limits.request_sent(wire, now);
+            }
+            Err(_) => {
+                // Cannot happen with a packet limit of at least 128 bytes; carry on without.
+                self.outbound.ack(pkid);
+                self.api.forget_request(wire);
+                let report = self.limits.give_up();
+                self.out.event(Event::SessionLimits(report));
             }
         }
         true
@@ -832,7 +1126,8 @@ impl Connection {
     fn queue_ota_reports(&mut self, now: Instant) {
         while let Some((kind, payload)) = self.api.take_ota_report() {
             let topic = topic::DEVICE_TELEMETRY.into();
-            match self.accept_publish(now, topic, payload, QoS::AtLeastOnce) {
+            // Charged by its data points when it is about to go (if the device is paced).
+            match self.accept_publish(now, topic, payload, QoS::AtLeastOnce, None) {
                 Ok(id) => {
                     self.internal.insert(id.0, Internal::OtaReport(kind));
                 }
@@ -843,6 +1138,9 @@ impl Connection {
         }
     }
 
+    /// Publish `id` failed: the request fails (a part of a split command fails its
+    /// command once the last part is finished; a publish the connection made on its own
+    /// is handled here).
     fn fail(&mut self, now: Instant, id: u64, error: RequestError) {
         if let Some(internal) = self.internal.remove(&id) {
             match internal {
@@ -869,12 +1167,53 @@ impl Connection {
             }
             return;
         }
-        self.api.on_outcome(id, Err(&error));
-        self.stats.failed += 1;
-        self.out.event(Event::Failed {
-            request: RequestId(id),
-            error,
-        });
+        match self.groups.settle(id, Err(error)) {
+            Settled::Single(result) => self.report(id, result),
+            Settled::Waiting => {}
+            Settled::Done { request, result } => self.report(request, result),
+        }
+    }
+
+    /// Publish `id` finished well.
+    fn finished(&mut self, id: u64, done: PartDone) {
+        if self.internal.remove(&id).is_some() {
+            // A publish of the connection's own was acknowledged.
+            if done == PartDone::Delivered {
+                self.stats.delivered += 1;
+            }
+            return;
+        }
+        match self.groups.settle(id, Ok(done)) {
+            Settled::Single(result) => self.report(id, result),
+            Settled::Waiting => {}
+            Settled::Done { request, result } => self.report(request, result),
+        }
+    }
+
+    /// The outcome of request `id`, unless it still awaits an answer.
+    fn report(&mut self, id: u64, result: Result<PartDone, RequestError>) {
+        match result {
+            Ok(done) => {
+                if self.api.on_outcome(id, Ok(())) {
+                    let event = match done {
+                        PartDone::Delivered => {
+                            self.stats.delivered += 1;
+                            Event::Delivered(RequestId(id))
+                        }
+                        PartDone::Sent => Event::Sent(RequestId(id)),
+                    };
+                    self.out.event(event);
+                }
+            }
+            Err(error) => {
+                self.api.on_outcome(id, Err(&error));
+                self.stats.failed += 1;
+                self.out.event(Event::Failed {
+                    request: RequestId(id),
+                    error,
+                });
+            }
+        }
     }
 
     // ----- session end ------------------------------------------------------------------
@@ -918,6 +1257,7 @@ impl Connection {
         self.phase = Phase::Backoff { until };
         self.timers.set(Timer::Reconnect, until);
         self.stats.disconnects += 1;
+        self.limits.on_connection_lost();
         self.out.event(Event::Disconnected {
             reason,
             reconnect_at: Some(until),
@@ -956,6 +1296,23 @@ impl Connection {
             _ => None,
         };
         self.timers.set_or_clear(Timer::SubDeviceSweep, sweep);
+        let limits = match self.phase {
+            Phase::Connected { .. } => self.limits.next_deadline(),
+            _ => None,
+        };
+        self.timers.set_or_clear(Timer::Limits, limits);
+    }
+}
+
+/// A publish that could not be encoded: over the packet limit (the server's, learned after
+/// the command was accepted) is its own error.
+fn encode_failure(e: codec::EncodeError) -> RequestError {
+    match e {
+        codec::EncodeError::TooLarge { remaining, max } => RequestError::TooLarge {
+            size: remaining,
+            max,
+        },
+        other => RequestError::Encode(other),
     }
 }
 
@@ -966,7 +1323,7 @@ fn valid_topic_name(topic: &str) -> bool {
 }
 
 /// MQTT remaining length of a PUBLISH (what packet-size limits measure).
-fn publish_remaining_len(
+pub(crate) fn publish_remaining_len(
     protocol: ProtocolVersion,
     topic: &str,
     payload: usize,

@@ -34,6 +34,12 @@ pub(crate) enum Expect {
     ClientRpc,
     /// The answer to a sub-device keep-alive; consumed silently.
     Keepalive { device: String },
+    /// The answer to a raw attribute request (passed on as bytes).
+    RawAttributes,
+    /// The answer to a raw client-side RPC (passed on as bytes).
+    RawRpc,
+    /// The transport's answer to the connection's own `getSessionLimits`.
+    SessionLimits,
     /// `v1/devices/me/attributes/response/{id}` with the OTA package attributes; consumed
     /// by the OTA state machine.
     OtaInfo,

@@ -47,6 +47,8 @@ pub enum ConfigError {
     SubscriptionsTooLarge(usize),
     /// A duration that must be positive is zero.
     ZeroDuration(&'static str),
+    /// `limits.rate_share_percent` is outside 1..=100.
+    ShareOutOfRange(u8),
     /// A provisioning request that cannot work (empty key or secret, too large).
     InvalidProvisionRequest(&'static str),
     /// [`OtaConfig::chunk_size`](crate::OtaConfig::chunk_size) is zero, above ThingsBoard's
@@ -87,6 +89,9 @@ impl fmt::Display for ConfigError {
                 "the SUBSCRIBE for all configured filters needs {len} bytes, above max_outgoing_packet"
             ),
             Self::ZeroDuration(name) => write!(f, "{name} must be longer than zero"),
+            Self::ShareOutOfRange(p) => {
+                write!(f, "limits.rate_share_percent {p} is outside 1..=100")
+            }
             Self::InvalidProvisionRequest(why) => write!(f, "invalid provisioning request: {why}"),
             Self::OtaChunkSize { value, max } => {
                 write!(f, "ota.chunk_size {value} is outside 1..={max}")
@@ -147,6 +152,22 @@ pub enum CommandError {
     /// The payload cannot be built (e.g. an attribute key with a comma in a device
     /// attribute request).
     Payload(PayloadError),
+    /// One value of a telemetry or attributes command is too large for the packet limit
+    /// even alone in a message, so the command cannot be split to fit.
+    ValueTooLarge {
+        /// Its sub-device (`None`: the connection's own device).
+        device: Option<String>,
+        /// Its key (`None`: an entry without values).
+        key: Option<String>,
+        /// Remaining length of the smallest message carrying it.
+        size: usize,
+        /// The packet limit.
+        max: usize,
+    },
+    /// A typed (JSON) Device API command on a connection using the `/p` (protobuf) topics:
+    /// send the encoded payload with a [`DeviceCommand::Raw`](crate::DeviceCommand::Raw)
+    /// command instead.
+    JsonOnProtobufTopic,
     /// A provisioning connection takes no commands: it sends its one request by itself.
     ProvisioningOnly,
     /// An OTA command that cannot be carried out now.
@@ -180,6 +201,27 @@ impl fmt::Display for CommandError {
             } => write!(f, "no pending RPC {id} for sub-device {device:?}"),
             Self::UnknownRpc { device: None, id } => write!(f, "no pending RPC {id}"),
             Self::Payload(e) => write!(f, "cannot build the payload: {e}"),
+            Self::ValueTooLarge {
+                device,
+                key,
+                size,
+                max,
+            } => {
+                f.write_str("value")?;
+                if let Some(key) = key {
+                    write!(f, " {key:?}")?;
+                }
+                if let Some(device) = device {
+                    write!(f, " of sub-device {device:?}")?;
+                }
+                write!(
+                    f,
+                    " needs a {size}-byte message alone, above the {max}-byte packet limit"
+                )
+            }
+            Self::JsonOnProtobufTopic => {
+                f.write_str("JSON command on the protobuf (/p) topics: send encoded bytes")
+            }
             Self::ProvisioningOnly => f.write_str("a provisioning connection takes no commands"),
             Self::Ota(e) => write!(f, "OTA command refused: {e}"),
         }

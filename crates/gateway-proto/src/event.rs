@@ -8,9 +8,11 @@ use serde_json::{Map, Value};
 
 use crate::codec::EncodeError;
 use crate::error::{CommandError, ProtocolError};
+use crate::limits::{LimitsReport, RateLimitNotice};
 use crate::ota::{OtaEvent, OtaKind};
 use crate::payload::{ClientRpcResponse, PayloadError};
 use crate::provision::{ProvisionError, ProvisionedCredentials};
+use crate::raw::RawDownlink;
 use crate::reason::{ConnectRefusal, ReasonCode};
 
 /// Identifies an accepted command. Ids grow monotonically and are never reused, not even
@@ -144,6 +146,14 @@ pub enum Event {
         /// New name.
         new_name: String,
     },
+    /// A downlink on a `/p` (protobuf) topic, or the answer to a raw request (an outcome):
+    /// see [`raw`](crate::raw).
+    Raw(RawDownlink),
+    /// What came of asking ThingsBoard's `getSessionLimits` after a CONNACK (see
+    /// [`limits`](crate::limits)).
+    SessionLimits(LimitsReport),
+    /// The server pushed back on the message rate, and the connection slowed down.
+    RateLimited(RateLimitNotice),
     /// The answer of a provisioning connection ([`Config::provisioning`](crate::Config::provisioning)),
     /// or why there is none. The connection closes right after it.
     Provisioned(Result<ProvisionedCredentials, ProvisionError>),
@@ -162,6 +172,7 @@ impl Event {
             Self::Failed { request, .. }
             | Self::AttributeResponse { request, .. }
             | Self::RpcResponse { request, .. } => Some(*request),
+            Self::Raw(raw) => raw.request(),
             _ => None,
         }
     }
@@ -225,6 +236,24 @@ pub enum RequestError {
     /// The message could not be encoded. Commands are checked when accepted, so this
     /// signals a bug rather than bad input.
     Encode(EncodeError),
+    /// The server's `maxPayloadSize`, learned after the command was accepted, is below the
+    /// size of this publish, so it was not sent.
+    TooLarge {
+        /// Its remaining length.
+        size: usize,
+        /// The packet limit now in force.
+        max: usize,
+    },
+    /// A command split into several publishes (see [`limits`](crate::limits)) had some of
+    /// them delivered and at least one fail: `error` is the first failure.
+    Partial {
+        /// Parts that succeeded.
+        delivered: usize,
+        /// Parts in all.
+        parts: usize,
+        /// The first failure.
+        error: Box<RequestError>,
+    },
 }
 
 impl fmt::Display for RequestError {
@@ -235,6 +264,18 @@ impl fmt::Display for RequestError {
             Self::ConnectionLost => f.write_str("connection lost after the last allowed attempt"),
             Self::Closed => f.write_str("connection closed by the application"),
             Self::Encode(e) => write!(f, "could not encode the message: {e}"),
+            Self::TooLarge { size, max } => write!(
+                f,
+                "message of {size} bytes exceeds the server's {max}-byte packet limit"
+            ),
+            Self::Partial {
+                delivered,
+                parts,
+                error,
+            } => write!(
+                f,
+                "{delivered} of {parts} parts delivered, then a part failed: {error}"
+            ),
         }
     }
 }

@@ -269,8 +269,62 @@
 //! ```
 //!
 //! Anything the typed commands do not cover goes through [`Command::Publish`]; downlinks on
-//! topics the connection does not know (and protobuf payloads on `v2/.../p` topics) arrive
-//! as [`Event::Message`].
+//! topics the connection does not know arrive as [`Event::Message`].
+//!
+//! ## Session limits, rate limits and big messages
+//!
+//! ThingsBoard closes the whole connection when a message exceeds its packet limit or one of
+//! its rate limits, and a gateway's sub-devices share one limit. By default
+//! ([`Config::limits`], see [`limits`]) the connection asks `getSessionLimits` after every
+//! CONNACK and holds queued data until the answer (a plain broker never answers: it carries
+//! on after a bounded wait), then paces every publish with token buckets mirroring the
+//! server's (the connection's own traffic and the sub-devices' aggregate separately), splits
+//! telemetry and attributes to the packet and data-point limits, and slows down when the
+//! server pushes back. Waiting messages stay queued in order: never dropped, never reported
+//! sent.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use gateway_proto::limits::PushBack;
+//! use gateway_proto::{Command, Config, Connection, Credentials, Event, LimitsReport, RequestError};
+//! use serde_json::{json, Map, Value};
+//!
+//! let now = Instant::now();
+//! let mut config = Config::new(Credentials::AccessToken("GATEWAY_TOKEN".into()));
+//! config.limits.session_limits_wait = Some(Duration::from_secs(3));
+//! config.limits.rate_share_percent = 90; // of each server limit (default 80)
+//! let mut conn = Connection::new(config, now)?;
+//!
+//! // Any size: split to fit, paced, and still one outcome for the command.
+//! let values: Map<String, Value> = (0..5_000).map(|i| (format!("k{i}"), json!(i))).collect();
+//! let id = conn.command(now, Command::device_telemetry("Meter 1", values))?;
+//!
+//! fn on_event(event: Event) {
+//!     match event {
+//!         Event::SessionLimits(LimitsReport::Applied(limits)) => {
+//!             println!("server limits: {:?}", limits.server.gateway_rate_limits);
+//!         }
+//!         Event::SessionLimits(other) => println!("{other}"),
+//!         // Which limit (own or sub-devices'), what the server did, and what the client did.
+//!         Event::RateLimited(notice) => {
+//!             if let PushBack::PubAck { request, resent: true, .. } = notice.signal {
+//!                 println!("{request} refused; sent again after {:?}", notice.paused_until);
+//!             }
+//!         }
+//!         Event::Failed { request, error: RequestError::Partial { delivered, parts, error } } => {
+//!             println!("{request}: {delivered}/{parts} parts delivered, then {error}");
+//!         }
+//!         _ => {}
+//!     }
+//! }
+//! # let _ = (on_event, id);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The Device API can also use ThingsBoard's short topics ([`Config::device_topics`]:
+//! `v2/t`, `v2/a`, `v2/a/req/{id}`, `v2/r/req/{id}` ..., forced JSON with `/j`, protobuf
+//! with `/p`). On `/p` the application encodes and decodes the payloads with its device
+//! profile's schemas: see [`raw`].
 //!
 //! ## Contract
 //!
@@ -284,8 +338,10 @@
 //!
 //! ## What the core guarantees
 //!
-//! * Nothing but CONNECT is sent before CONNACK; subscriptions go out right after it,
-//!   then retransmissions (with DUP) and queued publishes, in command order.
+//! * Nothing but CONNECT is sent before CONNACK; subscriptions go out right after it, then
+//!   (with [`LimitsConfig::session_limits_wait`]) the `getSessionLimits` request, and once it
+//!   is answered or the wait is over, retransmissions (with DUP) and queued publishes, in
+//!   command order, each when the rate-limit buckets allow it.
 //! * At most [`Config::max_inflight`] QoS 1 publishes await PUBACK; their packet ids are
 //!   non-zero and unique, and wrap from 65,535 to 1.
 //! * A PUBACK with an MQTT 5 failure code fails its request with the typed
@@ -304,7 +360,10 @@
 //!   [`Config::max_pending_server_rpcs`].
 //! * Every command ends in exactly one outcome: [`Event::Delivered`], [`Event::Sent`],
 //!   [`Event::Failed`], or for requests with an answer [`Event::AttributeResponse`] /
-//!   [`Event::RpcResponse`]. Answers are matched by wire id, kind and device; request ids
+//!   [`Event::RpcResponse`] (or [`Event::Raw`] for raw ones). A command split into several
+//!   publishes keeps its one outcome, reported when its last part finishes: success only if
+//!   every part succeeded, else the first failure ([`RequestError::Partial`] if some parts
+//!   got through). Answers are matched by wire id, kind and device; request ids
 //!   are never reused, so a late answer is a [`Warning::UnmatchedResponse`], never the
 //!   answer to another request. A request whose publish the server acknowledged fails with
 //!   [`RequestError::ConnectionLost`] if the session drops before the answer (ThingsBoard
@@ -331,13 +390,17 @@ mod connection;
 mod correlation;
 mod error;
 mod event;
+pub mod limits;
 pub mod ota;
 mod outbound;
 mod output;
+mod pacing;
 pub mod payload;
 pub mod provision;
+pub mod raw;
 mod reason;
 mod registry;
+mod split;
 mod stats;
 mod timer;
 pub mod topic;
@@ -351,6 +414,7 @@ pub use config::{
 pub use connection::{Connection, Input, State};
 pub use error::{CommandError, ConfigError, ProtocolError};
 pub use event::{DisconnectReason, Event, RequestError, RequestId, Warning};
+pub use limits::{LimitsConfig, LimitsReport, RateLimitNotice};
 pub use ota::{OtaCommand, OtaConfig, OtaEvent, OtaKind, OtaPackage, OtaVersion};
 pub use output::Output;
 pub use provision::{ProvisionError, ProvisionedCredentials};

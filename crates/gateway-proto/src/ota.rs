@@ -499,6 +499,9 @@ struct Download {
     hasher: Hasher,
     expected: String,
     request_id: u32,
+    /// Bytes asked for per chunk: fixed once the first chunk was asked for (the server
+    /// finds chunk `n` at `n * chunk_size`).
+    chunk_size: usize,
     next_chunk: u32,
     received: u64,
     step: Step,
@@ -544,6 +547,9 @@ pub(crate) struct Ota {
     next_request_id: u32,
     auto: bool,
     chunk_size: usize,
+    /// The server's `maxPayloadSize`, once learned: ThingsBoard answers a larger chunk
+    /// request with `PAYLOAD_TOO_LARGE`.
+    chunk_cap: Option<usize>,
     chunk_timeout: Duration,
     max_attempts: u32,
     /// State telemetry the connection publishes for us. Bound: a few per input.
@@ -581,6 +587,7 @@ impl Ota {
             next_request_id: 0,
             auto: config.auto_download,
             chunk_size: config.chunk_size,
+            chunk_cap: None,
             chunk_timeout: config.chunk_timeout,
             max_attempts: config.chunk_attempts.max(1),
             reports: VecDeque::new(),
@@ -656,9 +663,35 @@ impl Ota {
         }
     }
 
-    /// Bytes of a chunk request's payload: the chunk size as decimal text.
-    pub(crate) fn chunk_size_text(&self) -> String {
-        self.chunk_size.to_string()
+    /// Bytes of a chunk request's payload for a download of `kind`: its chunk size as
+    /// decimal text.
+    pub(crate) fn chunk_size_text(&self, kind: OtaKind) -> String {
+        self.slots[idx(kind)]
+            .download
+            .as_ref()
+            .map_or_else(|| self.effective_chunk_size(), |d| d.chunk_size)
+            .to_string()
+    }
+
+    /// The configured chunk size, lowered to the server's payload limit once known.
+    fn effective_chunk_size(&self) -> usize {
+        self.chunk_cap
+            .map_or(self.chunk_size, |cap| self.chunk_size.min(cap))
+    }
+
+    /// The server's payload limit was learned (`None`: it set none). Downloads that have
+    /// not asked for a chunk yet take it into account; one under way keeps its chunk size
+    /// (chunk numbers are offsets in units of it).
+    pub(crate) fn set_chunk_cap(&mut self, cap: Option<usize>) {
+        self.chunk_cap = cap.map(|c| c.max(1));
+        let size = self.effective_chunk_size();
+        for slot in &mut self.slots {
+            if let Some(d) = &mut slot.download {
+                if d.next_chunk == 0 && d.received == 0 && !matches!(d.step, Step::Waiting(_)) {
+                    d.chunk_size = size;
+                }
+            }
+        }
     }
 
     /// State telemetry to publish, oldest first.
@@ -902,6 +935,7 @@ impl Ota {
             self.next_request_id + 1
         };
         let request_id = self.next_request_id;
+        let chunk_size = self.effective_chunk_size();
         let slot = self.slot(kind);
         let Some(package) = slot.assigned.clone() else {
             return;
@@ -914,6 +948,7 @@ impl Ota {
             hasher: algorithm.hasher(),
             expected,
             request_id,
+            chunk_size,
             next_chunk: 0,
             received: 0,
             step: if connected {
@@ -957,10 +992,10 @@ impl Ota {
         data: Bytes,
         out: &mut OutputQueue,
     ) -> bool {
-        let chunk_size = self.chunk_size as u64;
         let Some(d) = self.download(kind) else {
             return false;
         };
+        let chunk_size = d.chunk_size as u64;
         if u64::from(d.request_id) != request_id
             || u64::from(d.next_chunk) != chunk
             || d.step == Step::AwaitInfo

@@ -20,6 +20,7 @@ use bytes::Bytes;
 
 use crate::codec::QoS;
 use crate::error::CommandError;
+use crate::pacing::Charge;
 
 /// One unfinished publish.
 #[derive(Debug)]
@@ -32,6 +33,9 @@ pub(crate) struct Entry {
     pub(crate) attempts: u32,
     /// Bytes charged against the buffer bound.
     cost: usize,
+    /// What sending it takes from the rate-limit buckets; `None` until worked out from the
+    /// payload (a publish the application built itself, see [`Outbound::head`]).
+    pub(crate) charge: Option<Charge>,
     /// Packet id while in flight on the current connection.
     pkid: Option<u16>,
 }
@@ -55,6 +59,8 @@ pub(crate) enum ControlTag {
     Announce(String),
     /// Keep-alive attribute request with this wire id.
     Keepalive(u32),
+    /// The `getSessionLimits` request with this wire id.
+    SessionLimits(u32),
     /// The OTA package attribute request with this wire id.
     OtaInfo(u32),
     /// An OTA chunk request.
@@ -117,7 +123,13 @@ impl Outbound {
         }
     }
 
+    /// Bytes still free under the buffer bound.
+    pub(crate) fn available(&self) -> usize {
+        self.max_buffered.saturating_sub(self.buffered)
+    }
+
     /// Accepts a publish if it fits the buffer bound.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn admit(
         &mut self,
         id: u64,
@@ -126,8 +138,9 @@ impl Outbound {
         qos: QoS,
         now: Instant,
         cost: usize,
+        charge: Option<Charge>,
     ) -> Result<(), CommandError> {
-        let available = self.max_buffered.saturating_sub(self.buffered);
+        let available = self.available();
         if cost > available {
             return Err(CommandError::QueueFull {
                 needed: cost,
@@ -144,6 +157,7 @@ impl Outbound {
                 accepted_at: now,
                 attempts: 0,
                 cost,
+                charge,
                 pkid: None,
             }),
         );
@@ -153,6 +167,49 @@ impl Outbound {
 
     pub(crate) fn get(&self, id: u64) -> Option<&Entry> {
         self.entries.get(&id).map(|e| &**e)
+    }
+
+    /// The next publish to transmit (stale queue ids are dropped on the way), to look at
+    /// or complete its charge.
+    pub(crate) fn head(&mut self) -> Option<&mut Entry> {
+        loop {
+            let id = *self.queue.front()?;
+            if self.entries.contains_key(&id) {
+                return self.entries.get_mut(&id).map(|e| &mut **e);
+            }
+            self.queue.pop_front();
+            self.stale_in_queue = self.stale_in_queue.saturating_sub(1);
+        }
+    }
+
+    /// The publish in flight with `pkid`, if any.
+    pub(crate) fn in_flight(&self, pkid: u16) -> Option<(u64, &Entry)> {
+        match self.slots.get(&pkid) {
+            Some(Slot::Publish(id)) => self.entries.get(id).map(|e| (*id, &**e)),
+            _ => None,
+        }
+    }
+
+    /// The server refused the publish in flight with `pkid` without processing it: it goes
+    /// back to the queue, in id order, unless it used up its `max_attempts` transmissions.
+    /// Returns whether it was requeued (if not, resolve the PUBACK with [`ack`](Self::ack)).
+    pub(crate) fn requeue(&mut self, pkid: u16, max_attempts: u32) -> bool {
+        let Some(Slot::Publish(id)) = self.slots.get(&pkid) else {
+            return false;
+        };
+        let id = *id;
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return false;
+        };
+        if entry.attempts >= max_attempts {
+            return false;
+        }
+        entry.pkid = None;
+        self.slots.remove(&pkid);
+        self.inflight -= 1;
+        let at = self.queue.partition_point(|&queued| queued < id);
+        self.queue.insert(at, id);
+        true
     }
 
     /// Takes the next publish off the queue, if the window allows. QoS 0 messages wait
@@ -402,8 +459,20 @@ mod tests {
     use super::*;
 
     fn admit(o: &mut Outbound, id: u64, qos: QoS, now: Instant) {
-        o.admit(id, "t".into(), Bytes::from_static(b"x"), qos, now, 100)
-            .unwrap_or_else(|e| panic!("admit {id}: {e}"));
+        o.admit(
+            id,
+            "t".into(),
+            Bytes::from_static(b"x"),
+            qos,
+            now,
+            100,
+            Some(charge()),
+        )
+        .unwrap_or_else(|e| panic!("admit {id}: {e}"));
+    }
+
+    fn charge() -> Charge {
+        Charge::message(crate::pacing::Scope::Device)
     }
 
     fn pkid_of(r: Option<Ready>) -> u16 {
@@ -420,7 +489,15 @@ mod tests {
         admit(&mut o, 1, QoS::AtLeastOnce, now);
         admit(&mut o, 2, QoS::AtLeastOnce, now);
         let err = o
-            .admit(3, "t".into(), Bytes::new(), QoS::AtLeastOnce, now, 100)
+            .admit(
+                3,
+                "t".into(),
+                Bytes::new(),
+                QoS::AtLeastOnce,
+                now,
+                100,
+                Some(charge()),
+            )
             .unwrap_err();
         assert_eq!(
             err,

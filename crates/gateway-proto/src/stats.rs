@@ -63,6 +63,18 @@ pub struct Stats {
     pub pending_requests: usize,
     /// Server-side RPCs awaiting the application's reply.
     pub pending_server_rpcs: usize,
+    /// Times a publish had to wait for rate-limit tokens (or a push-back pause).
+    pub paced: u64,
+    /// Server push-backs seen (see [`Event::RateLimited`](crate::Event::RateLimited)).
+    pub push_backs: u64,
+    /// Publishes the server refused for a rate limit and that were queued again.
+    pub resent_after_push_back: u64,
+    /// Commands split into several publishes.
+    pub split_requests_total: u64,
+    /// Publishes those commands became.
+    pub split_parts: u64,
+    /// Split commands with parts not finished yet.
+    pub split_requests: usize,
     /// OTA chunks received and passed on.
     pub ota_chunks: u64,
     /// OTA chunk requests repeated after a timeout.

@@ -23,6 +23,9 @@ pub(crate) enum Timer {
     SubDeviceSweep,
     /// When to ask for a new transport after a disconnect.
     Reconnect,
+    /// Session limits and pacing: the end of the wait for `getSessionLimits`, the instant
+    /// the next paced publish may go, or the next step of a rate recovery.
+    Limits,
     /// When the outstanding OTA chunk is due.
     OtaChunk,
     /// When a provisioning connection stops waiting for its answer.
@@ -32,7 +35,7 @@ pub(crate) enum Timer {
 impl Timer {
     /// Firing order when several expire at once: the session-ending ones first, so a
     /// publish deadline that coincides with a dead link still sees the link as dead.
-    pub(crate) const ALL: [Timer; 9] = [
+    pub(crate) const ALL: [Timer; 10] = [
         Timer::Connect,
         Timer::PingResponse,
         Timer::Provision,
@@ -41,6 +44,7 @@ impl Timer {
         Timer::ResponseDeadline,
         Timer::OtaChunk,
         Timer::SubDeviceSweep,
+        Timer::Limits,
         Timer::Reconnect,
     ];
 
@@ -53,8 +57,9 @@ impl Timer {
             Timer::Reconnect => 4,
             Timer::ResponseDeadline => 5,
             Timer::SubDeviceSweep => 6,
-            Timer::OtaChunk => 7,
-            Timer::Provision => 8,
+            Timer::Limits => 7,
+            Timer::OtaChunk => 8,
+            Timer::Provision => 9,
         }
     }
 }
@@ -62,7 +67,7 @@ impl Timer {
 /// One optional deadline per [`Timer`].
 #[derive(Debug, Default, Clone)]
 pub(crate) struct TimerTable {
-    slots: [Option<Instant>; 9],
+    slots: [Option<Instant>; 10],
 }
 
 impl TimerTable {

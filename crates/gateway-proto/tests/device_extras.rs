@@ -121,6 +121,8 @@ fn provision_session(h: &mut Harness) -> Sent {
         pkid: sub_pkid,
         codes: vec![1],
     }));
+    // The limits are on (Config::provisioning keeps the defaults), yet no getSessionLimits:
+    // a provisioning connection only provisions.
     assert_eq!(publishes.len(), 1, "{publishes:?}");
     let req = publishes.remove(0);
     assert_eq!(req.topic, "/provision/request");

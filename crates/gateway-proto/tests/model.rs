@@ -87,6 +87,9 @@ fn model_config(version: ProtocolVersion, seed: u64) -> Config {
         "v1/devices/me/rpc/request/+",
         QoS::AtLeastOnce,
     )];
+    // The model is of the MQTT session; session limits, pacing and push-back are modelled
+    // separately (`tests/limits.rs`).
+    c.limits = gateway_proto::LimitsConfig::disabled();
     c
 }
 

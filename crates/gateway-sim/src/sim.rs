@@ -1152,6 +1152,9 @@ impl Sim {
             let s = self.conn.stats();
             if self.conn.state() == State::Connected
                 && s.unfinished_requests == 0
+                // Re-announces paced by the limits the client learned (the server's or its
+                // own slow-down after push-backs) may still wait for tokens.
+                && !self.conn.has_connection_publishes_waiting()
                 && s.pending_requests == 0
                 && self.link.c2s.is_empty()
                 && self.link.s2c.is_empty()

@@ -97,6 +97,10 @@ fn seeds_that_found_bugs_stay_fixed() {
             1365,
             "a_timed_out_implicit_connect_is_settled_by_an_announce",
         ),
+        (
+            23,
+            "a_recovery_step_moves_the_deadline_on_with_nothing_queued",
+        ),
     ];
     for (seed, test) in found {
         if let Err(f) = run(seed, &Options::default()) {

@@ -21,7 +21,8 @@ use crate::pki::TestPki;
 
 const TELEMETRY: &str = "v1/devices/me/telemetry";
 
-/// Client options for a broker: 127.0.0.1, device role, fast reconnects.
+/// Client options for a broker: 127.0.0.1, device role, fast reconnects, and no
+/// `getSessionLimits` (a plain broker has no ThingsBoard limits to tell).
 pub fn options_for(
     broker: &Mosquitto,
     credentials: Credentials,
@@ -30,6 +31,7 @@ pub fn options_for(
     let mut options = ClientOptions::new("127.0.0.1", broker.port(), credentials);
     options.config.protocol = protocol;
     options.config.role = Role::Device;
+    options.config.limits.session_limits_wait = None;
     options.config.reconnect.initial_delay = Duration::from_millis(50);
     options.config.reconnect.max_delay = Duration::from_millis(300);
     options.config.reconnect.refused_delay = Duration::from_millis(300);

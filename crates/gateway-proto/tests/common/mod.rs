@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use gateway_proto::wire::{self, Packet, ProtocolVersion};
-use gateway_proto::{Config, Connection, Credentials, Event, Input, Output};
+use gateway_proto::{Config, Connection, Credentials, Event, Input, LimitsConfig, Output};
 
 /// Remaining-length limit the scripted broker reads with (larger than any test packet).
 const SERVER_MAX: usize = 16 * 1024 * 1024;
@@ -36,6 +36,10 @@ pub fn config(version: ProtocolVersion) -> Config {
     c.reconnect.jitter_percent = 0;
     // MQTT-level scenarios script their own SUBSCRIBEs; the API tests turn this back on.
     c.subscribe_api = false;
+    // These peers script MQTT and API mechanics and never answer `getSessionLimits`: the
+    // limits machinery (asking, holding, pacing, splitting, push-back) is off here and has
+    // its own scripted tests in `tests/limits.rs`.
+    c.limits = LimitsConfig::disabled();
     c
 }
 

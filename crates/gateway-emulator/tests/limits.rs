@@ -1,0 +1,385 @@
+//! The client core's session limits, pacing, push-back and splitting against the sans-IO
+//! emulator with ThingsBoard's rate limits set, on one virtual clock: a sustained overload
+//! never gets the gateway disconnected and never loses a message.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use gateway_emulator::{
+    Emulator, EmulatorConfig, Event as EmuEvent, LimitConfig, NewDevice, Output as EmuOutput,
+    SessionId, TenantLimits,
+};
+use gateway_proto::limits::{LimitsReport, Scope};
+use gateway_proto::payload::TelemetryEntry;
+use gateway_proto::{
+    Command, CommandError, Config, Connection, Credentials, Event, GatewayCommand, Input,
+    LimitsConfig, Output, RequestId,
+};
+use serde_json::{json, Map, Value};
+
+/// A client connection and the emulator, wired by an in-memory transport.
+struct Link {
+    conn: Connection,
+    emu: Emulator,
+    session: Option<SessionId>,
+    now: Instant,
+    events: Vec<Event>,
+    emu_events: Vec<EmuEvent>,
+}
+
+impl Link {
+    fn new(config: Config, limits: TenantLimits) -> Self {
+        let now = Instant::now();
+        let mut emu = Emulator::new(EmulatorConfig::default(), now, 1_700_000_000_000);
+        emu.create_device(NewDevice::gateway("Gateway", "GW_TOKEN"))
+            .unwrap();
+        emu.set_rate_limits(limits).unwrap();
+        let conn = Connection::new(config, now).unwrap();
+        let mut link = Self {
+            conn,
+            emu,
+            session: None,
+            now,
+            events: Vec::new(),
+            emu_events: Vec::new(),
+        };
+        link.settle();
+        link
+    }
+
+    /// Moves bytes both ways until neither side has anything to say.
+    fn settle(&mut self) {
+        loop {
+            let mut moved = false;
+            while let Some(out) = self.conn.poll_output() {
+                moved = true;
+                match out {
+                    Output::Transmit(bytes) => {
+                        if let Some(s) = self.session {
+                            self.emu.handle_bytes(s, self.now, &bytes);
+                        }
+                    }
+                    Output::OpenTransport => {
+                        self.session = Some(self.emu.open_session(self.now).unwrap());
+                        self.conn.handle_input(self.now, Input::TransportOpened);
+                    }
+                    Output::CloseTransport => {
+                        if let Some(s) = self.session.take() {
+                            self.emu.transport_closed(s, self.now);
+                        }
+                    }
+                    Output::Event(e) => self.events.push(e),
+                    other => panic!("unexpected output {other:?}"),
+                }
+            }
+            while let Some((sid, out)) = self.emu.poll_output() {
+                moved = true;
+                if Some(sid) != self.session {
+                    continue;
+                }
+                match out {
+                    EmuOutput::Transmit(bytes) => {
+                        self.conn.handle_input(self.now, Input::Bytes(&bytes))
+                    }
+                    EmuOutput::Close => {
+                        self.session = None;
+                        self.emu.transport_closed(sid, self.now);
+                        self.conn.handle_input(self.now, Input::TransportClosed);
+                    }
+                }
+            }
+            while let Some(e) = self.emu.poll_event() {
+                self.emu_events.push(e);
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Advances the shared clock by `by`, firing every deadline of both sides on the way.
+    fn advance(&mut self, by: Duration) {
+        let end = self.now + by;
+        loop {
+            let next = [self.conn.poll_timeout(), self.emu.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .filter(|t| *t <= end)
+                .min();
+            let Some(at) = next else { break };
+            self.now = self.now.max(at);
+            self.conn.handle_input(self.now, Input::Timeout);
+            self.emu.handle_timeout(self.now);
+            self.settle();
+        }
+        self.now = end;
+        self.conn.handle_input(self.now, Input::Timeout);
+        self.emu.handle_timeout(self.now);
+        self.settle();
+    }
+
+    fn command(&mut self, command: Command) -> Result<RequestId, CommandError> {
+        let id = self.conn.command(self.now, command);
+        self.settle();
+        id
+    }
+
+    /// Outcome events per request so far.
+    fn outcomes(&self) -> BTreeMap<RequestId, Vec<&Event>> {
+        let mut out: BTreeMap<RequestId, Vec<&Event>> = BTreeMap::new();
+        for e in &self.events {
+            if let Some(r) = e.request() {
+                out.entry(r).or_default().push(e);
+            }
+        }
+        out
+    }
+}
+
+fn values(v: Value) -> Map<String, Value> {
+    v.as_object().cloned().unwrap()
+}
+
+/// ThingsBoard-style limits: the sub-devices together may send 10 telemetry messages a
+/// second in bursts of 20 (600 a minute) and 50 data points a second; the gateway itself 5
+/// telemetry messages a second (100 a minute).
+fn tenant_limits() -> TenantLimits {
+    TenantLimits {
+        gateway: LimitConfig::new("50:1,1000:60", "20:1,600:60", "100:1,3000:60"),
+        gateway_device: LimitConfig::new("20:1,300:60", "5:1,100:60", "50:1,1000:60"),
+        ..TenantLimits::default()
+    }
+}
+
+fn gateway_config() -> Config {
+    let mut c = Config::new(Credentials::AccessToken("GW_TOKEN".into()));
+    c.reconnect.jitter_percent = 0;
+    c.max_buffered_bytes = 64 * 1024 * 1024;
+    c
+}
+
+/// The application offers three times what the limits allow for 20 s: 30 sub-device
+/// telemetry messages a second over 5 sub-devices (3 data points each), 3 of the gateway's
+/// own a second, and an attribute update a second. Returns the accepted requests and the
+/// timestamps used per device.
+fn overload(link: &mut Link) -> (Vec<RequestId>, BTreeMap<String, Vec<i64>>) {
+    let mut ids = Vec::new();
+    let mut stamps: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut ts = 1_700_000_000_000i64;
+    for tick in 0..200u32 {
+        // Every 100 ms: 3 sub-device messages, and every third tick one of the gateway's own.
+        for k in 0..3u32 {
+            ts += 1;
+            let device = format!("Sensor {}", (tick * 3 + k) % 5);
+            let entry = TelemetryEntry::at(ts, values(json!({"t": ts % 1000, "h": 40, "p": 1013})));
+            ids.push(
+                link.command(Command::Gateway(GatewayCommand::Telemetry {
+                    device: device.clone(),
+                    entries: vec![entry],
+                }))
+                .unwrap(),
+            );
+            stamps.entry(device).or_default().push(ts);
+        }
+        if tick % 3 == 0 {
+            ts += 1;
+            let own = TelemetryEntry::at(ts, values(json!({"cpu": tick})));
+            ids.push(
+                link.command(Command::Device(gateway_proto::DeviceCommand::Telemetry(
+                    vec![own],
+                )))
+                .unwrap(),
+            );
+            stamps.entry("Gateway".into()).or_default().push(ts);
+        }
+        if tick % 10 == 0 {
+            ids.push(
+                link.command(Command::device_attributes(
+                    "Sensor 0",
+                    values(json!({"fw": tick})),
+                ))
+                .unwrap(),
+            );
+        }
+        link.advance(Duration::from_millis(100));
+    }
+    (ids, stamps)
+}
+
+#[test]
+fn a_sustained_overload_is_paced_without_a_disconnect_or_a_lost_message() {
+    let mut link = Link::new(gateway_config(), tenant_limits());
+    let (ids, stamps) = overload(&mut link);
+    // Let the queue drain: well within the default 5-minute publish timeout.
+    for _ in 0..240 {
+        if link.outcomes().len() >= ids.len() {
+            break;
+        }
+        link.advance(Duration::from_secs(1));
+    }
+    let applied = link.events.iter().find_map(|e| match e {
+        Event::SessionLimits(LimitsReport::Applied(a)) => Some(a.clone()),
+        _ => None,
+    });
+    let applied = applied.expect("the emulator's limits were applied");
+    assert_eq!(
+        applied
+            .server
+            .gateway_rate_limits
+            .unwrap()
+            .telemetry_messages,
+        "20:1,600:60"
+    );
+    let trouble: Vec<&Event> = link
+        .events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Event::Disconnected { .. } | Event::RateLimited(_) | Event::Warning(_)
+            )
+        })
+        .collect();
+    assert!(trouble.is_empty(), "{trouble:?}");
+    assert!(
+        !link
+            .emu_events
+            .iter()
+            .any(|e| matches!(e, EmuEvent::RateLimited { .. })),
+        "the emulator never had to limit the gateway"
+    );
+    let outcomes = link.outcomes();
+    for id in &ids {
+        assert_eq!(
+            outcomes.get(id).map(Vec::as_slice),
+            Some(&[&Event::Delivered(*id)][..]),
+            "{id}"
+        );
+    }
+    // Every data point is stored, at its own timestamp.
+    for (device, stamps) in &stamps {
+        let stored = link.emu.telemetry(device).unwrap();
+        let key = if device == "Gateway" { "cpu" } else { "t" };
+        let got: Vec<i64> = stored[key].iter().map(|p| p.ts).collect();
+        assert_eq!(&got, stamps, "{device}");
+    }
+    assert_eq!(
+        link.emu.client_attributes("Sensor 0").unwrap()["fw"],
+        json!(190)
+    );
+    let stats = link.conn.stats();
+    assert!(stats.paced > 0, "the overload was paced");
+    assert_eq!(stats.disconnects, 0);
+}
+
+#[test]
+fn control_without_limits_the_same_overload_gets_the_gateway_disconnected() {
+    let mut c = gateway_config();
+    c.limits = LimitsConfig::disabled();
+    let mut link = Link::new(c, tenant_limits());
+    overload(&mut link);
+    assert!(link
+        .emu_events
+        .iter()
+        .any(|e| matches!(e, EmuEvent::RateLimited { .. })));
+    assert!(link.conn.stats().disconnects > 0);
+    assert!(link.events.iter().any(|e| matches!(
+        e,
+        Event::Failed {
+            error: gateway_proto::RequestError::Rejected(_),
+            ..
+        }
+    )));
+}
+
+#[test]
+fn a_message_over_the_packet_and_data_point_limits_is_split_paced_and_stored_whole() {
+    let mut link = Link::new(gateway_config(), tenant_limits());
+    link.events.clear();
+    // 400 data points of 200-byte strings: far above 64 KiB and above the 80-point share of
+    // the sub-devices' 100-point burst.
+    let big: Map<String, Value> = (0..400)
+        .map(|i| (format!("k{i:03}"), json!("v".repeat(200))))
+        .collect();
+    let id = link
+        .command(Command::Gateway(GatewayCommand::Telemetry {
+            device: "Big".into(),
+            entries: vec![TelemetryEntry::at(1_700_000_000_000, big.clone())],
+        }))
+        .unwrap();
+    for _ in 0..60 {
+        if link.outcomes().contains_key(&id) {
+            break;
+        }
+        link.advance(Duration::from_secs(1));
+    }
+    assert_eq!(link.outcomes()[&id], [&Event::Delivered(id)]);
+    let stored = link.emu.latest_telemetry("Big").unwrap();
+    assert_eq!(stored.len(), 400);
+    assert!(stored.values().all(|p| p.value == json!("v".repeat(200))));
+    assert!(link.conn.stats().split_parts >= 5);
+    assert_eq!(link.conn.stats().disconnects, 0);
+}
+
+#[test]
+fn limits_lowered_mid_session_cause_one_push_back_then_the_new_limits_hold() {
+    let mut link = Link::new(gateway_config(), tenant_limits());
+    // The tenant profile changes under the running session: the sub-devices may now send a
+    // tenth of before. The client learns it only at its next connect.
+    link.emu
+        .set_rate_limits(TenantLimits {
+            gateway: LimitConfig::new("50:1,1000:60", "2:1,60:60", "100:1,3000:60"),
+            ..tenant_limits()
+        })
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        ids.push(
+            link.command(Command::Gateway(GatewayCommand::Telemetry {
+                device: format!("S{}", i % 4),
+                entries: vec![TelemetryEntry::at(
+                    1_700_000_000_000 + i,
+                    values(json!({"n": i})),
+                )],
+            }))
+            .unwrap(),
+        );
+    }
+    for _ in 0..300 {
+        if link.outcomes().len() >= ids.len() {
+            break;
+        }
+        link.advance(Duration::from_secs(1));
+    }
+    // The push-back was seen and said whose limit.
+    let pushed: Vec<_> = link
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::RateLimited(n) => Some(n.scope),
+            _ => None,
+        })
+        .collect();
+    assert!(!pushed.is_empty());
+    assert!(pushed.iter().all(|s| *s == Scope::Gateway), "{pushed:?}");
+    // After the reconnect the new limits were learned and nothing was refused again.
+    let reports = link
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::SessionLimits(LimitsReport::Applied(_))))
+        .count();
+    assert!(reports >= 2);
+    let disconnects = link.conn.stats().disconnects;
+    assert_eq!(disconnects, 1, "{:?}", link.events);
+    // Nothing lost: every request delivered, every point stored.
+    let outcomes = link.outcomes();
+    for id in &ids {
+        assert_eq!(outcomes[id], [&Event::Delivered(*id)], "{id}");
+    }
+    let stored: usize = (0..4)
+        .map(|d| link.emu.telemetry(&format!("S{d}")).unwrap()["n"].len())
+        .sum();
+    assert_eq!(stored, 40);
+}

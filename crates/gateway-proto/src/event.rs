@@ -55,8 +55,9 @@ pub enum Event {
     /// A QoS 1 publish was acknowledged with a success code.
     ///
     /// On MQTT 3.1.1 a PUBACK carries no code, and ThingsBoard acknowledges a gateway message
-    /// it dropped because the sub-device could not be created (tenant device limit) like any
-    /// other; only MQTT 5 (PUBACK 0x97) tells the two apart.
+    /// it dropped, because the sub-device could not be created (tenant device limit) or a rate
+    /// limit refused it (the connection closes right after), like any other; only MQTT 5
+    /// (PUBACK 0x97) tells them apart.
     Delivered(RequestId),
     /// A QoS 0 publish was handed to the transport (QoS 0 has no acknowledgement).
     Sent(RequestId),

@@ -250,7 +250,7 @@ impl fmt::Display for MalformedKind {
     }
 }
 
-/// Error returned by [`decode`].
+/// Error returned when decoding a packet from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DecodeError {
@@ -281,7 +281,7 @@ impl fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-/// Error returned by [`encode`]. Nothing is written when it is returned.
+/// Error returned when encoding a packet. Nothing is written when it is returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EncodeError {

@@ -4,118 +4,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use gateway_emulator::{
-    ClientRpcAnswer, Emulator, EmulatorConfig, Event as EmuEvent, NewDevice, Output as EmuOutput,
-    RpcCall, RpcOutcome, SessionId,
-};
+use gateway_emulator::{ClientRpcAnswer, Event as EmuEvent, NewDevice, RpcCall, RpcOutcome};
 use gateway_proto::payload::ClientRpcResponse;
 use gateway_proto::{
-    AttributeScope, Command, Config, Connection, Credentials, Event, Input, Output, ReasonCode,
-    RequestError, RequestId, Role,
+    AttributeScope, Command, Config, Credentials, Event, ReasonCode, RequestError, RequestId, Role,
 };
 use serde_json::{json, Map, Value};
 
-/// A client connection and the emulator, wired by an in-memory transport.
-struct Link {
-    conn: Connection,
-    emu: Emulator,
-    session: Option<SessionId>,
-    now: Instant,
-    events: Vec<Event>,
-    emu_events: Vec<EmuEvent>,
-}
+mod link;
 
+use link::Link;
+
+/// Helpers of these tests on top of the shared harness.
 impl Link {
-    fn new(config: Config, setup: impl FnOnce(&mut Emulator)) -> Self {
-        let now = Instant::now();
-        let mut emu = Emulator::new(EmulatorConfig::default(), now, 1_700_000_000_000);
-        setup(&mut emu);
-        let conn = Connection::new(config, now).unwrap();
-        let mut link = Self {
-            conn,
-            emu,
-            session: None,
-            now,
-            events: Vec::new(),
-            emu_events: Vec::new(),
-        };
-        link.settle();
-        link
-    }
-
-    /// Moves bytes both ways until neither side has anything to say.
-    fn settle(&mut self) {
-        loop {
-            let mut moved = false;
-            while let Some(out) = self.conn.poll_output() {
-                moved = true;
-                match out {
-                    Output::Transmit(bytes) => {
-                        if let Some(s) = self.session {
-                            self.emu.handle_bytes(s, self.now, &bytes);
-                        }
-                    }
-                    Output::OpenTransport => {
-                        self.session = Some(self.emu.open_session(self.now).unwrap());
-                        self.conn.handle_input(self.now, Input::TransportOpened);
-                    }
-                    Output::CloseTransport => {
-                        if let Some(s) = self.session.take() {
-                            self.emu.transport_closed(s, self.now);
-                        }
-                    }
-                    Output::Event(e) => self.events.push(e),
-                    other => panic!("unexpected output {other:?}"),
-                }
-            }
-            while let Some((sid, out)) = self.emu.poll_output() {
-                moved = true;
-                if Some(sid) != self.session {
-                    continue;
-                }
-                match out {
-                    EmuOutput::Transmit(bytes) => {
-                        self.conn.handle_input(self.now, Input::Bytes(&bytes))
-                    }
-                    EmuOutput::Close => {
-                        self.session = None;
-                        self.emu.transport_closed(sid, self.now);
-                        self.conn.handle_input(self.now, Input::TransportClosed);
-                    }
-                }
-            }
-            while let Some(e) = self.emu.poll_event() {
-                self.emu_events.push(e);
-            }
-            if !moved {
-                return;
-            }
-        }
-    }
-
-    /// Advances the shared clock by `by`, firing every deadline of both sides on the way.
-    fn advance(&mut self, by: Duration) {
-        let end = self.now + by;
-        loop {
-            let next = [self.conn.poll_timeout(), self.emu.poll_timeout()]
-                .into_iter()
-                .flatten()
-                .filter(|t| *t <= end)
-                .min();
-            let Some(at) = next else { break };
-            self.now = self.now.max(at);
-            self.conn.handle_input(self.now, Input::Timeout);
-            self.emu.handle_timeout(self.now);
-            self.settle();
-        }
-        self.now = end;
-        self.conn.handle_input(self.now, Input::Timeout);
-        self.emu.handle_timeout(self.now);
-        self.settle();
-    }
-
     fn command(&mut self, command: Command) -> RequestId {
         let id = self.conn.command(self.now, command).unwrap();
         self.settle();

@@ -5,121 +5,30 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use gateway_emulator::{
-    Emulator, EmulatorConfig, Event as EmuEvent, LimitConfig, NewDevice, Output as EmuOutput,
-    SessionId, TenantLimits,
-};
+use gateway_emulator::{Event as EmuEvent, LimitConfig, NewDevice, TenantLimits};
 use gateway_proto::limits::{LimitsReport, Scope};
 use gateway_proto::payload::TelemetryEntry;
 use gateway_proto::{
-    Command, CommandError, Config, Connection, Credentials, Event, GatewayCommand, Input,
-    LimitsConfig, Output, RequestId,
+    Command, CommandError, Config, Credentials, Event, GatewayCommand, LimitsConfig, RequestId,
 };
 use serde_json::{json, Map, Value};
 
-/// A client connection and the emulator, wired by an in-memory transport.
-struct Link {
-    conn: Connection,
-    emu: Emulator,
-    session: Option<SessionId>,
-    now: Instant,
-    events: Vec<Event>,
-    emu_events: Vec<EmuEvent>,
-}
+mod link;
 
-impl Link {
-    fn new(config: Config, limits: TenantLimits) -> Self {
-        let now = Instant::now();
-        let mut emu = Emulator::new(EmulatorConfig::default(), now, 1_700_000_000_000);
+use link::Link;
+
+fn limited_link(config: Config, limits: TenantLimits) -> Link {
+    Link::new(config, |emu| {
         emu.create_device(NewDevice::gateway("Gateway", "GW_TOKEN"))
             .unwrap();
         emu.set_rate_limits(limits).unwrap();
-        let conn = Connection::new(config, now).unwrap();
-        let mut link = Self {
-            conn,
-            emu,
-            session: None,
-            now,
-            events: Vec::new(),
-            emu_events: Vec::new(),
-        };
-        link.settle();
-        link
-    }
+    })
+}
 
-    /// Moves bytes both ways until neither side has anything to say.
-    fn settle(&mut self) {
-        loop {
-            let mut moved = false;
-            while let Some(out) = self.conn.poll_output() {
-                moved = true;
-                match out {
-                    Output::Transmit(bytes) => {
-                        if let Some(s) = self.session {
-                            self.emu.handle_bytes(s, self.now, &bytes);
-                        }
-                    }
-                    Output::OpenTransport => {
-                        self.session = Some(self.emu.open_session(self.now).unwrap());
-                        self.conn.handle_input(self.now, Input::TransportOpened);
-                    }
-                    Output::CloseTransport => {
-                        if let Some(s) = self.session.take() {
-                            self.emu.transport_closed(s, self.now);
-                        }
-                    }
-                    Output::Event(e) => self.events.push(e),
-                    other => panic!("unexpected output {other:?}"),
-                }
-            }
-            while let Some((sid, out)) = self.emu.poll_output() {
-                moved = true;
-                if Some(sid) != self.session {
-                    continue;
-                }
-                match out {
-                    EmuOutput::Transmit(bytes) => {
-                        self.conn.handle_input(self.now, Input::Bytes(&bytes))
-                    }
-                    EmuOutput::Close => {
-                        self.session = None;
-                        self.emu.transport_closed(sid, self.now);
-                        self.conn.handle_input(self.now, Input::TransportClosed);
-                    }
-                }
-            }
-            while let Some(e) = self.emu.poll_event() {
-                self.emu_events.push(e);
-            }
-            if !moved {
-                return;
-            }
-        }
-    }
-
-    /// Advances the shared clock by `by`, firing every deadline of both sides on the way.
-    fn advance(&mut self, by: Duration) {
-        let end = self.now + by;
-        loop {
-            let next = [self.conn.poll_timeout(), self.emu.poll_timeout()]
-                .into_iter()
-                .flatten()
-                .filter(|t| *t <= end)
-                .min();
-            let Some(at) = next else { break };
-            self.now = self.now.max(at);
-            self.conn.handle_input(self.now, Input::Timeout);
-            self.emu.handle_timeout(self.now);
-            self.settle();
-        }
-        self.now = end;
-        self.conn.handle_input(self.now, Input::Timeout);
-        self.emu.handle_timeout(self.now);
-        self.settle();
-    }
-
+/// Helpers of these tests on top of the shared harness.
+impl Link {
     fn command(&mut self, command: Command) -> Result<RequestId, CommandError> {
         let id = self.conn.command(self.now, command);
         self.settle();
@@ -210,7 +119,7 @@ fn overload(link: &mut Link) -> (Vec<RequestId>, BTreeMap<String, Vec<i64>>) {
 
 #[test]
 fn a_sustained_overload_is_paced_without_a_disconnect_or_a_lost_message() {
-    let mut link = Link::new(gateway_config(), tenant_limits());
+    let mut link = limited_link(gateway_config(), tenant_limits());
     let (ids, stamps) = overload(&mut link);
     // Let the queue drain: well within the default 5-minute publish timeout.
     for _ in 0..240 {
@@ -278,7 +187,7 @@ fn a_sustained_overload_is_paced_without_a_disconnect_or_a_lost_message() {
 fn control_without_limits_the_same_overload_gets_the_gateway_disconnected() {
     let mut c = gateway_config();
     c.limits = LimitsConfig::disabled();
-    let mut link = Link::new(c, tenant_limits());
+    let mut link = limited_link(c, tenant_limits());
     overload(&mut link);
     assert!(link
         .emu_events
@@ -296,7 +205,7 @@ fn control_without_limits_the_same_overload_gets_the_gateway_disconnected() {
 
 #[test]
 fn a_message_over_the_packet_and_data_point_limits_is_split_paced_and_stored_whole() {
-    let mut link = Link::new(gateway_config(), tenant_limits());
+    let mut link = limited_link(gateway_config(), tenant_limits());
     link.events.clear();
     // 400 data points of 200-byte strings: far above 64 KiB and above the 80-point share of
     // the sub-devices' 100-point burst.
@@ -325,7 +234,7 @@ fn a_message_over_the_packet_and_data_point_limits_is_split_paced_and_stored_who
 
 #[test]
 fn limits_lowered_mid_session_cause_one_push_back_then_the_new_limits_hold() {
-    let mut link = Link::new(gateway_config(), tenant_limits());
+    let mut link = limited_link(gateway_config(), tenant_limits());
     // The tenant profile changes under the running session: the sub-devices may now send a
     // tenth of before. The client learns it only at its next connect.
     link.emu

@@ -58,11 +58,17 @@ pub fn telemetry_json(i: u64) -> Value {
 }
 
 /// A core configuration for benchmarks: MQTT 3.1.1 (what rumqttc and the Python SDK speak),
-/// no publish timeout, everything else at its default.
+/// no publish timeout, no `getSessionLimits` wait, everything else at its default (pacing,
+/// splitting and push-back stay on: their per-message checks are part of what is measured).
+///
+/// Without a ThingsBoard server nobody answers `getSessionLimits`: with the default wait the
+/// first messages would sit out its 5 s (the e2e rate would include it, and the core benches,
+/// where time never moves, would never send data at all).
 pub fn bench_config() -> Config {
     let mut c = Config::new(Credentials::AccessToken("BENCH_TOKEN".into()));
     c.protocol = ProtocolVersion::V311;
     c.publish_timeout = None;
+    c.limits.session_limits_wait = None;
     c
 }
 
@@ -95,6 +101,34 @@ pub fn connected(config: Config, now: Instant) -> Connection {
     answer_acks(&sent, &mut acks);
     conn.handle_input(now, Input::Bytes(&acks));
     while conn.poll_output().is_some() {}
+    conn
+}
+
+/// [`connected`], with the workload's [`DEVICES`] sub-devices announced and acknowledged,
+/// as a gateway does before its data flows. Without it the first message for each device
+/// also sends its implicit `v1/gateway/connect` (QoS 1), and a benchmark that never answers
+/// those would stall once they fill the in-flight window.
+pub fn connected_with_devices(config: Config, now: Instant) -> Connection {
+    let mut conn = connected(config, now);
+    let mut acks = Vec::new();
+    for d in 0..DEVICES {
+        conn.command(now, Command::connect_device(device_name(d), None))
+            .unwrap_or_else(|e| panic!("announce: {e}"));
+        while let Some(o) = conn.poll_output() {
+            if let gateway_proto::Output::Transmit(b) = o {
+                answer_acks(&b, &mut acks);
+            }
+        }
+        conn.handle_input(now, Input::Bytes(&acks));
+        acks.clear();
+        while conn.poll_output().is_some() {}
+    }
+    assert_eq!(
+        conn.stats().sub_devices,
+        DEVICES as usize,
+        "every device announced"
+    );
+    assert_eq!(conn.stats().inflight, 0, "every announce acknowledged");
     conn
 }
 

@@ -8,7 +8,7 @@
 //! session's life (connect, loss, close, timers).
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -21,6 +21,7 @@ use crate::connection::publish_remaining_len;
 use crate::correlation::{Expect, Pending, PendingRequests, ServerRpcs};
 use crate::error::CommandError;
 use crate::event::{Event, RequestError, RequestId, Warning};
+use crate::idmap::IdMap;
 use crate::ota::{
     state_telemetry, Ota, OtaCommand, OtaCommandError, OtaKind, OtaState, OtaVersion,
 };
@@ -60,6 +61,9 @@ pub(crate) struct Prepared {
     pub(crate) more: Vec<(Bytes, Charge)>,
 }
 
+/// Largest scratch buffer kept between commands (bytes); a larger one is freed.
+const SCRATCH_KEEP: usize = 64 * 1024;
+
 /// What shaping a publish to the limits needs to know about the connection.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Fit {
@@ -82,9 +86,9 @@ struct Body {
 
 impl Body {
     /// One regular message on `topic`.
-    fn message(buf: BytesMut, topic: &str) -> Self {
+    fn message(buf: &[u8], topic: &str) -> Self {
         Self {
-            payload: buf.freeze(),
+            payload: Bytes::copy_from_slice(buf),
             charge: Charge::message(Scope::of_topic(topic)),
             more: Vec::new(),
         }
@@ -114,7 +118,7 @@ fn fit(
     counted: Counted,
     topic: &str,
     qos: QoS,
-    buf: BytesMut,
+    buf: &[u8],
     fit: &Fit,
 ) -> Result<Body, CommandError> {
     let scope = Scope::of_topic(topic);
@@ -130,7 +134,7 @@ fn fit(
     if !fit.split || (buf.len() <= budget.payload && budget.points.is_none_or(|max| points <= max))
     {
         return Ok(Body {
-            payload: buf.freeze(),
+            payload: Bytes::copy_from_slice(buf),
             charge: counted.charge(scope, msg.device_count(), points),
             more: Vec::new(),
         });
@@ -173,7 +177,12 @@ pub(crate) enum Signal {
 pub(crate) enum Commit {
     Nothing,
     /// Data for this sub-device: track it, record the uplink.
-    TouchOne(String),
+    TouchOne {
+        device: String,
+        /// Tracked when the command was prepared (nothing changes the registry between
+        /// preparing and committing one command).
+        known: bool,
+    },
     /// Data for these sub-devices: track them, record the uplink.
     Touch(Vec<String>),
     Connect {
@@ -203,6 +212,13 @@ pub(crate) enum Commit {
     OtaFailed(OtaKind),
 }
 
+impl Commit {
+    /// Committing changes nothing the send order depends on (no announce gets queued).
+    pub(crate) fn is_quiet(&self) -> bool {
+        matches!(self, Self::Nothing | Self::TouchOne { known: true, .. })
+    }
+}
+
 /// A publish the connection makes on its own, served before the application's queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum LaneItem {
@@ -226,12 +242,12 @@ pub(crate) struct Api {
     /// (those). A rejection (MQTT 5 PUBACK failure code, e.g. 0x97 at the device limit)
     /// means the server did not connect them: they are forgotten. Bounded like the publishes
     /// they belong to (`max_buffered_bytes`); entries leave with their outcome.
-    connects: HashMap<u64, Vec<String>>,
+    connects: IdMap<u64, Vec<String>>,
     /// Application disconnect commands not finished yet: request id → device. If the device
     /// is tracked again when its disconnect finishes (a later command named it, and the
     /// re-announce after a reconnect may have gone out before this older disconnect), it is
     /// announced once more so the server's last word is a connect. Bounded like `connects`.
-    disconnects: HashMap<u64, String>,
+    disconnects: IdMap<u64, String>,
     keepalive_after: Option<Duration>,
     attribute_timeout: Duration,
     rpc_timeout: Duration,
@@ -243,6 +259,8 @@ pub(crate) struct Api {
     signals: Vec<Signal>,
     /// Firmware/software updates, when configured.
     ota: Option<Ota>,
+    /// Reused buffer payloads are encoded into before being copied out at their exact size.
+    scratch: BytesMut,
 }
 
 impl Api {
@@ -253,8 +271,8 @@ impl Api {
             requests: PendingRequests::new(config.max_pending_requests),
             server_rpcs: ServerRpcs::new(config.max_pending_server_rpcs),
             lane: VecDeque::new(),
-            connects: HashMap::new(),
-            disconnects: HashMap::new(),
+            connects: IdMap::default(),
+            disconnects: IdMap::default(),
             keepalive_after: config.sub_device_keepalive,
             attribute_timeout: config.attribute_request_timeout,
             rpc_timeout: config.rpc_timeout,
@@ -266,6 +284,15 @@ impl Api {
             } else {
                 config.ota.as_ref().map(Ota::new)
             },
+            scratch: BytesMut::new(),
+        }
+    }
+
+    /// Keeps `buf` for the next command unless a large message grew it: the scratch buffer
+    /// never holds more than [`SCRATCH_KEEP`] bytes between commands.
+    fn keep_scratch(&mut self, buf: BytesMut) {
+        if buf.capacity() <= SCRATCH_KEEP {
+            self.scratch = buf;
         }
     }
 
@@ -385,7 +412,11 @@ impl Api {
         fit_to: &Fit,
     ) -> Result<Prepared, CommandError> {
         let qos1 = QoS::AtLeastOnce;
-        let mut buf = BytesMut::new();
+        // The reused scratch buffer: each payload is copied out at its exact size, so no
+        // message keeps the slack of the buffer's growth steps. An early error return
+        // drops it (the next command starts a new one).
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
         let (topic, qos, commit, body) = match cmd {
             GatewayCommand::Connect {
                 device,
@@ -404,7 +435,7 @@ impl Api {
                         device,
                         device_type,
                     },
-                    Body::message(buf, topic::GATEWAY_CONNECT),
+                    Body::message(&buf, topic::GATEWAY_CONNECT),
                 )
             }
             GatewayCommand::Disconnect { device } => {
@@ -419,11 +450,11 @@ impl Api {
                     topic::GATEWAY_DISCONNECT,
                     qos1,
                     Commit::Disconnect(device),
-                    Body::message(buf, topic::GATEWAY_DISCONNECT),
+                    Body::message(&buf, topic::GATEWAY_DISCONNECT),
                 )
             }
             GatewayCommand::Telemetry { device, entries } => {
-                self.registry.check([device.as_str()])?;
+                let known = self.registry.check_one(&device)?;
                 check_entries(&entries)?;
                 write_gateway_telemetry_entries(&mut buf, &device, &entries);
                 let body = fit(
@@ -431,13 +462,13 @@ impl Api {
                     Counted::Telemetry,
                     topic::GATEWAY_TELEMETRY,
                     telemetry_qos,
-                    buf,
+                    &buf,
                     fit_to,
                 )?;
                 (
                     topic::GATEWAY_TELEMETRY,
                     telemetry_qos,
-                    Commit::TouchOne(device),
+                    Commit::TouchOne { device, known },
                     body,
                 )
             }
@@ -456,7 +487,7 @@ impl Api {
                     Counted::Telemetry,
                     topic::GATEWAY_TELEMETRY,
                     telemetry_qos,
-                    buf,
+                    &buf,
                     fit_to,
                 )?;
                 let devices = batch.devices.into_keys().collect();
@@ -468,31 +499,31 @@ impl Api {
                 )
             }
             GatewayCommand::Attributes { device, values } => {
-                self.registry.check([device.as_str()])?;
+                let known = self.registry.check_one(&device)?;
                 write_gateway_attributes(&mut buf, &device, &values);
                 let body = fit(
                     &Message::gateway_attributes(&device, &values),
                     Counted::Attributes,
                     topic::GATEWAY_ATTRIBUTES,
                     telemetry_qos,
-                    buf,
+                    &buf,
                     fit_to,
                 )?;
                 (
                     topic::GATEWAY_ATTRIBUTES,
                     telemetry_qos,
-                    Commit::TouchOne(device),
+                    Commit::TouchOne { device, known },
                     body,
                 )
             }
             GatewayCommand::Claim { device, claim } => {
-                self.registry.check([device.as_str()])?;
+                let known = self.registry.check_one(&device)?;
                 write_gateway_claim(&mut buf, &device, &claim);
                 (
                     topic::GATEWAY_CLAIM,
                     qos1,
-                    Commit::TouchOne(device),
-                    Body::message(buf, topic::GATEWAY_CLAIM),
+                    Commit::TouchOne { device, known },
+                    Body::message(&buf, topic::GATEWAY_CLAIM),
                 )
             }
             GatewayCommand::RequestAttributes {
@@ -537,7 +568,7 @@ impl Api {
                         timeout: self.attribute_timeout,
                         device: Some(device),
                     },
-                    Body::message(buf, topic::GATEWAY_ATTRIBUTES_REQUEST),
+                    Body::message(&buf, topic::GATEWAY_ATTRIBUTES_REQUEST),
                 )
             }
             GatewayCommand::RpcReply { device, id, data } => {
@@ -560,10 +591,11 @@ impl Api {
                         device: Some(device),
                         id,
                     },
-                    Body::message(buf, topic::GATEWAY_RPC),
+                    Body::message(&buf, topic::GATEWAY_RPC),
                 )
             }
         };
+        self.keep_scratch(buf);
         Ok(Prepared {
             topic: Cow::Borrowed(topic),
             payload: body.payload,
@@ -589,7 +621,11 @@ impl Api {
                 Ok(family)
             }
         };
-        let mut buf = BytesMut::new();
+        // The reused scratch buffer: each payload is copied out at its exact size, so no
+        // message keeps the slack of the buffer's growth steps. An early error return
+        // drops it (the next command starts a new one).
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
         let (topic, qos, commit, body) = match cmd {
             DeviceCommand::Telemetry(entries) => {
                 let family = json_family()?;
@@ -614,7 +650,7 @@ impl Api {
                     Counted::Telemetry,
                     topic,
                     telemetry_qos,
-                    buf,
+                    &buf,
                     fit_to,
                 )?;
                 (topic.to_owned(), telemetry_qos, Commit::Nothing, body)
@@ -629,7 +665,7 @@ impl Api {
                     Counted::Attributes,
                     topic,
                     telemetry_qos,
-                    buf,
+                    &buf,
                     fit_to,
                 )?;
                 (topic.to_owned(), telemetry_qos, Commit::Nothing, body)
@@ -640,7 +676,7 @@ impl Api {
                     topic::DEVICE_CLAIM.to_owned(),
                     qos1,
                     Commit::Nothing,
-                    Body::message(buf, topic::DEVICE_CLAIM),
+                    Body::message(&buf, topic::DEVICE_CLAIM),
                 )
             }
             DeviceCommand::RequestAttributes {
@@ -659,7 +695,7 @@ impl Api {
                 let wire = self.requests.allocate();
                 let topic =
                     topic::topic_with_id(IdTopicKind::AttributeRequest, family, u64::from(wire));
-                let body = Body::message(buf, &topic);
+                let body = Body::message(&buf, &topic);
                 (
                     topic,
                     qos1,
@@ -681,7 +717,7 @@ impl Api {
                 }
                 data.encode_into(&mut buf);
                 let topic = topic::rpc_response_topic_v2(family, id);
-                let body = Body::message(buf, &topic);
+                let body = Body::message(&buf, &topic);
                 (topic, qos1, Commit::RpcReply { device: None, id }, body)
             }
             DeviceCommand::Rpc { method, params } => {
@@ -694,7 +730,7 @@ impl Api {
                 RpcRequest { method, params }.encode_into(&mut buf);
                 let wire = self.requests.allocate();
                 let topic = topic::topic_with_id(IdTopicKind::RpcRequest, family, u64::from(wire));
-                let body = Body::message(buf, &topic);
+                let body = Body::message(&buf, &topic);
                 (
                     topic,
                     qos1,
@@ -709,6 +745,7 @@ impl Api {
             }
             DeviceCommand::Raw(raw) => return self.prepare_raw(raw, telemetry_qos),
         };
+        self.keep_scratch(buf);
         Ok(Prepared {
             topic: topic.into(),
             payload: body.payload,
@@ -837,10 +874,9 @@ impl Api {
                     ota.on_app_failed(kind, out);
                 }
             }
-            Commit::TouchOne(device) => {
-                let new = !self.registry.contains(&device);
+            Commit::TouchOne { device, known } => {
                 self.registry.touch(&device, None, now);
-                if new {
+                if !known {
                     self.track_new(id, qos, vec![device]);
                 }
             }

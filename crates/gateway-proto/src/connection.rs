@@ -4,18 +4,18 @@
 //! Phases: waiting for a transport → waiting for CONNACK → connected → (session ends) →
 //! waiting to reconnect → waiting for a transport … until [`Connection::close`].
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 
-use crate::api::{Api, Fit, Prepared, Signal};
+use crate::api::{Api, Commit, Fit, Prepared, Signal};
 use crate::backoff::Backoff;
 use crate::codec::{self, DecodeError, Packet, ProtocolVersion, QoS};
 use crate::command::Command;
 use crate::config::{Config, Credentials, PER_MESSAGE_OVERHEAD, PROVISION_IDENTITY};
 use crate::error::{CommandError, ConfigError, ProtocolError};
 use crate::event::{DisconnectReason, Event, RequestError, RequestId, Warning};
+use crate::idmap::IdMap;
 use crate::limits::{self, Limits, PushBack, Traffic};
 use crate::ota::OtaKind;
 use crate::outbound::{Acked, ControlTag, Outbound, Ready};
@@ -106,7 +106,13 @@ pub struct Connection {
     scratch: Vec<u8>,
     /// Publishes in `outbound` the connection made on its own, by request id. Bound: the
     /// buffered-bytes bound of `outbound`, which holds each of them.
-    internal: HashMap<u64, Internal>,
+    /// Tests run sessions with the QoS 0 fast path off to compare (see
+    /// `connection_fast_path_tests.rs`), and count how often it was taken.
+    #[cfg(test)]
+    pub(crate) direct_qos0: bool,
+    #[cfg(test)]
+    pub(crate) direct_qos0_sent: u64,
+    internal: IdMap<u64, Internal>,
     /// A provisioning connection reported its outcome.
     provision_done: bool,
     next_request: u64,
@@ -130,7 +136,11 @@ impl Connection {
             groups: Groups::default(),
             scratch_topic: String::new(),
             scratch: Vec::new(),
-            internal: HashMap::new(),
+            internal: IdMap::default(),
+            #[cfg(test)]
+            direct_qos0: true,
+            #[cfg(test)]
+            direct_qos0_sent: 0,
             provision_done: false,
             outbound: Outbound::new(config.max_buffered_bytes),
             config,
@@ -224,6 +234,12 @@ impl Connection {
             charge,
             more,
         } = self.api.prepare(command, self.config.telemetry_qos, &fit)?;
+        if qos == QoS::AtMostOnce && more.is_empty() && commit.is_quiet() {
+            let charge = self.charge_of(&topic, &payload, charge);
+            if self.sends_at_once(&charge, now) {
+                return self.send_at_once(now, topic, payload, commit, charge);
+            }
+        }
         let id = if more.is_empty() {
             self.accept_publish(now, topic, payload, qos, charge)?
         } else {
@@ -764,6 +780,90 @@ impl Connection {
             .admit(id, topic, payload, qos, now, cost, charge)?;
         self.next_request += 1;
         self.stats.requests += 1;
+        Ok(RequestId(id))
+    }
+
+    /// The charge of a publish: the one its command computed, else a plain message where
+    /// its scope is not paced, else what its payload holds.
+    fn charge_of(&self, topic: &str, payload: &[u8], charge: Option<Charge>) -> Charge {
+        if let Some(charge) = charge {
+            return charge;
+        }
+        let scope = Scope::of_topic(topic);
+        if self.limits.is_paced(scope) {
+            charge_of_publish(topic, payload)
+        } else {
+            Charge::message(scope)
+        }
+    }
+
+    /// Whether a QoS 0 publish would leave at once if queued now: the session is up and
+    /// not held, nothing waits ahead of it (announces, queued or resent publishes) and the
+    /// rate limits allow it. Then [`send_at_once`](Self::send_at_once) does exactly what
+    /// [`pump`](Self::pump) would, without a trip through the outbound store.
+    fn sends_at_once(&mut self, charge: &Charge, now: Instant) -> bool {
+        #[cfg(test)]
+        if !self.direct_qos0 {
+            return false;
+        }
+        matches!(self.phase, Phase::Connected { .. })
+            && !self.limits.wants_request()
+            && !self.limits.holding()
+            && !self.api.lane_pending()
+            && !self.api.ota_pending()
+            && self.outbound.head().is_none()
+            && self.limits.ready_at(charge, now) <= now
+    }
+
+    /// The QoS 0 fast path (see [`sends_at_once`](Self::sends_at_once)): encoded straight
+    /// into the transmit buffer; the request is accepted, committed and `Sent` in the same
+    /// order as through the queue.
+    fn send_at_once(
+        &mut self,
+        now: Instant,
+        topic: std::borrow::Cow<'static, str>,
+        payload: bytes::Bytes,
+        commit: Commit,
+        charge: Charge,
+    ) -> Result<RequestId, CommandError> {
+        if !valid_topic_name(&topic) {
+            return Err(CommandError::InvalidTopic(topic.into_owned()));
+        }
+        self.publish_cost(&topic, payload.len(), QoS::AtMostOnce)?;
+        let id = self.next_request;
+        self.next_request += 1;
+        self.stats.requests += 1;
+        let publish = codec::PublishRef {
+            topic: &topic,
+            payload: &payload,
+            qos: QoS::AtMostOnce,
+            dup: false,
+            retain: false,
+            pkid: 0,
+        };
+        let max = self.limits.max_packet();
+        let result = codec::encode_publish(
+            &publish,
+            self.config.protocol,
+            self.out.transmit_buffer(),
+            max,
+        );
+        self.api
+            .commit(now, id, commit, QoS::AtMostOnce, &mut self.out);
+        match result {
+            Ok(n) => {
+                self.limits.take(&charge, now);
+                self.count_sent(now, n);
+                self.stats.sent_qos0 += 1;
+                #[cfg(test)]
+                {
+                    self.direct_qos0_sent += 1;
+                }
+                self.finished(id, PartDone::Sent);
+            }
+            Err(e) => self.fail(now, id, encode_failure(e)),
+        }
+        self.refresh_timers();
         Ok(RequestId(id))
     }
 
@@ -1337,3 +1437,7 @@ pub(crate) fn publish_remaining_len(
     };
     2 + topic.len() + pkid + properties + payload
 }
+
+#[cfg(test)]
+#[path = "connection_fast_path_tests.rs"]
+mod fast_path_tests;

@@ -9,10 +9,11 @@
 //! [`ServerRpcs`]: server-side RPCs received and not yet replied to, keyed by (device, id):
 //! ThingsBoard numbers RPCs per device from 0, so two sub-devices often share an id.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use crate::command::AttributeScope;
+use crate::idmap::IdMap;
 use crate::topic::TopicFamily;
 
 /// The largest wire id: ThingsBoard parses request ids as a Java `int`.
@@ -62,7 +63,7 @@ pub(crate) struct Pending {
 #[derive(Debug)]
 pub(crate) struct PendingRequests {
     by_wire: BTreeMap<u32, Pending>,
-    by_request: HashMap<u64, u32>,
+    by_request: IdMap<u64, u32>,
     deadlines: BTreeSet<(Instant, u32)>,
     next_wire: u32,
     /// Application requests (keep-alives excluded) counted against `max`.
@@ -74,7 +75,7 @@ impl PendingRequests {
     pub(crate) fn new(max: usize) -> Self {
         Self {
             by_wire: BTreeMap::new(),
-            by_request: HashMap::new(),
+            by_request: IdMap::default(),
             deadlines: BTreeSet::new(),
             next_wire: 0,
             user: 0,

@@ -390,6 +390,7 @@ mod connection;
 mod correlation;
 mod error;
 mod event;
+mod idmap;
 pub mod limits;
 pub mod ota;
 mod outbound;

@@ -12,14 +12,14 @@
 //! newer message that reused the id.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::codec::QoS;
 use crate::error::CommandError;
+use crate::idmap::IdMap;
 use crate::pacing::Charge;
 
 /// One unfinished publish.
@@ -101,7 +101,7 @@ pub(crate) struct Outbound {
     /// (timed out); they are skipped, and the queue is compacted when they pile up.
     queue: VecDeque<u64>,
     stale_in_queue: usize,
-    slots: HashMap<u16, Slot, BuildHasherDefault<PkidHasher>>,
+    slots: IdMap<u16, Slot>,
     /// Publishes in flight plus tombstones: what the window limits.
     inflight: usize,
     next_pkid: u16,
@@ -115,7 +115,7 @@ impl Outbound {
             entries: BTreeMap::new(),
             queue: VecDeque::new(),
             stale_in_queue: 0,
-            slots: HashMap::default(),
+            slots: IdMap::default(),
             inflight: 0,
             next_pkid: 0,
             buffered: 0,
@@ -418,33 +418,8 @@ impl Outbound {
     }
 }
 
-/// Hashes packet ids with one multiplication (Fibonacci hashing). They are 16-bit numbers
-/// this side hands out, at most 65,535 of them at once, so SipHash's resistance to chosen
-/// keys buys nothing here, and the packet-id table is touched three times per QoS 1 publish.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct PkidHasher(u64);
-
-impl Hasher for PkidHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_u16(&mut self, n: u16) {
-        self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
 /// The next free packet id after `next`, wrapping 65,535 → 1 and never 0.
-fn allocate_pkid(
-    next: &mut u16,
-    slots: &HashMap<u16, Slot, BuildHasherDefault<PkidHasher>>,
-) -> Option<u16> {
+fn allocate_pkid(next: &mut u16, slots: &IdMap<u16, Slot>) -> Option<u16> {
     for _ in 0..u16::MAX {
         *next = if *next == u16::MAX { 1 } else { *next + 1 };
         if !slots.contains_key(next) {

@@ -48,6 +48,19 @@ impl Registry {
         self.devices.contains_key(name)
     }
 
+    /// [`check`](Self::check) for one name, saying whether it is already tracked (one lookup,
+    /// so that committing the command need not look it up again).
+    pub(crate) fn check_one(&self, name: &str) -> Result<bool, CommandError> {
+        if name.is_empty() {
+            return Err(CommandError::EmptyDeviceName);
+        }
+        let known = self.devices.contains_key(name);
+        if !known && self.devices.len() >= self.max {
+            return Err(CommandError::TooManyDevices { max: self.max });
+        }
+        Ok(known)
+    }
+
     /// Checks that `names` can be tracked: each is non-empty, and the unknown ones fit the
     /// bound. Nothing changes.
     pub(crate) fn check<'a>(

@@ -14,7 +14,7 @@
 //! when its last part finishes: success if every part succeeded, otherwise the first
 //! failure ([`RequestError::Partial`] when some parts did get through).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io;
 
 use bytes::{Bytes, BytesMut};
@@ -22,6 +22,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::event::RequestError;
+use crate::idmap::IdMap;
 use crate::payload::{
     write_entry, ClientAttributes, DeviceTelemetry, GatewayTelemetry, Payload, TelemetryEntry,
     TelemetryMetadata,
@@ -473,8 +474,8 @@ struct Group {
 /// (every part is one), so by [`Config::max_buffered_bytes`](crate::Config::max_buffered_bytes).
 #[derive(Debug, Default)]
 pub(crate) struct Groups {
-    request_of: HashMap<u64, u64>,
-    groups: HashMap<u64, Group>,
+    request_of: IdMap<u64, u64>,
+    groups: IdMap<u64, Group>,
 }
 
 impl Groups {

@@ -154,6 +154,7 @@ mod emulator;
 mod error;
 mod model;
 mod platform;
+mod proto;
 mod qos2;
 mod ratelimit;
 mod server;
@@ -169,6 +170,7 @@ pub use model::{
     DeviceInfo, Event, LimitedApi, NewDevice, OtaPackage, PeerIdentity, ProvisionProfile,
     ProvisionStrategy, RpcCall, RpcOutcome, RpcTicket, SessionId, Stats, TsValue,
 };
+pub use proto::{ProtoSchemas, SchemaError, SchemaErrorKind, SchemaRole};
 pub use ratelimit::{LimitConfig, TenantLimits};
 pub use server::EmulatorHandle;
 pub use session::{Output, SessionInfo};

@@ -849,9 +849,12 @@ impl Session {
                 match parse_per_device(payload, GatewayAttributes::parse, |a| a.devices) {
                     Err(e) => self.fail(classify_gateway_error(&e), qos, pkid, p),
                     Ok(devices) => {
-                        let items = devices
-                            .into_iter()
-                            .map(|(d, m)| (d, 0, m.map(Stored::Attributes)));
+                        // DTS `process(PostAttributeMsg)`: each device's key count is
+                        // charged as data points, like telemetry.
+                        let items = devices.into_iter().map(|(d, m)| {
+                            let points = m.as_ref().map_or(0, data_points);
+                            (d, points, m.map(Stored::Attributes))
+                        });
                         self.per_device(now, gateway, qos, pkid, items.collect(), p);
                     }
                 }
@@ -1171,7 +1174,8 @@ impl Session {
             }
             UplinkTopic::DeviceAttributes { .. } => {
                 let a = parse_or_fail!(ClientAttributes, proto::adaptor::attributes_json);
-                rate!(0);
+                // DTS `process(PostAttributeMsg)`: the key count is charged as data points.
+                rate!(data_points(&a.values));
                 p.store_client_attributes(device, &a.values);
                 self.puback(pkid, rc::SUCCESS);
             }

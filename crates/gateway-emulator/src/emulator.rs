@@ -17,6 +17,7 @@ use crate::model::{
     ProvisionProfile, RpcCall, RpcTicket, SessionId, Stats, TsValue,
 };
 use crate::platform::{Notice, Platform};
+use crate::proto::ProtoSchemas;
 use crate::ratelimit::TenantLimits;
 use crate::session::{Output, Session, SessionInfo};
 
@@ -78,6 +79,7 @@ impl Emulator {
 
     /// Bytes received from a client (split anywhere).
     pub fn handle_bytes(&mut self, id: SessionId, now: Instant, bytes: &[u8]) {
+        self.platform.observe(now);
         if let Some(s) = self.sessions.get_mut(&id) {
             s.handle_bytes(now, bytes, &mut self.platform);
         }
@@ -85,7 +87,8 @@ impl Emulator {
     }
 
     /// The client's transport closed. The session and its children are deregistered.
-    pub fn transport_closed(&mut self, id: SessionId, _now: Instant) {
+    pub fn transport_closed(&mut self, id: SessionId, now: Instant) {
+        self.platform.observe(now);
         if let Some(s) = self.sessions.get_mut(&id) {
             s.transport_closed(&mut self.platform);
         }
@@ -94,6 +97,7 @@ impl Emulator {
 
     /// Time passed: session and child inactivity, client-RPC timeouts, RPC expiry.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.platform.observe(now);
         self.platform.handle_timeout(now);
         let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         for id in &ids {
@@ -165,6 +169,7 @@ impl Emulator {
     /// Deletes a device: its direct session gets DISCONNECT 0x98, a gateway drops the child
     /// silently and receives a `gateway_device_deleted` RPC.
     pub fn delete_device(&mut self, name: &str, now: Instant) -> Result<(), ControlError> {
+        self.platform.observe(now);
         self.platform.delete_device(name, now)?;
         self.settle([]);
         Ok(())
@@ -177,6 +182,7 @@ impl Emulator {
         new: &str,
         now: Instant,
     ) -> Result<(), ControlError> {
+        self.platform.observe(now);
         self.platform.rename_device(old, new, now)?;
         self.settle([]);
         Ok(())
@@ -210,6 +216,22 @@ impl Emulator {
     /// Profiles never set use [`EmulatorConfig::send_ack_on_validation_exception`].
     pub fn set_profile_send_ack_on_validation_exception(&mut self, profile: &str, on: bool) {
         self.platform.set_profile_ack_on_validation(profile, on);
+    }
+
+    /// Makes the device profile (device type) `profile` PROTOBUF with `schemas`, as
+    /// ThingsBoard's `ProtoTransportPayloadConfiguration`: its devices' payloads on the v1 and
+    /// plain v2 topics are then protobuf (telemetry and attributes with the profile's schemas,
+    /// attribute requests, RPCs and claims with ThingsBoard's fixed messages), and the
+    /// `v2/.../p` topics can decode their telemetry, attributes and RPC replies. Sessions
+    /// already open follow the change, as ThingsBoard's do on a profile update. A gateway's
+    /// own gateway-API topics stay JSON in the emulator.
+    pub fn set_profile_protobuf(&mut self, profile: &str, schemas: ProtoSchemas) {
+        self.platform.set_profile_protobuf(profile, Some(schemas));
+    }
+
+    /// Makes the device profile `profile` JSON again (the default payload type).
+    pub fn set_profile_json(&mut self, profile: &str) {
+        self.platform.set_profile_protobuf(profile, None);
     }
 
     /// Fault injection: the credential check fails with a backend error (CONNACK 3 / 0x88).
@@ -281,6 +303,7 @@ impl Emulator {
         call: RpcCall,
         now: Instant,
     ) -> Result<RpcTicket, ControlError> {
+        self.platform.observe(now);
         let ticket = self.platform.send_rpc(name, call, now)?;
         self.settle([]);
         Ok(ticket)
@@ -299,6 +322,7 @@ impl Emulator {
         secret: &str,
         now: Instant,
     ) -> Result<ClaimOutcome, ControlError> {
+        self.platform.observe(now);
         self.platform.claim_device(name, secret, now)
     }
 

@@ -121,8 +121,25 @@
 //! * Device API: telemetry, attributes, attribute requests (`clientKeys`/`sharedKeys` strings),
 //!   RPC both ways on v1 and v2 topics, client RPC `{"error":"timeout"}`, `getSessionLimits`,
 //!   claims, provisioning (create-new and pre-provisioned, all credential types), OTA chunks.
+//! * Protobuf device API ([`Emulator::set_profile_protobuf`] with [`ProtoSchemas`], ThingsBoard's
+//!   defaults or your own four `.proto` schemas, checked like a profile save): the `v2/.../p`
+//!   topics, and the v1 and plain v2 topics of a PROTOBUF profile (`/j` stays JSON).
+//!   Telemetry, attributes and RPC replies are decoded with the profile's schema (its last
+//!   top-level message), printed as `JsonFormat` with default values does (camelCase names,
+//!   64-bit integers as strings, enum names, nested messages and lists as JSON values) and
+//!   stored through the JSON path; attribute requests, client RPCs and claims use
+//!   `transportapi.AttributesRequest`, `RpcRequest`, `ClaimDevice`. Downlinks on the proto
+//!   family: `AttributeUpdateNotificationMsg`, `GetAttributeResponseMsg` and
+//!   `ToServerRpcResponseMsg` bytes, server RPCs built with the RPC-request schema from
+//!   `{"method","requestId","params"}`; one that does not fit (e.g. object params with the
+//!   default string `params`, or a JSON profile subscribed on `/p`) completes with
+//!   ThingsBoard's `{"result":"INVALID_ARGUMENTS","error":..}` reply. A JSON profile's
+//!   telemetry, attributes or RPC replies on `/p`, and undecodable bytes, fail like any
+//!   payload (`AdaptorException`). The codec is hand-written, bounded and panic-free.
 //! * Limits: tenant device limit; tenant/device/gateway/gateway-device rate-limit buckets with
-//!   ThingsBoard's greedy refill and bucket choice (telemetry + data points vs messages).
+//!   ThingsBoard's greedy refill and bucket choice: telemetry and attribute posts take a
+//!   telemetry message plus one data point per key (`checkLimits(.., kvCount)`), everything
+//!   else (and a post without keys) a regular message.
 //! * Sessions: keep-alive not enforced; 10 min inactivity (pings count) for sessions and child
 //!   sessions, `overwriteActivityTime`; 65,536-byte packet limit (DISCONNECT 0x81); wildcard
 //!   topics and QoS 1 packet id 0 refused; outgoing packet ids passing 65,535 to 0.
@@ -137,7 +154,10 @@
 //! * X.509 certificate-chain provisioning (device profiles with the `X509_CERTIFICATE_CHAIN`
 //!   strategy, which create a device from a CA-issued certificate's CN at handshake time), and
 //!   ThingsBoard's check that each certificate of a presented chain is signed by the next.
-//! * Protobuf payloads (`v2/.../p` topics treat JSON as a parse failure, as the server would).
+//! * Protobuf on the gateway API (a gateway whose own profile is PROTOBUF gets
+//!   `GatewayTelemetryMsg` & co. from ThingsBoard; the emulator keeps its gateway topics JSON),
+//!   the profile's `enableCompatibilityWithJsonPayloadFormat` /
+//!   `useJsonPayloadFormatForDefaultDownlinkTopics`, and protobuf provisioning requests.
 //! * Gateway latency metrics (`metadata` → `gatewayMetrics`), persistent RPC states, RPC
 //!   delivery-timeout close (0x98), device credentials updates, per-IP blocking, the
 //!   pre-CONNACK queue, `max_string_value_length`, custom device-profile topics, MQTT 3.1
@@ -154,6 +174,7 @@ mod emulator;
 mod error;
 mod model;
 mod platform;
+mod proto;
 mod qos2;
 mod ratelimit;
 mod server;
@@ -169,6 +190,7 @@ pub use model::{
     DeviceInfo, Event, LimitedApi, NewDevice, OtaPackage, PeerIdentity, ProvisionProfile,
     ProvisionStrategy, RpcCall, RpcOutcome, RpcTicket, SessionId, Stats, TsValue,
 };
+pub use proto::{ProtoSchemas, SchemaError, SchemaErrorKind, SchemaRole};
 pub use ratelimit::{LimitConfig, TenantLimits};
 pub use server::EmulatorHandle;
 pub use session::{Output, SessionInfo};

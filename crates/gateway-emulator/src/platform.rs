@@ -23,6 +23,7 @@ use crate::model::{
     DeviceInfo, Event, LimitedApi, NewDevice, OtaPackage, ProvisionProfile, ProvisionStrategy,
     RpcCall, RpcOutcome, RpcTicket, SessionId, Stats, TsValue,
 };
+use crate::proto::ProtoSchemas;
 use crate::ratelimit::{EntityLimits, TenantLimits};
 
 /// ThingsBoard's default claim duration when `durationMs` is 0 or absent (`security.claim.duration`).
@@ -115,6 +116,9 @@ pub(crate) struct Device {
     last_connected_gateway: Option<DeviceId>,
     client_attributes: Map<String, Value>,
     shared_attributes: Map<String, Value>,
+    /// Wall-clock ms of each attribute's last update (`lastUpdateTs`), by key.
+    client_attribute_ts: HashMap<String, i64>,
+    shared_attribute_ts: HashMap<String, i64>,
     telemetry: BTreeMap<String, VecDeque<TsValue>>,
     rpc_seq: u32,
     rpcs: VecDeque<PendingRpc>,
@@ -193,6 +197,10 @@ pub struct Platform {
     auth_unavailable: bool,
     /// `sendAckOnValidationException` of the device profiles that set it, by profile name.
     profile_ack_on_validation: HashMap<String, bool>,
+    /// Device profiles whose transport payload type is PROTOBUF, by profile name.
+    profile_protobuf: HashMap<String, ProtoSchemas>,
+    /// The latest instant an input carried: the clock of control calls that carry none.
+    latest: Instant,
     pub(crate) outbox: VecDeque<(SessionId, Notice)>,
     events: VecDeque<Event>,
     pub(crate) stats: Stats,
@@ -232,10 +240,22 @@ impl Platform {
             client_rpc_handler: None,
             auth_unavailable: false,
             profile_ack_on_validation: HashMap::new(),
+            profile_protobuf: HashMap::new(),
+            latest: now,
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
         }
+    }
+
+    /// An input arrived at `now`: the platform's clock moves forward (never back).
+    pub(crate) fn observe(&mut self, now: Instant) {
+        self.latest = self.latest.max(now);
+    }
+
+    /// Wall-clock milliseconds at the latest input.
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.wall_ms(self.latest)
     }
 
     /// Wall-clock milliseconds at `now`.
@@ -329,6 +349,8 @@ impl Platform {
                 last_connected_gateway: created_by,
                 client_attributes: Map::new(),
                 shared_attributes: Map::new(),
+                client_attribute_ts: HashMap::new(),
+                shared_attribute_ts: HashMap::new(),
                 telemetry: BTreeMap::new(),
                 rpc_seq: 0,
                 rpcs: VecDeque::new(),
@@ -482,6 +504,41 @@ impl Platform {
             .and_then(|d| self.profile_ack_on_validation.get(&d.device_type))
             .copied()
             .unwrap_or(self.config.send_ack_on_validation_exception)
+    }
+
+    /// Makes a device profile PROTOBUF with `schemas`, or JSON again with `None`.
+    pub(crate) fn set_profile_protobuf(&mut self, profile: &str, schemas: Option<ProtoSchemas>) {
+        match schemas {
+            Some(s) => {
+                self.profile_protobuf.insert(profile.to_owned(), s);
+            }
+            None => {
+                self.profile_protobuf.remove(profile);
+            }
+        }
+    }
+
+    /// The schemas of `device`'s profile when its payload type is PROTOBUF (DSC
+    /// `updateDynamicMessageDescriptors`); `None` for a JSON profile.
+    pub(crate) fn proto_schemas(&self, device: DeviceId) -> Option<&ProtoSchemas> {
+        self.devices
+            .get(&device)
+            .and_then(|d| self.profile_protobuf.get(&d.device_type))
+    }
+
+    /// When an attribute was last updated (wall-clock ms), 0 if unknown.
+    pub(crate) fn attribute_ts(&self, device: DeviceId, shared: bool, key: &str) -> i64 {
+        self.devices
+            .get(&device)
+            .and_then(|d| {
+                if shared {
+                    d.shared_attribute_ts.get(key)
+                } else {
+                    d.client_attribute_ts.get(key)
+                }
+            })
+            .copied()
+            .unwrap_or(0)
     }
 
     pub(crate) fn set_auth_unavailable(&mut self, on: bool) {
@@ -730,6 +787,7 @@ impl Platform {
     ) {
         let typed = typed_map(values, self.config.type_cast_enabled);
         let max_keys = self.config.bounds.max_keys_per_device;
+        let now_ms = self.now_ms();
         let Some(d) = self.devices.get_mut(&device) else {
             return;
         };
@@ -738,6 +796,7 @@ impl Platform {
                 self.stats.dropped_keys += 1;
                 continue;
             }
+            d.client_attribute_ts.insert(key.clone(), now_ms);
             d.client_attributes.insert(key, value);
         }
     }
@@ -802,6 +861,7 @@ impl Platform {
     ) -> Result<(), ControlError> {
         let id = self.lookup(name)?;
         let max_keys = self.config.bounds.max_keys_per_device;
+        let now_ms = self.now_ms();
         let mut stored = Map::new();
         if let Some(d) = self.devices.get_mut(&id) {
             for (k, v) in values {
@@ -812,6 +872,7 @@ impl Platform {
                     self.stats.dropped_keys += 1;
                     continue;
                 }
+                d.shared_attribute_ts.insert(k.clone(), now_ms);
                 d.shared_attributes.insert(k.clone(), v.clone());
                 stored.insert(k, v);
             }
@@ -838,6 +899,7 @@ impl Platform {
         let mut deleted = Vec::new();
         if let Some(d) = self.devices.get_mut(&id) {
             for k in keys {
+                d.shared_attribute_ts.remove(k);
                 if d.shared_attributes.remove(k).is_some() {
                     deleted.push(k.clone());
                 }

@@ -30,6 +30,7 @@ use crate::model::{
     ClaimOutcome, ClientRpcHandler, DeviceInfo, Event, NewDevice, OtaPackage, PeerIdentity,
     ProvisionProfile, RpcCall, RpcOutcome, RpcTicket, SessionId, TsValue,
 };
+use crate::proto::ProtoSchemas;
 use crate::ratelimit::TenantLimits;
 use crate::session::{Output, SessionInfo};
 use crate::tls::TlsConfig;
@@ -265,6 +266,16 @@ impl EmulatorHandle {
     /// [`Emulator::set_profile_send_ack_on_validation_exception`]).
     pub fn set_profile_send_ack_on_validation_exception(&self, profile: &str, on: bool) {
         self.with(|e, _| e.set_profile_send_ack_on_validation_exception(profile, on));
+    }
+
+    /// Makes a device profile PROTOBUF (see [`Emulator::set_profile_protobuf`]).
+    pub fn set_profile_protobuf(&self, profile: &str, schemas: ProtoSchemas) {
+        self.with(|e, _| e.set_profile_protobuf(profile, schemas));
+    }
+
+    /// Makes a device profile JSON again (see [`Emulator::set_profile_json`]).
+    pub fn set_profile_json(&self, profile: &str) {
+        self.with(|e, _| e.set_profile_json(profile));
     }
 
     /// Tenant device limit.

@@ -21,10 +21,11 @@ use gateway_proto::wire::{
     UnsubAck, Unsubscribe,
 };
 use gateway_proto::ProtocolVersion;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use crate::model::{ClientRpcAnswer, ClientRpcCall, DeviceId, PeerIdentity, SessionId};
 use crate::platform::{Auth, CreateError, Notice, Platform, RateCheck, Refusal, Sender};
+use crate::proto;
 
 /// MQTT's own limit on the remaining length; outgoing packets have no other limit (§5).
 const MAX_OUTGOING: usize = 268_435_455;
@@ -271,7 +272,15 @@ impl Session {
             Notice::Attributes { device, update } => {
                 if Some(device) == own {
                     let topic = self.attr_family.attributes_topic();
-                    self.publish(topic, &update.to_vec(), p);
+                    let body = if uses_proto(Some(self.attr_family), p, device) {
+                        // AttributeUpdateNotificationMsg with each key's lastUpdateTs.
+                        let ts = |k: &str| p.attribute_ts(device, true, k);
+                        let updated = proto::transport::timed(&update.values, &ts);
+                        proto::transport::attribute_update(&updated, &update.deleted)
+                    } else {
+                        update.to_vec()
+                    };
+                    self.publish(topic, &body, p);
                 } else if let Some(name) = self.child_name(device) {
                     let msg = GatewayAttributeUpdate {
                         device: name,
@@ -289,8 +298,25 @@ impl Session {
                 if Some(device) == own {
                     let topic =
                         topic::topic_with_id(IdTopicKind::RpcRequest, self.rpc_family, id.into());
-                    let body = pl::RpcRequest::new(method, params);
-                    self.publish(&topic, &body.to_vec(), p);
+                    if !uses_proto(Some(self.rpc_family), p, device) {
+                        let body = pl::RpcRequest::new(method, params);
+                        return self.publish(&topic, &body.to_vec(), p);
+                    }
+                    let schemas = p.proto_schemas(device);
+                    match proto::adaptor::rpc_request(schemas, &method, id, &params) {
+                        Ok(bytes) => self.publish(&topic, &bytes, p),
+                        // MTH `onToDeviceRpcRequest`: an RPC the adaptor cannot encode (no
+                        // schema, or params that do not fit it) is answered with an error.
+                        Err(_) => {
+                            let error = json!({
+                                "result": "INVALID_ARGUMENTS",
+                                "error": format!(
+                                    "Failed to convert device RPC command to MQTT msg: {method}{params}"
+                                ),
+                            });
+                            p.rpc_reply(device, id.into(), error);
+                        }
+                    }
                 } else if let Some(name) = self.child_name(device) {
                     let msg = GatewayRpcRequest {
                         device: name,
@@ -342,9 +368,8 @@ impl Session {
                 break;
             }
             self.client_rpcs.pop_front();
-            let reply = ClientRpcResponse::Error(ClientRpcResponse::TIMEOUT.to_owned());
-            let topic = topic::topic_with_id(IdTopicKind::RpcResponse, rpc.family, rpc.id);
-            self.publish(&topic, &reply.to_vec(), p);
+            let timeout = Err(ClientRpcResponse::TIMEOUT.to_owned());
+            self.client_rpc_reply(rpc.family, rpc.id, timeout, p);
         }
     }
 
@@ -812,10 +837,7 @@ impl Session {
                     Ok(devices) => {
                         let items = devices.into_iter().map(|(device, entries)| {
                             let points = entries.as_ref().map_or(0, |entries| {
-                                entries
-                                    .iter()
-                                    .map(|e| e.values.values().filter(|v| !v.is_null()).count())
-                                    .sum::<usize>() as u64
+                                entries.iter().map(|e| data_points(&e.values)).sum::<u64>()
                             });
                             (device, points, entries.map(Stored::Telemetry))
                         });
@@ -827,9 +849,12 @@ impl Session {
                 match parse_per_device(payload, GatewayAttributes::parse, |a| a.devices) {
                     Err(e) => self.fail(classify_gateway_error(&e), qos, pkid, p),
                     Ok(devices) => {
-                        let items = devices
-                            .into_iter()
-                            .map(|(d, m)| (d, 0, m.map(Stored::Attributes)));
+                        // DTS `process(PostAttributeMsg)`: each device's key count is
+                        // charged as data points, like telemetry.
+                        let items = devices.into_iter().map(|(d, m)| {
+                            let points = m.as_ref().map_or(0, data_points);
+                            (d, points, m.map(Stored::Attributes))
+                        });
                         self.per_device(now, gateway, qos, pkid, items.collect(), p);
                     }
                 }
@@ -1099,13 +1124,29 @@ impl Session {
             // §6.2: unknown topic → PUBACK 0x90 (plain on v3), session kept.
             return self.puback(pkid, rc::TOPIC_NAME_INVALID);
         };
-        // Protobuf topics are not emulated: JSON sent there fails like in ThingsBoard.
-        let proto = kind_family(&kind) == Some(TopicFamily::V2Proto);
+        // The adaptor: `/p` protobuf, `/j` JSON, v1 and plain v2 the profile's (§1.1).
+        let proto = uses_proto(kind_family(&kind), p, device);
+        let adaptor_error = |_| ();
         macro_rules! parse_or_fail {
-            ($ty:ty) => {
-                match (proto, <$ty>::parse(payload)) {
-                    (false, Ok(v)) => v,
-                    _ => return self.fail(Failure::Adaptor, qos, pkid, p),
+            ($ty:ty, $proto_json:expr) => {{
+                let parsed = if proto {
+                    $proto_json(p.proto_schemas(device), payload)
+                        .map_err(adaptor_error)
+                        .and_then(|json: Vec<u8>| <$ty>::parse(&json).map_err(|_| ()))
+                } else {
+                    <$ty>::parse(payload).map_err(|_| ())
+                };
+                match parsed {
+                    Ok(v) => v,
+                    Err(()) => return self.fail(Failure::Adaptor, qos, pkid, p),
+                }
+            }};
+        }
+        macro_rules! or_fail {
+            ($result:expr) => {
+                match $result {
+                    Ok(v) => v,
+                    Err(_) => return self.fail(Failure::Adaptor, qos, pkid, p),
                 }
             };
         }
@@ -1118,12 +1159,12 @@ impl Session {
         }
         match kind {
             UplinkTopic::DeviceTelemetry { .. } => {
-                let t = parse_or_fail!(DeviceTelemetry);
+                let t = parse_or_fail!(DeviceTelemetry, proto::adaptor::telemetry_json);
                 let points = t
                     .entries
                     .iter()
-                    .map(|e| e.values.values().filter(|v| !v.is_null()).count())
-                    .sum::<usize>() as u64;
+                    .map(|e| data_points(&e.values))
+                    .sum::<u64>();
                 rate!(points);
                 let wall = p.wall_ms(now);
                 for e in t.entries {
@@ -1132,50 +1173,98 @@ impl Session {
                 self.puback(pkid, rc::SUCCESS);
             }
             UplinkTopic::DeviceAttributes { .. } => {
-                let a = parse_or_fail!(ClientAttributes);
-                rate!(0);
+                let a = parse_or_fail!(ClientAttributes, proto::adaptor::attributes_json);
+                // DTS `process(PostAttributeMsg)`: the key count is charged as data points.
+                rate!(data_points(&a.values));
                 p.store_client_attributes(device, &a.values);
                 self.puback(pkid, rc::SUCCESS);
             }
             UplinkTopic::DeviceAttributesRequest { family, id } => {
-                let req = parse_or_fail!(DeviceAttributeRequest);
+                let (client_keys, shared_keys) = if proto {
+                    let req = or_fail!(proto::transport::AttributesRequest::decode(payload));
+                    (req.client_keys, req.shared_keys)
+                } else {
+                    let req = or_fail!(DeviceAttributeRequest::parse(payload));
+                    (req.client_keys().to_vec(), req.shared_keys().to_vec())
+                };
                 rate!(0);
                 self.puback(pkid, rc::SUCCESS);
-                let (client, shared) =
-                    p.get_attributes(device, req.client_keys(), req.shared_keys());
-                let response = DeviceAttributeResponse { client, shared };
+                let (client, shared) = p.get_attributes(device, &client_keys, &shared_keys);
                 let topic = topic::topic_with_id(IdTopicKind::AttributeResponse, family, id);
-                self.publish(&topic, &response.to_vec(), p);
+                if uses_proto(Some(family), p, device) {
+                    // ProtoMqttAdaptor: only request ids ≥ 0 (an int) are answered.
+                    let Ok(request_id) = i32::try_from(id) else {
+                        return;
+                    };
+                    let client_ts = |k: &str| p.attribute_ts(device, false, k);
+                    let shared_ts = |k: &str| p.attribute_ts(device, true, k);
+                    let body = proto::transport::attribute_response(
+                        request_id,
+                        &proto::transport::timed(&client, &client_ts),
+                        &proto::transport::timed(&shared, &shared_ts),
+                        client_keys.len() + shared_keys.len() > 1,
+                    );
+                    self.publish(&topic, &body, p);
+                } else {
+                    let response = DeviceAttributeResponse { client, shared };
+                    self.publish(&topic, &response.to_vec(), p);
+                }
             }
             UplinkTopic::DeviceRpcResponse { id, .. } => {
-                if proto {
-                    return self.fail(Failure::Adaptor, qos, pkid, p);
-                }
+                let data = if proto {
+                    // Decoded with the profile's RPC-response schema, passed on as JSON.
+                    or_fail!(proto::adaptor::rpc_response(
+                        p.proto_schemas(device),
+                        payload
+                    ))
+                } else {
+                    // Stored verbatim, not validated as JSON (§3.6).
+                    serde_json::from_slice(payload).unwrap_or_else(|_| {
+                        Value::String(String::from_utf8_lossy(payload).into_owned())
+                    })
+                };
                 rate!(0);
-                // Stored verbatim, not validated as JSON (§3.6).
-                let data = serde_json::from_slice(payload).unwrap_or_else(|_| {
-                    Value::String(String::from_utf8_lossy(payload).into_owned())
-                });
                 p.rpc_reply(device, id, data);
                 self.puback(pkid, rc::SUCCESS);
             }
             UplinkTopic::DeviceRpcRequest { family, id } => {
-                let request = match (proto, pl::RpcRequest::parse(payload)) {
-                    (false, Ok(r)) => r,
-                    // §3.6: a missing method is an uncaught NPE → DISCONNECT 0x8B.
-                    (false, Err(PayloadError::MissingField("method"))) => {
-                        return self.disconnect(rc::SERVER_SHUTTING_DOWN, p)
+                let request = if proto {
+                    // `transportapi.RpcRequest`: a missing method is just "".
+                    let r = or_fail!(proto::transport::RpcRequest::decode(payload));
+                    let params = if r.params.is_empty() {
+                        Value::Null
+                    } else {
+                        serde_json::from_str(&r.params).unwrap_or(Value::String(r.params))
+                    };
+                    pl::RpcRequest::new(r.method, params)
+                } else {
+                    match pl::RpcRequest::parse(payload) {
+                        Ok(r) => r,
+                        // §3.6: a missing method is an uncaught NPE → DISCONNECT 0x8B.
+                        Err(PayloadError::MissingField("method")) => {
+                            return self.disconnect(rc::SERVER_SHUTTING_DOWN, p)
+                        }
+                        Err(_) => return self.fail(Failure::Adaptor, qos, pkid, p),
                     }
-                    _ => return self.fail(Failure::Adaptor, qos, pkid, p),
                 };
                 rate!(0);
                 self.puback(pkid, rc::SUCCESS);
                 self.client_rpc(now, device, &device_name, gateway, family, id, request, p);
             }
             UplinkTopic::DeviceClaim => {
-                let claim = parse_or_fail!(pl::Claim);
+                let (secret, duration) = if proto {
+                    let c = or_fail!(proto::transport::ClaimDevice::decode(payload));
+                    // An empty secret is ThingsBoard's default secret, as when JSON omits it.
+                    (
+                        Some(c.secret_key).filter(|s| !s.is_empty()),
+                        Some(c.duration_ms),
+                    )
+                } else {
+                    let c = or_fail!(pl::Claim::parse(payload));
+                    (c.secret_key, c.duration_ms)
+                };
                 rate!(0);
-                p.allow_claim(device, claim.secret_key, claim.duration_ms, now);
+                p.allow_claim(device, secret, duration, now);
                 self.puback(pkid, rc::SUCCESS);
             }
             UplinkTopic::OtaChunkRequest {
@@ -1200,7 +1289,6 @@ impl Session {
         request: pl::RpcRequest,
         p: &mut Platform,
     ) {
-        let topic = topic::topic_with_id(IdTopicKind::RpcResponse, family, id);
         // §3.6: `getSessionLimits` on the v1 topic is answered by the transport itself.
         if request.method == SessionLimits::METHOD && family == TopicFamily::V1 {
             let limits = p.limits();
@@ -1218,7 +1306,8 @@ impl Session {
                 rate_limits: own,
                 gateway_rate_limits: gateway_limits,
             };
-            return self.publish(&topic, &answer.to_vec(), p);
+            let text = String::from_utf8_lossy(&answer.to_vec()).into_owned();
+            return self.client_rpc_reply(family, id, Ok(text), p);
         }
         let _ = device;
         let call = ClientRpcCall {
@@ -1228,8 +1317,8 @@ impl Session {
             params: request.params,
         };
         let reply = match p.client_rpc(&call) {
-            ClientRpcAnswer::Reply(v) => ClientRpcResponse::Ok(v),
-            ClientRpcAnswer::Error(e) => ClientRpcResponse::Error(e),
+            ClientRpcAnswer::Reply(v) => Ok(ClientRpcResponse::Ok(v).to_vec()),
+            ClientRpcAnswer::Error(e) => Err(e),
             ClientRpcAnswer::NoAnswer => {
                 if self.client_rpcs.len() < p.config.bounds.max_pending_client_rpcs {
                     self.client_rpcs.push_back(PendingClientRpc {
@@ -1239,10 +1328,43 @@ impl Session {
                     });
                     return;
                 }
-                ClientRpcResponse::Error(ClientRpcResponse::TIMEOUT.to_owned())
+                Err(ClientRpcResponse::TIMEOUT.to_owned())
             }
         };
-        self.publish(&topic, &reply.to_vec(), p);
+        let reply = reply.map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
+        self.client_rpc_reply(family, id, reply, p);
+    }
+
+    /// Publishes the answer to client-side RPC `id` (the result's JSON text, or an error) with
+    /// the adaptor of `family` (MTH `onToServerRpcResponse`): the JSON result or
+    /// `{"error":..}`, or `ToServerRpcResponseMsg` bytes with `payload` or `error` set.
+    fn client_rpc_reply(
+        &mut self,
+        family: TopicFamily,
+        id: u64,
+        reply: Result<String, String>,
+        p: &Platform,
+    ) {
+        let topic = topic::topic_with_id(IdTopicKind::RpcResponse, family, id);
+        let proto = self
+            .device()
+            .is_some_and(|d| uses_proto(Some(family), p, d));
+        if !proto {
+            let body = match reply {
+                Ok(text) => text.into_bytes(),
+                Err(e) => ClientRpcResponse::Error(e).to_vec(),
+            };
+            return self.publish(&topic, &body, p);
+        }
+        // `requestId` is an int32: ThingsBoard never reads a larger id from the topic.
+        let Ok(request_id) = i32::try_from(id) else {
+            return;
+        };
+        let body = match &reply {
+            Ok(text) => proto::transport::to_server_rpc_response(request_id, text, ""),
+            Err(e) => proto::transport::to_server_rpc_response(request_id, "", e),
+        };
+        self.publish(&topic, &body, p);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1377,6 +1499,23 @@ fn classify_gateway_error(e: &PayloadError) -> Failure {
         PayloadError::DeviceEntry { .. } => Failure::Entry,
         _ => Failure::Shape,
     }
+}
+
+/// Whether a message of `family` on `device`'s session goes through ThingsBoard's protobuf
+/// adaptor: `/p` always, `/j` never, v1, plain v2 and the claim topic when the device's
+/// profile is PROTOBUF (DSC `getPayloadAdaptor` for uplinks, `getAdaptor` for downlinks).
+fn uses_proto(family: Option<TopicFamily>, p: &Platform, device: DeviceId) -> bool {
+    match family {
+        Some(TopicFamily::V2Proto) => true,
+        Some(TopicFamily::V2Json) => false,
+        _ => p.proto_schemas(device).is_some(),
+    }
+}
+
+/// The key-value entries ThingsBoard charges as data points: the values it keeps (`null`s
+/// are dropped by `JsonConverter`).
+fn data_points(values: &Map<String, Value>) -> u64 {
+    values.values().filter(|v| !v.is_null()).count() as u64
 }
 
 fn kind_family(kind: &UplinkTopic) -> Option<TopicFamily> {

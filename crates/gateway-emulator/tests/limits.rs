@@ -15,8 +15,10 @@ use gateway_proto::{
 };
 use serde_json::{json, Map, Value};
 
+mod common;
 mod link;
 
+use common::{disconnect, puback, Harness, DEV_TOKEN, V5};
 use link::Link;
 
 fn limited_link(config: Config, limits: TenantLimits) -> Link {
@@ -291,4 +293,68 @@ fn limits_lowered_mid_session_cause_one_push_back_then_the_new_limits_hold() {
         .map(|d| link.emu.telemetry(&format!("S{d}")).unwrap()["n"].len())
         .sum();
     assert_eq!(stored, 40);
+}
+
+/// DTS `process(PostAttributeMsg)` calls `checkLimits(.., msg.getKvCount())`: an attribute
+/// post with keys takes a telemetry message and one data point per key (nulls are dropped
+/// before counting), not a regular message; an empty one takes a regular message.
+#[test]
+fn device_attribute_posts_are_charged_as_telemetry_data_points() {
+    let mut h = Harness::new();
+    h.emu
+        .set_rate_limits(TenantLimits {
+            device: LimitConfig::new("1:60", "", "3:60"),
+            ..TenantLimits::default()
+        })
+        .unwrap();
+    let dev = h.connect(V5, DEV_TOKEN);
+    let attributes = "v1/devices/me/attributes";
+    // No keys: the one regular message.
+    h.publish(dev, attributes, b"{}", 1);
+    // Two, then one data point (the null is not one): the message bucket is not touched.
+    h.publish(dev, attributes, br#"{"a":1,"b":2}"#, 2);
+    h.publish(dev, "v2/a", br#"{"c":3,"x":null}"#, 3);
+    assert_eq!(h.take(dev), vec![puback(1, 0), puback(2, 0), puback(3, 0)]);
+    assert_eq!(h.emu.client_attributes("Device").unwrap().len(), 3);
+    // The data-point bucket is empty: DISCONNECT 0x83 without a PUBACK.
+    h.publish(dev, attributes, br#"{"d":4}"#, 4);
+    assert_eq!(h.take(dev), vec![disconnect(0x83)]);
+    assert!(h.closed(dev));
+    let events: Vec<EmuEvent> = std::iter::from_fn(|| h.emu.poll_event()).collect();
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, EmuEvent::RateLimited { device, .. } if device == "Device")));
+}
+
+/// The gateway API's attributes go through the same `process(PostAttributeMsg)` per device:
+/// the children's shared gateway buckets are charged data points.
+#[test]
+fn gateway_attribute_posts_are_charged_as_telemetry_data_points() {
+    let mut h = Harness::new();
+    h.emu
+        .set_rate_limits(TenantLimits {
+            gateway: LimitConfig::new("1:60", "", "3:60"),
+            ..TenantLimits::default()
+        })
+        .unwrap();
+    let gw = h.gateway(V5);
+    // Creating the child takes the one regular message.
+    h.publish_json(gw, "v1/gateway/connect", json!({"device": "A"}), 1);
+    h.publish_json(
+        gw,
+        "v1/gateway/attributes",
+        json!({"A": {"a": 1, "b": 2}}),
+        2,
+    );
+    assert_eq!(h.take(gw), vec![puback(1, 0), puback(2, 0)]);
+    // Two more data points do not fit the three per minute: 0x97, then the close.
+    h.publish_json(
+        gw,
+        "v1/gateway/attributes",
+        json!({"A": {"c": 1, "d": 2}}),
+        3,
+    );
+    assert_eq!(h.take(gw), vec![puback(3, 0x97)]);
+    assert!(h.closed(gw));
+    assert_eq!(h.emu.client_attributes("A").unwrap().len(), 2);
 }

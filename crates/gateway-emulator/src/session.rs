@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use gateway_proto::payload::device::SessionLimits;
+use gateway_proto::payload::protobuf::{ProtoRpcRequest, ProtoRpcResponse};
 use gateway_proto::payload::{
     self as pl, ClientAttributes, ClientRpcResponse, DeviceAttributeRequest,
     DeviceAttributeResponse, DeviceTelemetry, DisconnectNotice, GatewayAttributeRequest,
@@ -1230,7 +1231,7 @@ impl Session {
             UplinkTopic::DeviceRpcRequest { family, id } => {
                 let request = if proto {
                     // `transportapi.RpcRequest`: a missing method is just "".
-                    let r = or_fail!(proto::transport::RpcRequest::decode(payload));
+                    let r = or_fail!(ProtoRpcRequest::parse(payload));
                     let params = if r.params.is_empty() {
                         Value::Null
                     } else {
@@ -1360,11 +1361,16 @@ impl Session {
         let Ok(request_id) = i32::try_from(id) else {
             return;
         };
-        let body = match &reply {
-            Ok(text) => proto::transport::to_server_rpc_response(request_id, text, ""),
-            Err(e) => proto::transport::to_server_rpc_response(request_id, "", e),
+        let (payload, error) = match reply {
+            Ok(text) => (text, String::new()),
+            Err(e) => (String::new(), e),
         };
-        self.publish(&topic, &body, p);
+        let body = ProtoRpcResponse {
+            request_id,
+            payload,
+            error,
+        };
+        self.publish(&topic, &body.to_vec(), p);
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -211,9 +211,8 @@ fn values(v: Value) -> Map<String, Value> {
     v.as_object().cloned().unwrap()
 }
 
-/// A device connection on the `/p` family. The core's `getSessionLimits` request is JSON on
-/// the v1 topic, which a PROTOBUF profile decodes as protobuf (see
-/// `a_json_session_limits_request_fails_on_a_protobuf_profile`): these tests do not ask.
+/// A device connection on the `/p` family that does not ask `getSessionLimits` (the two
+/// `..._session_limits_...` tests cover it, with and without `Config::protobuf_profile`).
 fn proto_config() -> Config {
     let mut c = Config::new(Credentials::AccessToken("SENSOR".into()));
     c.role = Role::Device;
@@ -732,10 +731,11 @@ proptest! {
     }
 }
 
-/// The client core asks `getSessionLimits` in JSON on `v1/devices/me/rpc/request/{id}`. For
-/// a PROTOBUF profile ThingsBoard reads that topic with the protobuf adaptor, which fails on
-/// JSON (an `AdaptorException`): MQTT 5 gets PUBACK 0x99 and no limits, MQTT 3.1.1 a closed
-/// connection after every CONNACK.
+/// Without `Config::protobuf_profile` the client core asks `getSessionLimits` in JSON on
+/// `v1/devices/me/rpc/request/{id}`. For a PROTOBUF profile ThingsBoard reads that topic with
+/// the protobuf adaptor, which fails on JSON (an `AdaptorException`): MQTT 5 gets PUBACK 0x99
+/// and no limits, MQTT 3.1.1 a closed connection after every CONNACK. The next test is the
+/// same session with the option set.
 #[test]
 fn a_json_session_limits_request_fails_on_a_protobuf_profile() {
     for version in [V5, V311] {
@@ -760,4 +760,87 @@ fn a_json_session_limits_request_fails_on_a_protobuf_profile() {
             assert!(drops >= 2, "{events:?}");
         }
     }
+}
+
+/// With `Config::protobuf_profile` the request is a `transportapi.RpcRequest` and the answer,
+/// a `ToServerRpcResponseMsg` carrying the JSON, is applied: no disconnect on either version.
+#[test]
+fn a_protobuf_profile_gets_its_session_limits_in_protobuf() {
+    for version in [V5, V311] {
+        let mut c = proto_config();
+        c.limits = gateway_proto::LimitsConfig::default();
+        c.protobuf_profile = true;
+        c.protocol = version;
+        let mut l = Link::new(c, |emu| {
+            emu.create_device(NewDevice::device("Sensor", "SENSOR").with_type(PROFILE))
+                .unwrap();
+            emu.set_profile_protobuf(PROFILE, ProtoSchemas::thingsboard_defaults());
+        });
+        l.advance(Duration::from_secs(10));
+        let events = l.take_events();
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, Event::Disconnected { .. })),
+            "{version:?}: {events:?}"
+        );
+        let applied = events.iter().find_map(|e| match e {
+            Event::SessionLimits(LimitsReport::Applied(a)) => Some(a),
+            _ => None,
+        });
+        let applied = applied.unwrap_or_else(|| panic!("{version:?}: {events:?}"));
+        assert_eq!(applied.server.max_payload_size, 65_536, "{version:?}");
+        // Data queued behind the limits still flows, in protobuf.
+        let reading = SensorDataReading {
+            temperature: Some(3.5),
+            ..SensorDataReading::default()
+        };
+        let t = l.command(Command::telemetry_bytes(reading.encode_to_vec(), 1));
+        assert_eq!(l.take_events(), vec![Event::Delivered(t)], "{version:?}");
+        assert_eq!(
+            l.emu.latest_telemetry("Sensor").unwrap()["temperature"].value,
+            json!(3.5)
+        );
+    }
+}
+
+/// A PROTOBUF profile on the v1 topics: raw uplinks are read with the profile's schemas, the
+/// typed JSON commands are refused before anything is sent, and downlinks on the v1 topics
+/// are raw protobuf.
+#[test]
+fn a_protobuf_profile_on_v1_topics_speaks_protobuf_both_ways() {
+    let mut c = proto_config();
+    c.device_topics = TopicFamily::V1;
+    c.protobuf_profile = true;
+    let mut l = Link::new(c, |emu| {
+        emu.create_device(NewDevice::device("Sensor", "SENSOR").with_type(PROFILE))
+            .unwrap();
+        emu.set_profile_protobuf(PROFILE, ProtoSchemas::thingsboard_defaults());
+    });
+    l.take_events();
+    let reading = SensorDataReading {
+        humidity: Some(40.0),
+        ..SensorDataReading::default()
+    };
+    let t = l.command(Command::telemetry_bytes(reading.encode_to_vec(), 1));
+    assert_eq!(l.take_events(), vec![Event::Delivered(t)]);
+    assert_eq!(
+        l.emu.latest_telemetry("Sensor").unwrap()["humidity"].value,
+        json!(40.0)
+    );
+    assert_eq!(
+        l.conn
+            .command(l.now, Command::telemetry(values(json!({"t": 1})))),
+        Err(gateway_proto::CommandError::JsonOnProtobufTopic)
+    );
+    l.emu
+        .set_shared_attributes("Sensor", values(json!({"mode": "eco"})))
+        .unwrap();
+    l.settle();
+    let raw = l.raw_events();
+    let [RawDownlink::AttributeUpdate(bytes)] = raw.as_slice() else {
+        panic!("{raw:?}")
+    };
+    let msg = AttributeUpdateNotificationMsg::decode(bytes.clone()).unwrap();
+    assert_eq!(kvs(&msg.shared_updated)["mode"].0, json!("eco"));
 }

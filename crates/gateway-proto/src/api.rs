@@ -32,6 +32,7 @@ use crate::payload::device::write_device_telemetry;
 use crate::payload::gateway::{
     write_gateway_attributes, write_gateway_claim, write_gateway_telemetry_entries,
 };
+use crate::payload::protobuf::{ProtoRpcRequest, ProtoRpcResponse};
 use crate::payload::{
     AttributeResult, AttributeUpdate, ClientRpcResponse, Connect, DeviceAttributeRequest,
     DeviceAttributeResponse, Disconnect, DisconnectNotice, GatewayAttributeRequest,
@@ -255,6 +256,8 @@ pub(crate) struct Api {
     next_sweep: Option<Instant>,
     /// Topic family of the Device API.
     family: TopicFamily,
+    /// The device profile is PROTOBUF ([`Config::protobuf_profile`]).
+    protobuf: bool,
     /// What the connection must act on (taken after each downlink or ack).
     signals: Vec<Signal>,
     /// Firmware/software updates, when configured.
@@ -278,6 +281,7 @@ impl Api {
             rpc_timeout: config.rpc_timeout,
             next_sweep: None,
             family: config.device_topics,
+            protobuf: config.protobuf_profile,
             signals: Vec::new(),
             ota: if config.is_provisioning() {
                 None
@@ -296,6 +300,16 @@ impl Api {
         }
     }
 
+    /// Whether ThingsBoard reads (and writes) `family`'s topics as protobuf: `/p` always,
+    /// v1 and plain v2 when the device profile is PROTOBUF.
+    fn reads_protobuf(&self, family: TopicFamily) -> bool {
+        match family {
+            TopicFamily::V2Proto => true,
+            TopicFamily::V1 | TopicFamily::V2 => self.protobuf,
+            _ => false,
+        }
+    }
+
     /// Signals found since the last call.
     pub(crate) fn take_signals(&mut self) -> Vec<Signal> {
         std::mem::take(&mut self.signals)
@@ -306,7 +320,12 @@ impl Api {
     /// answers it on the v1 topic only).
     pub(crate) fn session_limits_request(&mut self, now: Instant, payload: &mut Vec<u8>) -> u32 {
         payload.clear();
-        RpcRequest::new(SessionLimits::METHOD, Value::Object(Map::new())).encode_into(payload);
+        if self.protobuf {
+            // The v1 topic is read with the profile's adaptor (see `Config::protobuf_profile`).
+            ProtoRpcRequest::new(SessionLimits::METHOD, "{}").encode_into(payload);
+        } else {
+            RpcRequest::new(SessionLimits::METHOD, Value::Object(Map::new())).encode_into(payload);
+        }
         let wire = self.requests.allocate();
         self.requests
             .insert_at(wire, None, Expect::SessionLimits, now + self.rpc_timeout);
@@ -614,8 +633,9 @@ impl Api {
     ) -> Result<Prepared, CommandError> {
         let qos1 = QoS::AtLeastOnce;
         let family = self.family;
+        let protobuf = self.reads_protobuf(family);
         let json_family = || {
-            if family == TopicFamily::V2Proto {
+            if protobuf {
                 Err(CommandError::JsonOnProtobufTopic)
             } else {
                 Ok(family)
@@ -671,6 +691,10 @@ impl Api {
                 (topic.to_owned(), telemetry_qos, Commit::Nothing, body)
             }
             DeviceCommand::Claim(claim) => {
+                // The claim topic is read with the profile's adaptor.
+                if self.protobuf {
+                    return Err(CommandError::JsonOnProtobufTopic);
+                }
                 claim.encode_into(&mut buf);
                 (
                     topic::DEVICE_CLAIM.to_owned(),
@@ -712,7 +736,7 @@ impl Api {
                 let Some(family) = self.server_rpcs.family(None, id) else {
                     return Err(CommandError::UnknownRpc { device: None, id });
                 };
-                if family == TopicFamily::V2Proto {
+                if self.reads_protobuf(family) {
                     return Err(CommandError::JsonOnProtobufTopic);
                 }
                 data.encode_into(&mut buf);
@@ -1315,7 +1339,7 @@ impl Api {
                 family: TopicFamily::V1,
                 id,
             } if self.requests.get(id).map(|p| &p.expect) == Some(&Expect::SessionLimits)
-                && RpcRequest::parse(&payload).is_ok_and(|r| r.method == SessionLimits::METHOD) =>
+                && self.is_own_limits_request(&payload) =>
             {
                 // A plain MQTT broker hands our own request back (we subscribe to the RPC
                 // request filter): nobody is going to answer it.
@@ -1345,10 +1369,10 @@ impl Api {
             }
             _ => {}
         }
-        if kind.family() == TopicFamily::V2Proto {
+        if kind.is_device_api() && self.reads_protobuf(kind.family()) {
             // Protobuf payloads follow the device profile's schema: the application decodes.
             // Typed as raw downlinks on the family the connection uses, passed on otherwise.
-            if self.family == TopicFamily::V2Proto {
+            if kind.family() == self.family {
                 self.on_raw(topic, kind, payload, out);
             } else {
                 out.event(Event::Message { topic, payload });
@@ -1522,6 +1546,22 @@ impl Api {
     /// The transport's answer to `getSessionLimits` (wire id `id`).
     fn on_session_limits(&mut self, id: u64, payload: &[u8]) {
         self.requests.take(id);
+        let unwrapped;
+        let payload = if self.protobuf {
+            match ProtoRpcResponse::parse(payload) {
+                Ok(r) if r.error.is_empty() => {
+                    unwrapped = r.payload;
+                    unwrapped.as_bytes()
+                }
+                Ok(r) => {
+                    let answer = Err(format!("the server answered {:?}", r.error));
+                    return self.signals.push(Signal::Limits(answer));
+                }
+                Err(e) => return self.signals.push(Signal::Limits(Err(e.to_string()))),
+            }
+        } else {
+            payload
+        };
         let answer = match ClientRpcResponse::parse(payload) {
             Ok(ClientRpcResponse::Ok(value)) => {
                 SessionLimits::from_value(value).map_err(|e| e.to_string())
@@ -1530,6 +1570,16 @@ impl Api {
             Err(e) => Err(e.to_string()),
         };
         self.signals.push(Signal::Limits(answer));
+    }
+
+    /// Whether `payload` is this connection's own `getSessionLimits` request, reflected back
+    /// by a plain MQTT broker.
+    fn is_own_limits_request(&self, payload: &[u8]) -> bool {
+        if self.protobuf {
+            ProtoRpcRequest::parse(payload).is_ok_and(|r| r.method == SessionLimits::METHOD)
+        } else {
+            RpcRequest::parse(payload).is_ok_and(|r| r.method == SessionLimits::METHOD)
+        }
     }
 
     /// The answer to a raw request: its outcome, as bytes.

@@ -220,6 +220,20 @@ pub struct Config {
     /// downlinks are understood on every family. Claims and `getSessionLimits` have v1 topics
     /// only; the Gateway API is always `v1/gateway/*`.
     pub device_topics: TopicFamily,
+    /// The device profile's transport payload type is PROTOBUF. Default false (JSON).
+    ///
+    /// ThingsBoard then reads the v1 and plain v2 Device API topics (and the claim topic) as
+    /// protobuf with the profile's schemas, so on [`TopicFamily::V1`] and [`TopicFamily::V2`]
+    /// the typed JSON device commands are refused with
+    /// [`CommandError::JsonOnProtobufTopic`](crate::CommandError::JsonOnProtobufTopic) and
+    /// downlinks arrive as [`Event::Raw`](crate::Event::Raw), as on [`TopicFamily::V2Proto`];
+    /// [`TopicFamily::V2Json`] keeps JSON. `getSessionLimits`, which ThingsBoard answers on
+    /// the v1 topic only, goes out as a protobuf `RpcRequest` and its answer is read as a
+    /// `ToServerRpcResponseMsg` (see [`payload::protobuf`](crate::payload::protobuf)).
+    /// Not supported with it: the gateway role (the Gateway API over protobuf) and
+    /// [`ota`](Self::ota), whose requests and reports are JSON on v1 topics
+    /// ([`ConfigError::ProtobufProfile`](crate::ConfigError::ProtobufProfile)).
+    pub protobuf_profile: bool,
     /// Session limits, pacing, splitting and push-back (see [`limits`](crate::limits)).
     pub limits: LimitsConfig,
     /// Firmware and software updates over the air (see [`crate::ota`]). `None` (the default)
@@ -277,6 +291,7 @@ impl Config {
             max_pending_requests: 1024,
             max_pending_server_rpcs: 1024,
             device_topics: TopicFamily::V1,
+            protobuf_profile: false,
             limits: LimitsConfig::default(),
             ota: None,
             provision_timeout: Duration::from_secs(30),
@@ -439,6 +454,18 @@ impl Config {
         }
         if self.limits.session_limits_wait.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::ZeroDuration("limits.session_limits_wait"));
+        }
+        if self.protobuf_profile {
+            if self.role == Role::Gateway {
+                return Err(ConfigError::ProtobufProfile(
+                    "the Gateway API over protobuf is not supported",
+                ));
+            }
+            if self.ota.is_some() {
+                return Err(ConfigError::ProtobufProfile(
+                    "OTA updates use JSON on v1 topics, which a protobuf profile does not read",
+                ));
+            }
         }
         if let Some(ota) = &self.ota {
             let max =

@@ -59,6 +59,9 @@ pub enum ConfigError {
         /// The largest allowed with this configuration.
         max: usize,
     },
+    /// [`Config::protobuf_profile`](crate::Config::protobuf_profile) with something it does
+    /// not support.
+    ProtobufProfile(&'static str),
 }
 
 impl fmt::Display for ConfigError {
@@ -96,6 +99,7 @@ impl fmt::Display for ConfigError {
             Self::OtaChunkSize { value, max } => {
                 write!(f, "ota.chunk_size {value} is outside 1..={max}")
             }
+            Self::ProtobufProfile(why) => write!(f, "protobuf device profile: {why}"),
         }
     }
 }

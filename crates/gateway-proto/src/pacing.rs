@@ -100,13 +100,13 @@ impl Charge {
         }
     }
 
-    /// Client attributes. ThingsBoard's transport service passes an attribute post's key
-    /// count as data points (so telemetry buckets), while other readings (and the emulator)
-    /// count it as a regular message: the client charges both, which is safe under either.
+    /// Client attributes, charged as ThingsBoard charges them: `process(PostAttributeMsg)`
+    /// passes the key count as data points to `checkLimits`, which takes telemetry-message
+    /// and data-point tokens (a regular message when there are no keys), exactly as for
+    /// telemetry. `null` values, which the server drops, are still counted: a little early
+    /// pacing, never a limit hit.
     pub(crate) fn attributes(scope: Scope, messages: u64, points: u64) -> Self {
-        let mut charge = Self::telemetry(scope, messages, points);
-        charge.messages = messages.max(1);
-        charge
+        Self::telemetry(scope, messages, points)
     }
 
     /// Whether this charge concerns the telemetry buckets.
@@ -718,9 +718,11 @@ mod tests {
         assert_eq!(p.ready_at(&message, t0), t0);
         // Telemetry without data points is a regular message.
         assert_eq!(Charge::telemetry(Scope::Gateway, 1, 0), message);
-        // Attributes take both, so they are safe whichever the server counts.
+        // Attributes are charged as telemetry (`checkLimits` with the key count), no regular
+        // message; without keys they are one regular message.
         let attrs = Charge::attributes(Scope::Gateway, 1, 2);
-        assert_eq!((attrs.messages, attrs.telemetry, attrs.points), (1, 1, 2));
+        assert_eq!((attrs.messages, attrs.telemetry, attrs.points), (0, 1, 2));
+        assert_eq!(Charge::attributes(Scope::Gateway, 1, 0), message);
         // The device's own scope knows no limits.
         p.take(&Charge::telemetry(Scope::Device, 1, 1000), t0);
         assert_eq!(p.ready_at(&Charge::message(Scope::Device), t0), t0);
@@ -807,7 +809,7 @@ mod tests {
         let c = charge_of_publish("v2/t/p", &[0x08, 0x01]);
         assert_eq!((c.telemetry, c.points), (1, 1));
         let c = charge_of_publish("v1/gateway/attributes", br#"{"A":{"x":1,"y":2}}"#);
-        assert_eq!((c.messages, c.telemetry, c.points), (1, 1, 2));
+        assert_eq!((c.messages, c.telemetry, c.points), (0, 1, 2));
         assert_eq!(
             charge_of_publish("v1/gateway/connect", b"{}"),
             Charge::message(Scope::Gateway)

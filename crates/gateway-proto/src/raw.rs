@@ -9,12 +9,17 @@
 //! decode them with any protobuf library (prost, protobuf, quick-protobuf...); the core adds
 //! no dependency for it.
 //!
-//! Raw commands work on every family (a device whose profile says protobuf also takes
-//! protobuf on the v1 and plain v2 topics); typed JSON commands are refused on `/p` with
+//! Raw commands work on every family. A device whose profile's payload type is PROTOBUF
+//! (set [`Config::protobuf_profile`](crate::Config::protobuf_profile)) takes protobuf on the
+//! v1 and plain v2 topics too, and its `getSessionLimits` request must be protobuf as well.
+//! Typed JSON commands are refused wherever ThingsBoard reads protobuf (`/p`, and v1/v2 with
+//! such a profile) with
 //! [`CommandError::JsonOnProtobufTopic`](crate::CommandError::JsonOnProtobufTopic).
-//! Downlinks on `/p` topics become [`Event::Raw`](crate::Event::Raw) when the connection
-//! uses the `/p` family; otherwise they are passed on as [`Event::Message`](crate::Event::Message).
-//! An answer to a raw request is raw whatever its topic.
+//! Downlinks there become [`Event::Raw`](crate::Event::Raw) when they arrive on the family
+//! the connection uses; otherwise they are passed on as
+//! [`Event::Message`](crate::Event::Message). An answer to a raw request is raw whatever its
+//! topic. `cargo run -p gateway-tokio --example protobuf_device` is a complete device with
+//! prost against the emulator, which serves ThingsBoard's protobuf Device API.
 //!
 //! ```
 //! use std::time::Instant;
@@ -27,6 +32,7 @@
 //! let mut config = Config::new(Credentials::AccessToken("DEVICE_TOKEN".into()));
 //! config.role = Role::Device;
 //! config.device_topics = TopicFamily::V2Proto; // v2/t/p, v2/a/p, v2/r/req/p/+ ...
+//! config.protobuf_profile = true; // the device profile's payload type is PROTOBUF
 //! let mut conn = Connection::new(config, now)?;
 //!
 //! // The bytes of a profile message `{ temperature: 150 }` (field 1, varint), as any protobuf

@@ -478,6 +478,18 @@ pub enum InboundTopic {
 }
 
 impl InboundTopic {
+    /// A Device API downlink (attribute update or response, RPC request or response): the
+    /// topics whose payload type follows the family and the device profile.
+    pub fn is_device_api(&self) -> bool {
+        matches!(
+            self,
+            Self::DeviceAttributes { .. }
+                | Self::DeviceAttributesResponse { .. }
+                | Self::DeviceRpcRequest { .. }
+                | Self::DeviceRpcResponse { .. }
+        )
+    }
+
     /// The topic family this topic belongs to: gateway and provisioning topics report `V1`,
     /// OTA topics `V2`.
     pub fn family(&self) -> TopicFamily {

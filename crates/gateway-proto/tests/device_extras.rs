@@ -1248,3 +1248,64 @@ proptest! {
         prop_assert_eq!(h.conn.state(), State::Connected);
     }
 }
+
+#[test]
+fn protobuf_profile_config_is_checked() {
+    let mut c = config(ProtocolVersion::V5);
+    c.protobuf_profile = true;
+    // The default role is the gateway: no Gateway API over protobuf.
+    assert!(matches!(c.validate(), Err(ConfigError::ProtobufProfile(_))));
+    c.role = Role::Device;
+    assert_eq!(c.validate(), Ok(()));
+    c.ota = Some(OtaConfig::default());
+    assert!(matches!(c.validate(), Err(ConfigError::ProtobufProfile(_))));
+}
+
+/// A PROTOBUF profile on v1 topics: `getSessionLimits` leaves as a protobuf `RpcRequest`;
+/// a `ToServerRpcResponseMsg` answer with an `error` is reported as invalid, and typed JSON
+/// device commands are refused on v1 and accepted on `/j`.
+#[test]
+fn protobuf_profile_asks_session_limits_in_protobuf() {
+    use gateway_proto::limits::LimitsReport;
+    use gateway_proto::payload::protobuf::{ProtoRpcRequest, ProtoRpcResponse};
+    let mut c = config(ProtocolVersion::V5);
+    c.role = Role::Device;
+    c.protobuf_profile = true;
+    c.limits = gateway_proto::LimitsConfig::default();
+    let mut h = Harness::new(c);
+    let out = publishes_of(h.connect());
+    let [request] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(request.topic, "v1/devices/me/rpc/request/1");
+    assert_eq!(
+        ProtoRpcRequest::parse(request.payload.as_bytes()).unwrap(),
+        ProtoRpcRequest::new("getSessionLimits", "{}")
+    );
+    puback(&mut h, request.pkid, 0);
+    let answer = ProtoRpcResponse {
+        request_id: 1,
+        payload: String::new(),
+        error: "no".into(),
+    };
+    push(&mut h, "v1/devices/me/rpc/response/1", answer.to_vec());
+    let events = h.take_events();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::SessionLimits(LimitsReport::Invalid(_)))),
+        "{events:?}"
+    );
+    let values = json!({"t": 1}).as_object().cloned().unwrap();
+    assert_eq!(
+        h.conn.command(h.now, Command::telemetry(values.clone())),
+        Err(CommandError::JsonOnProtobufTopic)
+    );
+    let mut c = config(ProtocolVersion::V5);
+    c.role = Role::Device;
+    c.protobuf_profile = true;
+    c.device_topics = gateway_proto::topic::TopicFamily::V2Json;
+    let mut h = Harness::new(c);
+    h.connect();
+    assert!(h.conn.command(h.now, Command::telemetry(values)).is_ok());
+}

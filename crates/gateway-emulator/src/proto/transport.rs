@@ -1,8 +1,9 @@
 //! ThingsBoard's fixed protobuf messages of the device API, whatever the profile's schemas:
-//! `transportapi.AttributesRequest`, `RpcRequest` and `ClaimDevice` from the device
+//! `transportapi.AttributesRequest` and `ClaimDevice` from the device
 //! (`common/proto/src/main/proto/transport.proto`), and `transport.GetAttributeResponseMsg`,
-//! `AttributeUpdateNotificationMsg`, `ToServerRpcResponseMsg` with their `TsKvProto` /
-//! `KeyValueProto` to the device (`queue.proto`). Decoding skips unknown fields and fields of
+//! `AttributeUpdateNotificationMsg` with their `TsKvProto` / `KeyValueProto` to the device
+//! (`queue.proto`). The client-RPC pair (`RpcRequest`, `ToServerRpcResponseMsg`) is shared
+//! with the client: `gateway_proto::payload::protobuf`. Decoding skips unknown fields and fields of
 //! an unexpected wire type as protobuf-java does; encoding writes fields in number order and
 //! leaves proto3 defaults out, as `toByteArray` does.
 
@@ -16,13 +17,6 @@ use super::wire::{put_len_delimited, put_tag, put_varint_field, Reader, WireErro
 pub(crate) struct AttributesRequest {
     pub(crate) client_keys: Vec<String>,
     pub(crate) shared_keys: Vec<String>,
-}
-
-/// `transportapi.RpcRequest { string method = 1; string params = 2; }`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub(crate) struct RpcRequest {
-    pub(crate) method: String,
-    pub(crate) params: String,
 }
 
 /// `transportapi.ClaimDevice { string secretKey = 1; int64 durationMs = 2; }`.
@@ -81,21 +75,6 @@ impl AttributesRequest {
             client_keys: split_keys(&client),
             shared_keys: split_keys(&shared),
         })
-    }
-}
-
-impl RpcRequest {
-    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, WireError> {
-        let mut out = Self::default();
-        read_fields(bytes, |field, wire, r| {
-            match (field, wire) {
-                (1, WireType::Len) => out.method = utf8(r.len_delimited()?)?,
-                (2, WireType::Len) => out.params = utf8(r.len_delimited()?)?,
-                _ => return Ok(false),
-            }
-            Ok(true)
-        })?;
-        Ok(out)
     }
 }
 
@@ -223,21 +202,6 @@ pub(crate) fn attribute_update(updated: &[TimedValue<'_>], deleted: &[String]) -
     out
 }
 
-/// `ToServerRpcResponseMsg { int32 requestId = 1; string payload = 2; string error = 3; }`.
-pub(crate) fn to_server_rpc_response(request_id: i32, payload: &str, error: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    if request_id != 0 {
-        put_varint_field(&mut out, 1, i64::from(request_id) as u64);
-    }
-    if !payload.is_empty() {
-        put_len_delimited(&mut out, 2, payload.as_bytes());
-    }
-    if !error.is_empty() {
-        put_len_delimited(&mut out, 3, error.as_bytes());
-    }
-    out
-}
-
 /// Pairs each value of `values` with its update time from `times` (0 when unknown).
 pub(crate) fn timed<'a>(
     values: &'a Map<String, Value>,
@@ -268,10 +232,6 @@ mod tests {
         assert_eq!(
             AttributesRequest::decode(&[]).unwrap(),
             AttributesRequest::default()
-        );
-        assert_eq!(
-            RpcRequest::decode(&[0x0A, 0x02, 0xFF, 0xFE]),
-            Err(WireError::InvalidUtf8)
         );
         let mut claim = Vec::new();
         put_len_delimited(&mut claim, 1, b"s3cret");
@@ -304,7 +264,6 @@ mod tests {
         #[test]
         fn random_bytes_never_panic_the_fixed_decoders(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
             let _ = AttributesRequest::decode(&bytes);
-            let _ = RpcRequest::decode(&bytes);
             let _ = ClaimDevice::decode(&bytes);
         }
     }

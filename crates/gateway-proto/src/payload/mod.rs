@@ -18,6 +18,7 @@ use serde_json::{Map, Value};
 
 pub mod device;
 pub mod gateway;
+pub mod protobuf;
 
 pub use device::{
     ClientAttributes, ClientRpcResponse, CredentialsType, CredentialsValue, DeviceAttributeRequest,
@@ -81,6 +82,8 @@ pub enum PayloadError {
     },
     /// A rate-limit string entry is not `capacity:seconds`.
     InvalidRateLimit(String),
+    /// Protobuf bytes that do not decode (see [`protobuf`]).
+    InvalidProtobuf(&'static str),
     /// A string field holds a value outside its known set (e.g. provisioning `status`).
     UnknownValue {
         /// The field.
@@ -102,6 +105,7 @@ impl fmt::Display for PayloadError {
                 write!(f, "field `{field}` has the wrong type: expected {expected}")
             }
             Self::EmptyDeviceName => f.write_str("empty device name"),
+            Self::InvalidProtobuf(why) => write!(f, "invalid protobuf: {why}"),
             Self::NoDeviceEntries => f.write_str("no usable device entry in gateway message"),
             Self::DeviceEntry { device, error } => {
                 write!(f, "entry for device {device:?}: {error}")

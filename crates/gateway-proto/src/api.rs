@@ -52,7 +52,7 @@ use crate::topic::{self, IdTopicKind, InboundTopic, TopicFamily};
 pub(crate) struct Prepared {
     /// API topics are static; only per-request device topics are built.
     pub(crate) topic: Cow<'static, str>,
-    pub(crate) payload: Bytes,
+    pub(crate) payload: PreparedPayload,
     pub(crate) qos: QoS,
     pub(crate) commit: Commit,
     /// What `payload` takes from the rate-limit buckets (`None`: worked out from the payload
@@ -60,6 +60,17 @@ pub(crate) struct Prepared {
     pub(crate) charge: Option<Charge>,
     /// Further parts, when the message was split to fit the limits; `payload` is the first.
     pub(crate) more: Vec<(Bytes, Charge)>,
+}
+
+/// Where the payload of a [`Prepared`] publish is.
+#[derive(Debug)]
+pub(crate) enum PreparedPayload {
+    /// Still in the API's scratch buffer ([`Api::payload_bytes`]), valid until the next
+    /// command: a publish that goes straight to the wire is never copied;
+    /// [`Api::own_payload`] copies it out at its exact size for the outbound store.
+    Scratch,
+    /// Its own bytes.
+    Owned(Bytes),
 }
 
 /// Largest scratch buffer kept between commands (bytes); a larger one is freed.
@@ -80,16 +91,16 @@ pub(crate) struct Fit {
 
 /// A payload with its charge and any further parts.
 struct Body {
-    payload: Bytes,
+    payload: PreparedPayload,
     charge: Charge,
     more: Vec<(Bytes, Charge)>,
 }
 
 impl Body {
-    /// One regular message on `topic`.
-    fn message(buf: &[u8], topic: &str) -> Self {
+    /// One regular message on `topic`, its payload in the scratch buffer.
+    fn message(topic: &str) -> Self {
         Self {
-            payload: Bytes::copy_from_slice(buf),
+            payload: PreparedPayload::Scratch,
             charge: Charge::message(Scope::of_topic(topic)),
             more: Vec::new(),
         }
@@ -135,7 +146,7 @@ fn fit(
     if !fit.split || (buf.len() <= budget.payload && budget.points.is_none_or(|max| points <= max))
     {
         return Ok(Body {
-            payload: Bytes::copy_from_slice(buf),
+            payload: PreparedPayload::Scratch,
             charge: counted.charge(scope, msg.device_count(), points),
             more: Vec::new(),
         });
@@ -155,7 +166,7 @@ fn fit(
         return Err(CommandError::Payload(PayloadError::NoDeviceEntries));
     };
     Ok(Body {
-        payload,
+        payload: PreparedPayload::Owned(payload),
         charge,
         more: parts.collect(),
     })
@@ -292,11 +303,35 @@ impl Api {
         }
     }
 
-    /// Keeps `buf` for the next command unless a large message grew it: the scratch buffer
-    /// never holds more than [`SCRATCH_KEEP`] bytes between commands.
-    fn keep_scratch(&mut self, buf: BytesMut) {
+    /// Keeps `buf` for the next command unless a large message grew it (the scratch buffer
+    /// never holds more than [`SCRATCH_KEEP`] bytes between commands); a payload still in a
+    /// buffer that is not kept is copied out.
+    fn keep_scratch(&mut self, buf: BytesMut, payload: PreparedPayload) -> PreparedPayload {
         if buf.capacity() <= SCRATCH_KEEP {
             self.scratch = buf;
+            return payload;
+        }
+        self.scratch = BytesMut::new();
+        match payload {
+            PreparedPayload::Scratch => PreparedPayload::Owned(Bytes::copy_from_slice(&buf)),
+            owned => owned,
+        }
+    }
+
+    /// The bytes of a prepared payload.
+    pub(crate) fn payload_bytes<'a>(&'a self, payload: &'a PreparedPayload) -> &'a [u8] {
+        match payload {
+            PreparedPayload::Scratch => &self.scratch,
+            PreparedPayload::Owned(bytes) => bytes,
+        }
+    }
+
+    /// A prepared payload as its own bytes, copied out of the scratch buffer at its exact
+    /// size if it is there (no message keeps the slack of the buffer's growth steps).
+    pub(crate) fn own_payload(&self, payload: PreparedPayload) -> Bytes {
+        match payload {
+            PreparedPayload::Scratch => Bytes::copy_from_slice(&self.scratch),
+            PreparedPayload::Owned(bytes) => bytes,
         }
     }
 
@@ -370,7 +405,7 @@ impl Api {
             } => Ok(Prepared {
                 charge: None,
                 topic: topic.into(),
-                payload,
+                payload: PreparedPayload::Owned(payload),
                 qos,
                 commit: Commit::Nothing,
                 more: Vec::new(),
@@ -414,7 +449,7 @@ impl Api {
         };
         Ok(Prepared {
             topic: topic::DEVICE_TELEMETRY.into(),
-            payload,
+            payload: PreparedPayload::Owned(payload),
             qos: QoS::AtLeastOnce,
             commit,
             // State telemetry: charged by its data points when it is about to go (only if
@@ -454,7 +489,7 @@ impl Api {
                         device,
                         device_type,
                     },
-                    Body::message(&buf, topic::GATEWAY_CONNECT),
+                    Body::message(topic::GATEWAY_CONNECT),
                 )
             }
             GatewayCommand::Disconnect { device } => {
@@ -469,7 +504,7 @@ impl Api {
                     topic::GATEWAY_DISCONNECT,
                     qos1,
                     Commit::Disconnect(device),
-                    Body::message(&buf, topic::GATEWAY_DISCONNECT),
+                    Body::message(topic::GATEWAY_DISCONNECT),
                 )
             }
             GatewayCommand::Telemetry { device, entries } => {
@@ -542,7 +577,7 @@ impl Api {
                     topic::GATEWAY_CLAIM,
                     qos1,
                     Commit::TouchOne { device, known },
-                    Body::message(&buf, topic::GATEWAY_CLAIM),
+                    Body::message(topic::GATEWAY_CLAIM),
                 )
             }
             GatewayCommand::RequestAttributes {
@@ -587,7 +622,7 @@ impl Api {
                         timeout: self.attribute_timeout,
                         device: Some(device),
                     },
-                    Body::message(&buf, topic::GATEWAY_ATTRIBUTES_REQUEST),
+                    Body::message(topic::GATEWAY_ATTRIBUTES_REQUEST),
                 )
             }
             GatewayCommand::RpcReply { device, id, data } => {
@@ -610,14 +645,14 @@ impl Api {
                         device: Some(device),
                         id,
                     },
-                    Body::message(&buf, topic::GATEWAY_RPC),
+                    Body::message(topic::GATEWAY_RPC),
                 )
             }
         };
-        self.keep_scratch(buf);
+        let payload = self.keep_scratch(buf, body.payload);
         Ok(Prepared {
             topic: Cow::Borrowed(topic),
-            payload: body.payload,
+            payload,
             qos,
             commit,
             charge: Some(body.charge),
@@ -700,7 +735,7 @@ impl Api {
                     topic::DEVICE_CLAIM.to_owned(),
                     qos1,
                     Commit::Nothing,
-                    Body::message(&buf, topic::DEVICE_CLAIM),
+                    Body::message(topic::DEVICE_CLAIM),
                 )
             }
             DeviceCommand::RequestAttributes {
@@ -719,7 +754,7 @@ impl Api {
                 let wire = self.requests.allocate();
                 let topic =
                     topic::topic_with_id(IdTopicKind::AttributeRequest, family, u64::from(wire));
-                let body = Body::message(&buf, &topic);
+                let body = Body::message(&topic);
                 (
                     topic,
                     qos1,
@@ -741,7 +776,7 @@ impl Api {
                 }
                 data.encode_into(&mut buf);
                 let topic = topic::rpc_response_topic_v2(family, id);
-                let body = Body::message(&buf, &topic);
+                let body = Body::message(&topic);
                 (topic, qos1, Commit::RpcReply { device: None, id }, body)
             }
             DeviceCommand::Rpc { method, params } => {
@@ -754,7 +789,7 @@ impl Api {
                 RpcRequest { method, params }.encode_into(&mut buf);
                 let wire = self.requests.allocate();
                 let topic = topic::topic_with_id(IdTopicKind::RpcRequest, family, u64::from(wire));
-                let body = Body::message(&buf, &topic);
+                let body = Body::message(&topic);
                 (
                     topic,
                     qos1,
@@ -769,10 +804,10 @@ impl Api {
             }
             DeviceCommand::Raw(raw) => return self.prepare_raw(raw, telemetry_qos),
         };
-        self.keep_scratch(buf);
+        let payload = self.keep_scratch(buf, body.payload);
         Ok(Prepared {
             topic: topic.into(),
-            payload: body.payload,
+            payload,
             qos,
             commit,
             charge: Some(body.charge),
@@ -864,7 +899,7 @@ impl Api {
         };
         Ok(Prepared {
             topic: topic.into(),
-            payload,
+            payload: PreparedPayload::Owned(payload),
             qos,
             commit,
             charge: Some(charge),

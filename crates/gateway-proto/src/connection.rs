@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 
-use crate::api::{Api, Commit, Fit, Prepared, Signal};
+use crate::api::{Api, Commit, Fit, Prepared, PreparedPayload, Signal};
 use crate::backoff::Backoff;
 use crate::codec::{self, DecodeError, Packet, ProtocolVersion, QoS};
 use crate::command::Command;
@@ -235,11 +235,12 @@ impl Connection {
             more,
         } = self.api.prepare(command, self.config.telemetry_qos, &fit)?;
         if qos == QoS::AtMostOnce && more.is_empty() && commit.is_quiet() {
-            let charge = self.charge_of(&topic, &payload, charge);
+            let charge = self.charge_of(&topic, self.api.payload_bytes(&payload), charge);
             if self.sends_at_once(&charge, now) {
-                return self.send_at_once(now, topic, payload, commit, charge);
+                return self.send_at_once(now, topic, &payload, commit, charge);
             }
         }
+        let payload = self.api.own_payload(payload);
         let id = if more.is_empty() {
             self.accept_publish(now, topic, payload, qos, charge)?
         } else {
@@ -822,20 +823,21 @@ impl Connection {
         &mut self,
         now: Instant,
         topic: std::borrow::Cow<'static, str>,
-        payload: bytes::Bytes,
+        payload: &PreparedPayload,
         commit: Commit,
         charge: Charge,
     ) -> Result<RequestId, CommandError> {
         if !valid_topic_name(&topic) {
             return Err(CommandError::InvalidTopic(topic.into_owned()));
         }
+        let payload = self.api.payload_bytes(payload);
         self.publish_cost(&topic, payload.len(), QoS::AtMostOnce)?;
         let id = self.next_request;
         self.next_request += 1;
         self.stats.requests += 1;
         let publish = codec::PublishRef {
             topic: &topic,
-            payload: &payload,
+            payload,
             qos: QoS::AtMostOnce,
             dup: false,
             retain: false,

@@ -25,10 +25,6 @@ impl Link {
         id
     }
 
-    fn take_events(&mut self) -> Vec<Event> {
-        std::mem::take(&mut self.events)
-    }
-
     /// The emulator kills the connection (no DISCONNECT), as a network failure would.
     fn drop_connection(&mut self) {
         let s = self.session.expect("connected");

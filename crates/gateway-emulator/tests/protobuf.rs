@@ -17,7 +17,7 @@ use gateway_emulator::{
 use gateway_proto::limits::LimitsReport;
 use gateway_proto::raw::RawDownlink;
 use gateway_proto::topic::TopicFamily;
-use gateway_proto::{Command, Config, Credentials, Event, RequestId, Role};
+use gateway_proto::{Command, Config, Credentials, Event, ProtocolVersion, RequestId, Role};
 use proptest::prelude::*;
 use prost::Message;
 use serde_json::{json, Map, Value};
@@ -240,10 +240,6 @@ impl Link {
         let id = self.conn.command(self.now, command).unwrap();
         self.settle();
         id
-    }
-
-    fn take_events(&mut self) -> Vec<Event> {
-        std::mem::take(&mut self.events)
     }
 
     fn raw_events(&mut self) -> Vec<RawDownlink> {
@@ -731,6 +727,23 @@ proptest! {
     }
 }
 
+/// A device of the PROTOBUF profile that asks `getSessionLimits` on every connect (the
+/// default), with or without `Config::protobuf_profile`; its events over 10 s.
+fn asking_session_limits(version: ProtocolVersion, protobuf_profile: bool) -> (Link, Vec<Event>) {
+    let mut c = proto_config();
+    c.limits = gateway_proto::LimitsConfig::default();
+    c.protobuf_profile = protobuf_profile;
+    c.protocol = version;
+    let mut l = Link::new(c, |emu| {
+        emu.create_device(NewDevice::device("Sensor", "SENSOR").with_type(PROFILE))
+            .unwrap();
+        emu.set_profile_protobuf(PROFILE, ProtoSchemas::thingsboard_defaults());
+    });
+    l.advance(Duration::from_secs(10));
+    let events = l.take_events();
+    (l, events)
+}
+
 /// Without `Config::protobuf_profile` the client core asks `getSessionLimits` in JSON on
 /// `v1/devices/me/rpc/request/{id}`. For a PROTOBUF profile ThingsBoard reads that topic with
 /// the protobuf adaptor, which fails on JSON (an `AdaptorException`): MQTT 5 gets PUBACK 0x99
@@ -739,16 +752,7 @@ proptest! {
 #[test]
 fn a_json_session_limits_request_fails_on_a_protobuf_profile() {
     for version in [V5, V311] {
-        let mut c = proto_config();
-        c.limits = gateway_proto::LimitsConfig::default();
-        c.protocol = version;
-        let mut l = Link::new(c, |emu| {
-            emu.create_device(NewDevice::device("Sensor", "SENSOR").with_type(PROFILE))
-                .unwrap();
-            emu.set_profile_protobuf(PROFILE, ProtoSchemas::thingsboard_defaults());
-        });
-        l.advance(Duration::from_secs(10));
-        let events = l.take_events();
+        let (_, events) = asking_session_limits(version, false);
         let drops = events
             .iter()
             .filter(|e| matches!(e, Event::Disconnected { .. }))
@@ -767,17 +771,7 @@ fn a_json_session_limits_request_fails_on_a_protobuf_profile() {
 #[test]
 fn a_protobuf_profile_gets_its_session_limits_in_protobuf() {
     for version in [V5, V311] {
-        let mut c = proto_config();
-        c.limits = gateway_proto::LimitsConfig::default();
-        c.protobuf_profile = true;
-        c.protocol = version;
-        let mut l = Link::new(c, |emu| {
-            emu.create_device(NewDevice::device("Sensor", "SENSOR").with_type(PROFILE))
-                .unwrap();
-            emu.set_profile_protobuf(PROFILE, ProtoSchemas::thingsboard_defaults());
-        });
-        l.advance(Duration::from_secs(10));
-        let events = l.take_events();
+        let (mut l, events) = asking_session_limits(version, true);
         assert!(
             !events
                 .iter()

@@ -886,23 +886,7 @@ fn lookup(
 mod tests {
     use super::*;
 
-    const TELEMETRY: &str = r#"syntax ="proto3";
-package telemetry;
-
-message SensorDataReading {
-
-  optional double temperature = 1;
-  optional double humidity = 2;
-  InnerObject innerObject = 3;
-
-  message InnerObject {
-    optional string key1 = 1;
-    optional bool key2 = 2;
-    optional double key3 = 3;
-    optional int32 key4 = 4;
-    optional string key5 = 5;
-  }
-}"#;
+    const TELEMETRY: &str = super::super::profile::ProtoSchemas::DEFAULT_TELEMETRY;
 
     #[test]
     fn parses_thingsboards_default_telemetry_schema() {

@@ -19,6 +19,12 @@ pub struct Link {
 }
 
 impl Link {
+    /// The client events since the last call.
+    #[allow(dead_code)] // not every test binary uses every helper
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
     pub fn new(config: Config, setup: impl FnOnce(&mut Emulator)) -> Self {
         let now = Instant::now();
         let mut emu = Emulator::new(EmulatorConfig::default(), now, 1_700_000_000_000);

@@ -184,7 +184,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// Resolves `host` (see the crate documentation) and dials each address in turn.
 async fn dial_tcp(host: &str, port: u16) -> io::Result<Async<TcpStream>> {
     let mut last_error = None;
-    for address in (host, port).to_socket_addrs()? {
+    // Name resolution blocks: on a thread of its own, so the connect deadline the caller
+    // races this future against still fires while a resolver hangs.
+    let name = host.to_owned();
+    let addresses = blocking::unblock(move || {
+        (name.as_str(), port)
+            .to_socket_addrs()
+            .map(Iterator::collect::<Vec<_>>)
+    })
+    .await?;
+    for address in addresses {
         match Async::<TcpStream>::connect(address).await {
             Ok(stream) => return Ok(stream),
             Err(e) => {
@@ -231,6 +240,33 @@ async fn dial(
     }
 }
 
+/// Writes all of `bytes` and flushes, failing with `TimedOut` when one step makes no
+/// progress for `stall` (see `ClientOptions::write_stall_timeout`). A write abandoned there
+/// leaves the stream mid-packet: the caller drops the transport.
+async fn write_all_or_stall(
+    stream: &mut Box<dyn Io>,
+    mut bytes: &[u8],
+    stall: std::time::Duration,
+) -> io::Result<()> {
+    async fn within<T>(
+        stall: std::time::Duration,
+        step: impl Future<Output = io::Result<T>>,
+    ) -> io::Result<T> {
+        future::or(step, async {
+            Timer::after(stall).await;
+            Err(io::Error::new(io::ErrorKind::TimedOut, "write stalled"))
+        })
+        .await
+    }
+    while !bytes.is_empty() {
+        match within(stall, stream.write(bytes)).await? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => bytes = bytes.get(n..).unwrap_or_default(),
+        }
+    }
+    within(stall, stream.flush()).await
+}
+
 /// Reads from the transport; pending forever when there is none. Cancel-safe: dropped
 /// before it completes, it has read nothing.
 async fn read_some(io: &mut Option<Box<dyn Io>>, buf: &mut [u8]) -> io::Result<usize> {
@@ -266,12 +302,8 @@ async fn run(
             match action {
                 Action::Write(bytes) => {
                     if let Some(stream) = io.as_mut() {
-                        // Never raced: an interrupted `write_all` would lose its position.
-                        let written = async {
-                            stream.write_all(&bytes).await?;
-                            stream.flush().await
-                        };
-                        if let Err(e) = written.await {
+                        let stall = options.write_stall_timeout;
+                        if let Err(e) = write_all_or_stall(stream, &bytes, stall).await {
                             io = None;
                             driver.transport_failed(Instant::now(), TransportError::io(&e));
                         }

@@ -41,6 +41,7 @@ on_both_executors!(
     dropping_the_last_client_ends_the_spawned_thread,
     round_trip_over_mutual_tls_with_x509_authentication,
     provisions_then_connects_and_takes_a_firmware_update,
+    a_stalled_write_fails_the_transport,
 );
 
 /// Drains the event stream and checks it ends with the local close.
@@ -173,4 +174,14 @@ async fn provisions_then_connects_and_takes_a_firmware_update() {
         .unwrap();
     scenario::firmware_update(&platform, device, &client, &events).await;
     client.close().await;
+}
+
+/// A peer that stops reading: the write stall timeout fails the transport instead of the
+/// connection hanging in its write.
+async fn a_stalled_write_fails_the_transport() {
+    let peer = gateway_testkit::stalled_peer::StalledPeer::start(true).unwrap();
+    let (client, events) = connect(scenario::stalled_peer_options(&peer))
+        .await
+        .unwrap();
+    scenario::write_stall_fails_the_transport(&client, &events).await;
 }

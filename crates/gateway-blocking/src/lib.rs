@@ -38,7 +38,7 @@
 #![forbid(unsafe_code)]
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -262,6 +262,37 @@ fn is_timeout(error: &io::Error) -> bool {
     )
 }
 
+/// The addresses of `host`, resolved on a thread of its own so that a hanging resolver
+/// cannot outlive `deadline` (the thread is left to finish on its own). IP literals are
+/// parsed directly.
+fn resolve(host: &str, port: u16, deadline: Instant) -> Result<Vec<SocketAddr>, DialError> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let failed =
+        |e: &io::Error| DialError::Failed(TransportError::connect(format!("{host}:{port}"), e));
+    let (tx, rx) = mpsc::channel();
+    let name = host.to_owned();
+    std::thread::Builder::new()
+        .name("gateway-dns".into())
+        .spawn(move || {
+            let resolved = (name.as_str(), port)
+                .to_socket_addrs()
+                .map(Iterator::collect::<Vec<_>>);
+            // The dialler may have given up already.
+            let _ = tx.send(resolved);
+        })
+        .map_err(|e| failed(&e))?;
+    let Some(left) = remaining(deadline) else {
+        return Err(DialError::TimedOut);
+    };
+    match rx.recv_timeout(left) {
+        Ok(Ok(addresses)) => Ok(addresses),
+        Ok(Err(e)) => Err(failed(&e)),
+        Err(_) => Err(DialError::TimedOut),
+    }
+}
+
 /// Opens TCP (each resolved address in turn), then TLS if configured, all before `deadline`.
 /// Never falls back to plain TCP.
 fn dial(
@@ -274,10 +305,7 @@ fn dial(
     let host = options.host.trim_start_matches('[').trim_end_matches(']');
     let mut last_error = None;
     let mut socket = None;
-    for addr in (host, options.port)
-        .to_socket_addrs()
-        .map_err(|e| failed(&e))?
-    {
+    for addr in resolve(host, options.port, deadline)? {
         let Some(left) = remaining(deadline) else {
             return Err(DialError::TimedOut);
         };
@@ -310,7 +338,11 @@ fn dial(
     if let Err(e) = socket.set_nodelay(true) {
         tracing::debug!(error = %e, "TCP_NODELAY not set");
     }
+    // A write that makes no progress this long fails the transport (SO_SNDTIMEO bounds each
+    // `write` call, so a slow but moving write is fine).
+    let stall = Some(options.write_stall_timeout.max(Duration::from_millis(1)));
     let Some(setup) = tls else {
+        socket.set_write_timeout(stall).map_err(|e| failed(&e))?;
         return Ok(Transport { socket, tls: None });
     };
     let mut conn = rustls::ClientConnection::new(setup.config.clone(), setup.server_name.clone())
@@ -337,7 +369,7 @@ fn dial(
     }
     let cleared = socket
         .set_read_timeout(None)
-        .and_then(|()| socket.set_write_timeout(None));
+        .and_then(|()| socket.set_write_timeout(stall));
     if let Err(e) = cleared {
         return Err(failed(&e));
     }

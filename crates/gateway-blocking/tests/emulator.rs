@@ -332,3 +332,15 @@ fn provisions_then_connects_and_takes_a_firmware_update() {
     ));
     client.close();
 }
+
+/// A peer that stops reading: the write stall timeout (SO_SNDTIMEO here) fails the transport
+/// instead of the driver thread hanging in its write.
+#[test]
+fn a_stalled_write_fails_the_transport() {
+    let peer = gateway_testkit::stalled_peer::StalledPeer::start(true).unwrap();
+    let (client, events) = connect(scenario::stalled_peer_options(&peer)).unwrap();
+    block_on(scenario::write_stall_fails_the_transport(
+        &client.to_async(),
+        &events,
+    ));
+}

@@ -47,6 +47,13 @@ pub struct ClientOptions {
     /// the window is that full. `None` (the default) never waits. Honoured by
     /// `gateway-tokio`.
     pub read_coalescing: Option<std::time::Duration>,
+    /// Longest a write may make no progress before the transport counts as failed (then
+    /// the core reconnects after its backoff). A peer that stops reading without closing,
+    /// or a link that drops every packet, otherwise blocks the write until the kernel gives
+    /// up (minutes), and with it every timer of the connection. Progress, not total time,
+    /// is bounded: a large write over a slow link is fine while bytes move. Default 30 s;
+    /// honoured by every adapter.
+    pub write_stall_timeout: std::time::Duration,
 }
 
 impl ClientOptions {
@@ -67,6 +74,7 @@ impl ClientOptions {
             event_capacity: 1024,
             read_buffer: 64 * 1024,
             read_coalescing: None,
+            write_stall_timeout: std::time::Duration::from_secs(30),
         }
     }
 

@@ -8,6 +8,8 @@
 //!   runs against the emulator, written once on the runtime-neutral client handle.
 //! * [`broker_suite`] (feature `scenario`): the checks every adapter runs against a real
 //!   mosquitto (protocol versions, password refusal, TLS, mutual TLS, broker restart).
+//! * [`stalled_peer`]: a peer that answers CONNECT and then never reads again; with
+//!   [`scenario::write_stall_fails_the_transport`] every adapter shows it does not hang on it.
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "scenario")]
@@ -16,3 +18,4 @@ pub mod mosquitto;
 pub mod pki;
 #[cfg(feature = "scenario")]
 pub mod scenario;
+pub mod stalled_peer;

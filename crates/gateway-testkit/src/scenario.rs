@@ -10,7 +10,10 @@
 use std::future::Future;
 use std::time::Duration;
 
-use gateway_client::{Client, ClientEvent, ClientOptions, Delivery, Events, TlsOptions};
+use bytes::Bytes;
+use gateway_client::{
+    Client, ClientEvent, ClientOptions, Delivery, Events, TlsOptions, TransportError,
+};
 use gateway_emulator::{
     ClaimOutcome, ClientRpcAnswer, EmulatorConfig, EmulatorHandle, NewDevice, OtaPackage,
     ProvisionProfile, ProvisionStrategy, RpcCall, RpcOutcome, TlsConfig,
@@ -18,10 +21,12 @@ use gateway_emulator::{
 use gateway_proto::checksum::ChecksumAlgorithm;
 use gateway_proto::payload::{Claim, ClientRpcResponse, ProvisionRequest};
 use gateway_proto::{
-    AttributeScope, Config, Credentials, DisconnectReason, Event, OtaConfig, OtaEvent, OtaKind,
-    ProvisionedCredentials, Role,
+    AttributeScope, Command, Config, Credentials, DisconnectReason, Event, OtaConfig, OtaEvent,
+    OtaKind, ProvisionedCredentials, QoS, Role,
 };
 use serde_json::{json, Map, Value};
+
+use crate::stalled_peer::StalledPeer;
 
 /// The gateway's access token in [`Platform::start`].
 pub const GATEWAY_TOKEN: &str = "SCENARIO_GATEWAY_TOKEN";
@@ -583,5 +588,50 @@ pub async fn firmware_update(platform: &Platform, device: &str, client: &Client,
     assert_eq!(
         platform.emu.latest_telemetry(device).unwrap()["current_fw_version"].value,
         json!("v7")
+    );
+}
+
+/// Options for a gateway at `peer` that gives up on a write after 300 ms without progress
+/// (and does not wait for `getSessionLimits`, which the peer never answers).
+pub fn stalled_peer_options(peer: &StalledPeer) -> ClientOptions {
+    let mut config = Config::new(Credentials::AccessToken("STALL_TOKEN".into()));
+    config.limits.session_limits_wait = None;
+    let mut options = ClientOptions::with_config("127.0.0.1", peer.addr().port(), config);
+    options.write_stall_timeout = Duration::from_millis(300);
+    options
+}
+
+/// Publishes 32 KiB QoS 0 messages to a peer that stopped reading (see [`StalledPeer`]) until
+/// the socket buffers are full and the write blocks; within 10 s the adapter must report the
+/// stalled write as a transport failure (a time-out, not the peer going away) instead of
+/// hanging in it.
+pub async fn write_stall_fails_the_transport(client: &Client, events: &Events) {
+    let payload = Bytes::from(vec![b'x'; 32 * 1024]);
+    let publishing = async {
+        // 128 MiB at most: far more than loopback socket buffers hold.
+        for _ in 0..4096 {
+            let command = Command::Publish {
+                topic: "v1/devices/me/telemetry".into(),
+                payload: payload.clone(),
+                qos: QoS::AtMostOnce,
+            };
+            if client.send(command).await.is_err() {
+                break;
+            }
+        }
+        futures_lite::future::pending::<std::io::ErrorKind>().await
+    };
+    let failed = next_event(events, |event| match event {
+        ClientEvent::TransportFailed(TransportError::Io { kind, .. }) => Some(*kind),
+        _ => None,
+    });
+    let kind = futures_lite::future::or(failed, publishing).await;
+    // SO_SNDTIMEO (blocking adapter) reports `WouldBlock`, the async adapters `TimedOut`.
+    assert!(
+        matches!(
+            kind,
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+        ),
+        "the transport failed with {kind:?}, not a write stall"
     );
 }

@@ -133,6 +133,28 @@ async fn dial(
     }
 }
 
+/// Writes all of `bytes` and flushes, failing with `TimedOut` when one step makes no
+/// progress for `stall` (see `ClientOptions::write_stall_timeout`). An abandoned write leaves
+/// the stream mid-packet: the caller drops the transport.
+async fn write_all_or_stall(
+    stream: &mut Box<dyn Io>,
+    mut bytes: &[u8],
+    stall: std::time::Duration,
+) -> std::io::Result<()> {
+    let stalled = || std::io::Error::new(std::io::ErrorKind::TimedOut, "write stalled");
+    while !bytes.is_empty() {
+        match tokio::time::timeout(stall, stream.write(bytes)).await {
+            Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => bytes = bytes.get(n..).unwrap_or_default(),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(stalled()),
+        }
+    }
+    tokio::time::timeout(stall, stream.flush())
+        .await
+        .map_err(|_| stalled())?
+}
+
 /// Reads from the transport; pending forever when there is none.
 async fn read_some(io: &mut Option<Box<dyn Io>>, buf: &mut [u8]) -> std::io::Result<usize> {
     match io {
@@ -164,11 +186,8 @@ async fn run(
             match action {
                 Action::Write(bytes) => {
                     if let Some(stream) = io.as_mut() {
-                        let written = async {
-                            stream.write_all(&bytes).await?;
-                            stream.flush().await
-                        };
-                        if let Err(e) = written.await {
+                        let stall = options.write_stall_timeout;
+                        if let Err(e) = write_all_or_stall(stream, &bytes, stall).await {
                             io = None;
                             driver.transport_failed(now(), TransportError::io(&e));
                         }

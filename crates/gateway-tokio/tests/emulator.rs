@@ -90,3 +90,14 @@ async fn provisions_then_connects_and_takes_a_firmware_update() {
     scenario::firmware_update(&platform, device, &client, &events).await;
     client.close().await;
 }
+
+/// A peer that stops reading: the write stall timeout fails the transport instead of the
+/// connection hanging in its write.
+#[tokio::test]
+async fn a_stalled_write_fails_the_transport() {
+    let peer = gateway_testkit::stalled_peer::StalledPeer::start(true).unwrap();
+    let (client, events) = connect(scenario::stalled_peer_options(&peer))
+        .await
+        .unwrap();
+    scenario::write_stall_fails_the_transport(&client, &events).await;
+}

@@ -5,154 +5,31 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use gateway_emulator::{
-    Emulator, EmulatorConfig, NewDevice, OtaPackage, Output as EmuOutput, ProvisionProfile,
-    ProvisionStrategy, SessionId,
-};
+use gateway_emulator::{Emulator, NewDevice, OtaPackage, ProvisionProfile, ProvisionStrategy};
 use gateway_proto::checksum::ChecksumAlgorithm;
 use gateway_proto::ota::OtaError;
 use gateway_proto::payload::ProvisionRequest;
 use gateway_proto::{
-    Command, Config, Connection, Event, Input, OtaConfig, OtaEvent, OtaKind, Output,
-    ProvisionError, ProvisionedCredentials, Role, State,
+    Command, Config, Connection, Event, OtaConfig, OtaEvent, OtaKind, ProvisionError,
+    ProvisionedCredentials, Role, State,
 };
 use serde_json::{json, Map, Value};
 
-/// One client connection at a time and the emulator, wired by an in-memory transport.
-struct Link {
-    conn: Connection,
-    emu: Emulator,
-    session: Option<SessionId>,
-    now: Instant,
-    events: Vec<Event>,
-    /// Stop moving bytes once this many OTA chunk events have arrived (to cut a download).
-    pause_after_chunks: Option<usize>,
-}
+mod link;
 
+use link::Link;
+
+/// Helpers of these tests on top of the shared harness.
 impl Link {
-    /// An emulator set up by `setup`, and a client on `config`, run until quiet.
-    fn new(config: Config, setup: impl FnOnce(&mut Emulator)) -> Self {
-        Self::paused_after(config, setup, None)
-    }
-
-    /// The same, stopping once `chunks` OTA chunks have arrived (to cut a download).
-    fn paused_after(
-        config: Config,
-        setup: impl FnOnce(&mut Emulator),
-        chunks: Option<usize>,
-    ) -> Self {
-        let now = Instant::now();
-        let mut emu = Emulator::new(EmulatorConfig::default(), now, 1_700_000_000_000);
-        setup(&mut emu);
-        let conn = Connection::new(config, now).unwrap();
-        let mut link = Self {
-            conn,
-            emu,
-            session: None,
-            now,
-            events: Vec::new(),
-            pause_after_chunks: chunks,
-        };
-        link.settle();
-        link
-    }
-
     /// Replaces the client (whose connection has ended) with a new one on `config`, run
     /// until quiet.
     fn start(&mut self, config: Config) {
         self.conn = Connection::new(config, self.now).unwrap();
         self.session = None;
         self.events.clear();
-        self.settle();
-    }
-
-    fn chunks_seen(&self) -> usize {
-        self.events
-            .iter()
-            .filter(|e| matches!(e, Event::Ota(OtaEvent::Chunk { .. })))
-            .count()
-    }
-
-    fn paused(&self) -> bool {
-        self.pause_after_chunks
-            .is_some_and(|n| self.chunks_seen() >= n)
-    }
-
-    /// Moves bytes both ways until neither side has anything to say.
-    fn settle(&mut self) {
-        loop {
-            let mut moved = false;
-            while let Some(out) = self.conn.poll_output() {
-                moved = true;
-                match out {
-                    Output::Transmit(bytes) => {
-                        if let Some(s) = self.session {
-                            self.emu.handle_bytes(s, self.now, &bytes);
-                        }
-                    }
-                    Output::OpenTransport => {
-                        self.session = Some(self.emu.open_session(self.now).unwrap());
-                        self.conn.handle_input(self.now, Input::TransportOpened);
-                    }
-                    Output::CloseTransport => {
-                        if let Some(s) = self.session.take() {
-                            self.emu.transport_closed(s, self.now);
-                        }
-                    }
-                    Output::Event(e) => self.events.push(e),
-                    other => panic!("unexpected output {other:?}"),
-                }
-            }
-            if self.paused() {
-                return;
-            }
-            while let Some((sid, out)) = self.emu.poll_output() {
-                moved = true;
-                if Some(sid) != self.session {
-                    continue;
-                }
-                match out {
-                    EmuOutput::Transmit(bytes) => {
-                        self.conn.handle_input(self.now, Input::Bytes(&bytes))
-                    }
-                    EmuOutput::Close => {
-                        self.session = None;
-                        self.emu.transport_closed(sid, self.now);
-                        self.conn.handle_input(self.now, Input::TransportClosed);
-                    }
-                }
-                if self.paused() {
-                    break;
-                }
-            }
-            while self.emu.poll_event().is_some() {}
-            if !moved {
-                return;
-            }
-        }
-    }
-
-    /// Advances the shared clock by `by`, firing every deadline of both sides on the way.
-    fn advance(&mut self, by: Duration) {
-        let end = self.now + by;
-        loop {
-            let next = [self.conn.poll_timeout(), self.emu.poll_timeout()]
-                .into_iter()
-                .flatten()
-                .filter(|t| *t <= end)
-                .min();
-            let Some(at) = next else { break };
-            self.now = self.now.max(at);
-            self.conn.handle_input(self.now, Input::Timeout);
-            self.emu.handle_timeout(self.now);
-            self.settle();
-        }
-        self.now = end;
-        self.conn.handle_input(self.now, Input::Timeout);
-        self.emu.handle_timeout(self.now);
         self.settle();
     }
 

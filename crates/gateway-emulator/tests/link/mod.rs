@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use gateway_emulator::{
     Emulator, EmulatorConfig, Event as EmuEvent, Output as EmuOutput, SessionId,
 };
-use gateway_proto::{Config, Connection, Event, Input, Output};
+use gateway_proto::{Config, Connection, Event, Input, OtaEvent, Output};
 
 /// A client connection and the emulator, wired by an in-memory transport.
 pub struct Link {
@@ -16,6 +16,8 @@ pub struct Link {
     pub now: Instant,
     pub events: Vec<Event>,
     pub emu_events: Vec<EmuEvent>,
+    /// Stop moving bytes once this many OTA chunk events have arrived (to cut a download).
+    pub pause_after_chunks: Option<usize>,
 }
 
 impl Link {
@@ -25,7 +27,18 @@ impl Link {
         std::mem::take(&mut self.events)
     }
 
+    /// An emulator set up by `setup`, and a client on `config`, run until quiet.
     pub fn new(config: Config, setup: impl FnOnce(&mut Emulator)) -> Self {
+        Self::paused_after(config, setup, None)
+    }
+
+    /// The same, stopping once `chunks` OTA chunks have arrived (to cut a download).
+    #[allow(dead_code)] // not every test binary uses every helper
+    pub fn paused_after(
+        config: Config,
+        setup: impl FnOnce(&mut Emulator),
+        chunks: Option<usize>,
+    ) -> Self {
         let now = Instant::now();
         let mut emu = Emulator::new(EmulatorConfig::default(), now, 1_700_000_000_000);
         setup(&mut emu);
@@ -37,12 +50,27 @@ impl Link {
             now,
             events: Vec::new(),
             emu_events: Vec::new(),
+            pause_after_chunks: chunks,
         };
         link.settle();
         link
     }
 
-    /// Moves bytes both ways until neither side has anything to say.
+    /// OTA chunk events received so far.
+    pub fn chunks_seen(&self) -> usize {
+        self.events
+            .iter()
+            .filter(|e| matches!(e, Event::Ota(OtaEvent::Chunk { .. })))
+            .count()
+    }
+
+    fn paused(&self) -> bool {
+        self.pause_after_chunks
+            .is_some_and(|n| self.chunks_seen() >= n)
+    }
+
+    /// Moves bytes both ways until neither side has anything to say (or the chunk pause is
+    /// reached).
     pub fn settle(&mut self) {
         loop {
             let mut moved = false;
@@ -67,6 +95,9 @@ impl Link {
                     other => panic!("unexpected output {other:?}"),
                 }
             }
+            if self.paused() {
+                return;
+            }
             while let Some((sid, out)) = self.emu.poll_output() {
                 moved = true;
                 if Some(sid) != self.session {
@@ -81,6 +112,9 @@ impl Link {
                         self.emu.transport_closed(sid, self.now);
                         self.conn.handle_input(self.now, Input::TransportClosed);
                     }
+                }
+                if self.paused() {
+                    break;
                 }
             }
             while let Some(e) = self.emu.poll_event() {

@@ -42,7 +42,7 @@ use crate::payload::{
 };
 use crate::raw::{RawDownlink, RawUplink};
 use crate::reason::ReasonCode;
-use crate::registry::Registry;
+use crate::registry::{Registry, Slot};
 use crate::split::{Budget, Message};
 use crate::stats::Stats;
 use crate::topic::{self, IdTopicKind, InboundTopic, TopicFamily};
@@ -191,9 +191,9 @@ pub(crate) enum Commit {
     /// Data for this sub-device: track it, record the uplink.
     TouchOne {
         device: String,
-        /// Tracked when the command was prepared (nothing changes the registry between
-        /// preparing and committing one command).
-        known: bool,
+        /// Its registry slot if it was tracked when the command was prepared (nothing
+        /// changes the registry between preparing and committing one command).
+        known: Option<Slot>,
     },
     /// Data for these sub-devices: track them, record the uplink.
     Touch(Vec<String>),
@@ -227,7 +227,7 @@ pub(crate) enum Commit {
 impl Commit {
     /// Committing changes nothing the send order depends on (no announce gets queued).
     pub(crate) fn is_quiet(&self) -> bool {
-        matches!(self, Self::Nothing | Self::TouchOne { known: true, .. })
+        matches!(self, Self::Nothing | Self::TouchOne { known: Some(_), .. })
     }
 }
 
@@ -933,12 +933,13 @@ impl Api {
                     ota.on_app_failed(kind, out);
                 }
             }
-            Commit::TouchOne { device, known } => {
-                self.registry.touch(&device, None, now);
-                if !known {
+            Commit::TouchOne { device, known } => match known {
+                Some(slot) => self.registry.touch_slot(slot, now),
+                None => {
+                    self.registry.touch(&device, None, now);
                     self.track_new(id, qos, vec![device]);
                 }
-            }
+            },
             Commit::Touch(devices) => {
                 let mut new = Vec::new();
                 for device in devices {

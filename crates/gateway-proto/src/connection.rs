@@ -1421,7 +1421,10 @@ fn encode_failure(e: codec::EncodeError) -> RequestError {
 /// MQTT topic-name rules plus ThingsBoard's: non-empty, no wildcards, no NUL, fits a
 /// 16-bit length.
 fn valid_topic_name(topic: &str) -> bool {
-    !topic.is_empty() && topic.len() <= usize::from(u16::MAX) && !topic.contains(['+', '#', '\0'])
+    // Bytes, not chars: no byte of a multi-byte UTF-8 sequence is ASCII.
+    !topic.is_empty()
+        && topic.len() <= usize::from(u16::MAX)
+        && !topic.bytes().any(|b| matches!(b, b'+' | b'#' | 0))
 }
 
 /// MQTT remaining length of a PUBLISH (what packet-size limits measure).

@@ -4,7 +4,8 @@
 //! its outcome. Ids grow monotonically and the queue is FIFO, so the oldest entry always has
 //! the earliest deadline and every in-flight entry is older than every queued one. That keeps
 //! timeouts O(1) per expired message and lets a reconnect rebuild the send order from the
-//! map alone.
+//! entries alone. The entries are a hash map (several lookups per publish, O(1) however many
+//! wait) with a cursor on the oldest id ([`Entries`]).
 //!
 //! Packet ids are unique among the PUBLISHes and SUBSCRIBEs awaiting an answer on the current
 //! connection. A publish that timed out while in flight leaves a tombstone on its packet id
@@ -12,7 +13,7 @@
 //! newer message that reused the id.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -94,9 +95,7 @@ pub(crate) enum Ready {
 
 #[derive(Debug)]
 pub(crate) struct Outbound {
-    /// Boxed: the map's nodes stay small (eleven ids and pointers, not eleven ~100-byte
-    /// entries), which keeps node allocations in the allocator's fast small-size classes.
-    entries: BTreeMap<u64, Box<Entry>>,
+    entries: Entries,
     /// Ids waiting for transmission, oldest first. May hold ids that already finished
     /// (timed out); they are skipped, and the queue is compacted when they pile up.
     queue: VecDeque<u64>,
@@ -112,7 +111,7 @@ pub(crate) struct Outbound {
 impl Outbound {
     pub(crate) fn new(max_buffered: usize) -> Self {
         Self {
-            entries: BTreeMap::new(),
+            entries: Entries::default(),
             queue: VecDeque::new(),
             stale_in_queue: 0,
             slots: IdMap::default(),
@@ -166,7 +165,7 @@ impl Outbound {
     }
 
     pub(crate) fn get(&self, id: u64) -> Option<&Entry> {
-        self.entries.get(&id).map(|e| &**e)
+        self.entries.get(id)
     }
 
     /// The next publish to transmit (stale queue ids are dropped on the way), to look at
@@ -174,8 +173,8 @@ impl Outbound {
     pub(crate) fn head(&mut self) -> Option<&mut Entry> {
         loop {
             let id = *self.queue.front()?;
-            if self.entries.contains_key(&id) {
-                return self.entries.get_mut(&id).map(|e| &mut **e);
+            if self.entries.contains(id) {
+                return self.entries.get_mut(id);
             }
             self.queue.pop_front();
             self.stale_in_queue = self.stale_in_queue.saturating_sub(1);
@@ -185,7 +184,7 @@ impl Outbound {
     /// The publish in flight with `pkid`, if any.
     pub(crate) fn in_flight(&self, pkid: u16) -> Option<(u64, &Entry)> {
         match self.slots.get(&pkid) {
-            Some(Slot::Publish(id)) => self.entries.get(id).map(|e| (*id, &**e)),
+            Some(Slot::Publish(id)) => self.entries.get(*id).map(|e| (*id, e)),
             _ => None,
         }
     }
@@ -198,7 +197,7 @@ impl Outbound {
             return false;
         };
         let id = *id;
-        let Some(entry) = self.entries.get_mut(&id) else {
+        let Some(entry) = self.entries.get_mut(id) else {
             return false;
         };
         if entry.attempts >= max_attempts {
@@ -217,7 +216,7 @@ impl Outbound {
     pub(crate) fn next_ready(&mut self, max_inflight: usize) -> Option<Ready> {
         loop {
             let id = *self.queue.front()?;
-            let Some(entry) = self.entries.get_mut(&id) else {
+            let Some(entry) = self.entries.get_mut(id) else {
                 self.queue.pop_front();
                 self.stale_in_queue = self.stale_in_queue.saturating_sub(1);
                 continue;
@@ -225,7 +224,7 @@ impl Outbound {
             match entry.qos {
                 QoS::AtMostOnce => {
                     self.queue.pop_front();
-                    let entry = self.entries.remove(&id)?;
+                    let entry = self.entries.remove(id)?;
                     self.buffered -= entry.cost;
                     return Some(Ready::AtMostOnce(id, entry));
                 }
@@ -270,7 +269,7 @@ impl Outbound {
         match self.slots.remove(&pkid) {
             Some(Slot::Publish(id)) => {
                 self.inflight -= 1;
-                if let Some(entry) = self.entries.remove(&id) {
+                if let Some(entry) = self.entries.remove(id) {
                     self.buffered -= entry.cost;
                 }
                 Acked::Publish(id)
@@ -311,7 +310,7 @@ impl Outbound {
     /// response deadline passed). In flight, its packet id stays reserved as a tombstone
     /// until the PUBACK. Returns whether it was unfinished.
     pub(crate) fn cancel(&mut self, id: u64) -> bool {
-        let Some(entry) = self.entries.remove(&id) else {
+        let Some(entry) = self.entries.remove(id) else {
             return false;
         };
         self.buffered -= entry.cost;
@@ -328,7 +327,7 @@ impl Outbound {
     /// When the oldest unfinished publish times out.
     pub(crate) fn next_deadline(&self, timeout: Option<Duration>) -> Option<Instant> {
         let timeout = timeout?;
-        let (_, oldest) = self.entries.first_key_value()?;
+        let (_, oldest) = self.entries.oldest()?;
         oldest.accepted_at.checked_add(timeout)
     }
 
@@ -339,7 +338,7 @@ impl Outbound {
             if deadline > now {
                 break;
             }
-            let Some(&id) = self.entries.keys().next() else {
+            let Some((id, _)) = self.entries.oldest() else {
                 break;
             };
             self.cancel(id);
@@ -355,7 +354,7 @@ impl Outbound {
             self.stale_in_queue = 0;
         } else if self.stale_in_queue > 64 && self.stale_in_queue > self.queue.len() / 2 {
             let entries = &self.entries;
-            self.queue.retain(|id| entries.contains_key(id));
+            self.queue.retain(|&id| entries.contains(id));
             self.stale_in_queue = 0;
         }
     }
@@ -367,7 +366,7 @@ impl Outbound {
         self.slots.clear();
         self.inflight = 0;
         let mut failed = Vec::new();
-        self.entries.retain(|&id, entry| {
+        self.entries.retain(|id, entry| {
             if entry.pkid.take().is_some() && entry.attempts >= max_attempts {
                 failed.push(id);
                 false
@@ -375,15 +374,16 @@ impl Outbound {
                 true
             }
         });
+        failed.sort_unstable();
         self.recount();
-        self.queue = self.entries.keys().copied().collect();
+        self.queue = self.entries.sorted_ids().into();
         self.stale_in_queue = 0;
         failed
     }
 
     /// Removes everything (the application closed the connection); returns the ids.
     pub(crate) fn drain_all(&mut self) -> Vec<u64> {
-        let ids = self.entries.keys().copied().collect();
+        let ids = self.entries.sorted_ids();
         self.entries.clear();
         self.queue.clear();
         self.slots.clear();
@@ -394,7 +394,7 @@ impl Outbound {
     }
 
     fn recount(&mut self) {
-        self.buffered = self.entries.values().map(|e| e.cost).sum();
+        self.buffered = self.entries.map.values().map(|e| e.cost).sum();
     }
 
     /// Bytes charged against the buffer bound.
@@ -415,6 +415,106 @@ impl Outbound {
     /// Packet ids awaiting an answer (publishes, tombstones, subscribes).
     pub(crate) fn pkids_in_use(&self) -> impl Iterator<Item = u16> + '_ {
         self.slots.keys().copied()
+    }
+}
+
+/// The unfinished publishes by request id, and the oldest id, kept current on every change
+/// so that the publish timer costs nothing per command.
+#[derive(Debug, Default)]
+struct Entries {
+    /// Boxed: the table's slots stay small (an id and a pointer), so growing it moves 16
+    /// bytes per entry rather than ~100.
+    map: IdMap<u64, Box<Entry>>,
+    /// No entry has a smaller id; the entry with this id exists unless the map is empty.
+    oldest: u64,
+}
+
+impl Entries {
+    fn insert(&mut self, id: u64, entry: Box<Entry>) {
+        if self.map.is_empty() || id < self.oldest {
+            self.oldest = id;
+        }
+        self.map.insert(id, entry);
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        self.map.contains_key(&id)
+    }
+
+    fn get(&self, id: u64) -> Option<&Entry> {
+        self.map.get(&id).map(|e| &**e)
+    }
+
+    fn get_mut(&mut self, id: u64) -> Option<&mut Entry> {
+        self.map.get_mut(&id).map(|e| &mut **e)
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Box<Entry>> {
+        let entry = self.map.remove(&id)?;
+        if id == self.oldest {
+            self.find_oldest();
+        }
+        self.shrink();
+        Some(entry)
+    }
+
+    /// The oldest entry.
+    fn oldest(&self) -> Option<(u64, &Entry)> {
+        self.map.get(&self.oldest).map(|e| (self.oldest, &**e))
+    }
+
+    /// Moves the cursor to the oldest remaining entry: forward one id at a time while that
+    /// is cheaper than looking at every entry (ids the store never held, such as QoS 0
+    /// publishes sent at once, leave gaps), else the smallest key. A call costs at most
+    /// twice the number of ids it moves past, so the cursor costs O(1) per request overall.
+    fn find_oldest(&mut self) {
+        if self.map.is_empty() {
+            return;
+        }
+        for _ in 0..self.map.len() {
+            self.oldest += 1;
+            if self.map.contains_key(&self.oldest) {
+                return;
+            }
+        }
+        if let Some(&min) = self.map.keys().min() {
+            self.oldest = min;
+        }
+    }
+
+    /// Gives memory back after a large backlog drained (a table keeps its size otherwise).
+    fn shrink(&mut self) {
+        let capacity = self.map.capacity();
+        if capacity > 1024 && self.map.len() * 8 < capacity {
+            self.map.shrink_to(self.map.len() * 2);
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(u64, &mut Entry) -> bool) {
+        self.map.retain(|&id, e| keep(id, e));
+        if let Some(&min) = self.map.keys().min() {
+            self.oldest = min;
+        }
+        self.shrink();
+    }
+
+    /// Every id, oldest first.
+    fn sorted_ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.map.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    fn clear(&mut self) {
+        self.map = IdMap::default();
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.map.is_empty()
     }
 }
 
@@ -600,5 +700,66 @@ mod tests {
         assert_eq!(o.ack(s), Acked::WrongKind);
         assert_eq!(o.take_subscribe(s), Some(vec!["a".to_string()]));
         assert_eq!(o.take_subscribe(s), None);
+    }
+
+    fn entry() -> Box<Entry> {
+        Box::new(Entry {
+            topic: "t".into(),
+            payload: Bytes::new(),
+            qos: QoS::AtLeastOnce,
+            accepted_at: Instant::now(),
+            attempts: 0,
+            cost: 1,
+            charge: None,
+            pkid: None,
+        })
+    }
+
+    proptest::proptest! {
+        /// The oldest-id cursor always names the smallest id left, whatever the gaps
+        /// between ids and the order of removals.
+        #[test]
+        fn the_cursor_names_the_smallest_id(
+            ops in proptest::collection::vec((proptest::bool::ANY, 0u64..3000), 0..300)
+        ) {
+            let mut e = Entries::default();
+            let mut model = std::collections::BTreeSet::new();
+            let mut next = 0u64;
+            for (insert, n) in ops {
+                if insert || model.is_empty() {
+                    next += 1 + n % 50;
+                    e.insert(next, entry());
+                    model.insert(next);
+                } else {
+                    let id = *model.iter().nth(n as usize % model.len()).unwrap();
+                    model.remove(&id);
+                    proptest::prop_assert!(e.remove(id).is_some());
+                }
+                proptest::prop_assert_eq!(e.oldest().map(|(id, _)| id), model.first().copied());
+                proptest::prop_assert_eq!(e.len(), model.len());
+            }
+            e.retain(|id, _| id % 2 == 0);
+            model.retain(|id| id % 2 == 0);
+            proptest::prop_assert_eq!(e.oldest().map(|(id, _)| id), model.first().copied());
+            proptest::prop_assert_eq!(e.sorted_ids(), model.into_iter().collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn a_drained_backlog_gives_its_table_back() {
+        let mut e = Entries::default();
+        for id in 0..100_000 {
+            e.insert(id, entry());
+        }
+        let big = e.map.capacity();
+        for id in 0..99_990 {
+            e.remove(id);
+        }
+        assert!(
+            e.map.capacity() * 100 < big,
+            "{} of {big}",
+            e.map.capacity()
+        );
+        assert_eq!(e.oldest().map(|(id, _)| id), Some(99_990));
     }
 }

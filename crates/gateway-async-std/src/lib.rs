@@ -297,6 +297,8 @@ async fn run(
     let mut io: Option<Box<dyn Io>> = None;
     let mut buf = vec![0u8; options.read_buffer.max(1024)];
     let mut clients_gone = false;
+    // Set after a read while the in-flight window is mostly full (`read_coalescing`).
+    let mut coalesce = false;
     loop {
         while let Some(action) = driver.poll_action() {
             match action {
@@ -340,6 +342,16 @@ async fn run(
         if driver.is_finished() {
             break;
         }
+        if let (true, Some(wait)) = (coalesce, options.read_coalescing) {
+            coalesce = false;
+            // Let more acknowledgements arrive; the core's own deadline still comes first.
+            let deadline = driver.poll_timeout();
+            future::or(
+                Timer::after(wait),
+                deadline.map_or_else(Timer::never, Timer::at),
+            )
+            .await;
+        }
         // Only cancel-safe futures race: the timer, a read and a receive. The deadline is
         // polled first so a busy socket or request queue cannot starve it (the core acts on
         // time only when told); reads and requests are polled in random order so neither
@@ -363,7 +375,10 @@ async fn run(
                 io = None;
                 driver.transport_closed(Instant::now());
             }
-            Woke::Read(Ok(n)) => driver.handle_bytes(Instant::now(), &buf[..n]),
+            Woke::Read(Ok(n)) => {
+                driver.handle_bytes(Instant::now(), &buf[..n]);
+                coalesce = driver.window_mostly_full();
+            }
             Woke::Read(Err(e)) => {
                 io = None;
                 driver.transport_failed(Instant::now(), TransportError::io(&e));

@@ -42,6 +42,7 @@ on_both_executors!(
     round_trip_over_mutual_tls_with_x509_authentication,
     provisions_then_connects_and_takes_a_firmware_update,
     a_stalled_write_fails_the_transport,
+    a_qos1_burst_with_read_coalescing_is_delivered_in_order,
 );
 
 /// Drains the event stream and checks it ends with the local close.
@@ -184,4 +185,15 @@ async fn a_stalled_write_fails_the_transport() {
         .await
         .unwrap();
     scenario::write_stall_fails_the_transport(&client, &events).await;
+}
+
+/// A QoS 1 burst through a small in-flight window with read coalescing on: everything is
+/// delivered in order and a request made meanwhile is answered.
+async fn a_qos1_burst_with_read_coalescing_is_delivered_in_order() {
+    let platform = Platform::start();
+    let (client, _events) = connect(scenario::coalescing_options(&platform))
+        .await
+        .unwrap();
+    scenario::coalesced_qos1_burst(&platform, &client).await;
+    client.close().await;
 }

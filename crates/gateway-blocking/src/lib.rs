@@ -138,6 +138,7 @@ pub fn spawn(options: ClientOptions, first_attempt: FirstAttempt) -> Result<Spaw
         readers: Vec::new(),
         clients_gone: false,
         more_requests: false,
+        coalesce: false,
         scratch: vec![0; options.read_buffer.max(1024)],
         options,
     };
@@ -475,6 +476,8 @@ struct Runner {
     clients_gone: bool,
     /// The last wake-up left requests in the queue: look again without waiting.
     more_requests: bool,
+    /// Set after a read while the in-flight window is mostly full (`read_coalescing`).
+    coalesce: bool,
     /// Scratch space for decrypted bytes; its length is also each read's size.
     scratch: Vec<u8>,
 }
@@ -502,6 +505,7 @@ impl Runner {
 
     /// Sleeps until a wake-up or the core's deadline, then feeds the driver what happened.
     fn wait(&mut self) {
+        let coalesced = self.pause_for_coalescing();
         let deadline = self.driver.poll_timeout();
         let wake = if self.more_requests {
             self.wakes.try_recv().ok()
@@ -517,6 +521,17 @@ impl Runner {
         };
         if let Some(wake) = wake {
             self.handle_wake(wake);
+            if coalesced {
+                // Everything the reader thread queued during the pause, in this wake-up: its
+                // acknowledgements make room for publishes that then leave in one write.
+                // Bounded, as the reader thread keeps sending meanwhile.
+                for _ in 0..WAKE_CAPACITY {
+                    let Ok(wake) = self.wakes.try_recv() else {
+                        break;
+                    };
+                    self.handle_wake(wake);
+                }
+            }
         }
         // Requests are taken on every wake-up: a client's own wake-up may have been
         // skipped while the queue of wake-ups was full.
@@ -526,11 +541,34 @@ impl Runner {
         }
     }
 
+    /// `ClientOptions::read_coalescing`: after a read that left the in-flight window mostly
+    /// full, sleeps for the configured wait (cut short by the core's deadline) before taking
+    /// the next wake-up. The reader thread keeps reading meanwhile and queues what arrives
+    /// (up to `WAKE_CAPACITY` reads, then it waits), so the wake-ups after the pause carry
+    /// several reads' worth of acknowledgements, which [`wait`](Self::wait) then handles
+    /// together. Requests and end-of-stream wait for the pause too, as they do in the async
+    /// adapters. Whether it paused.
+    fn pause_for_coalescing(&mut self) -> bool {
+        let Some(wait) = self.options.read_coalescing else {
+            return false;
+        };
+        if !std::mem::take(&mut self.coalesce) {
+            return false;
+        }
+        let pause = match self.driver.poll_timeout() {
+            Some(at) => wait.min(at.saturating_duration_since(Instant::now())),
+            None => wait,
+        };
+        thread::sleep(pause);
+        true
+    }
+
     fn handle_wake(&mut self, wake: Wake) {
         match wake {
             Wake::Requests => {}
             Wake::Bytes(generation, bytes) if generation == self.generation => {
                 self.received(&bytes);
+                self.coalesce = self.transport.is_some() && self.driver.window_mostly_full();
             }
             Wake::Closed(generation) if generation == self.generation => {
                 self.drop_transport();

@@ -344,3 +344,17 @@ fn a_stalled_write_fails_the_transport() {
         &events,
     ));
 }
+
+/// A QoS 1 burst through a small in-flight window with read coalescing on (the driver thread
+/// pauses before taking the next wake-up): everything is delivered in order and a request
+/// made meanwhile is answered.
+#[test]
+fn a_qos1_burst_with_read_coalescing_is_delivered_in_order() {
+    let platform = Platform::start();
+    let (client, _events) = connect(scenario::coalescing_options(&platform)).unwrap();
+    block_on(scenario::coalesced_qos1_burst(
+        &platform,
+        &client.to_async(),
+    ));
+    client.close();
+}

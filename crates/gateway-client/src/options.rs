@@ -44,8 +44,8 @@ pub struct ClientOptions {
     /// one wake-up handles many acknowledgements (and sends the publishes they make room for
     /// in one write) instead of a few. Saves CPU per message at high rates with a large
     /// window, at the cost of up to this much extra latency for outcomes and downlinks while
-    /// the window is that full. `None` (the default) never waits. Honoured by
-    /// `gateway-tokio`.
+    /// the window is that full. The wait ends early at the core's next deadline. `None`
+    /// (the default) never waits. Honoured by every adapter.
     pub read_coalescing: Option<std::time::Duration>,
     /// Longest a write may make no progress before the transport counts as failed (then
     /// the core reconnects after its backoff). A peer that stops reading without closing,

@@ -101,3 +101,15 @@ async fn a_stalled_write_fails_the_transport() {
         .unwrap();
     scenario::write_stall_fails_the_transport(&client, &events).await;
 }
+
+/// A QoS 1 burst through a small in-flight window with read coalescing on: everything is
+/// delivered in order and a request made meanwhile is answered.
+#[tokio::test]
+async fn a_qos1_burst_with_read_coalescing_is_delivered_in_order() {
+    let platform = Platform::start();
+    let (client, _events) = connect(scenario::coalescing_options(&platform))
+        .await
+        .unwrap();
+    scenario::coalesced_qos1_burst(&platform, &client).await;
+    client.close().await;
+}

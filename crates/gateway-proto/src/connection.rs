@@ -772,9 +772,7 @@ impl Connection {
         qos: QoS,
         charge: Option<Charge>,
     ) -> Result<RequestId, CommandError> {
-        if !valid_topic_name(&topic) {
-            return Err(CommandError::InvalidTopic(topic.into_owned()));
-        }
+        check_topic(&topic)?;
         let cost = self.publish_cost(&topic, payload.len(), qos)?;
         let id = self.next_request;
         self.outbound
@@ -827,9 +825,7 @@ impl Connection {
         commit: Commit,
         charge: Charge,
     ) -> Result<RequestId, CommandError> {
-        if !valid_topic_name(&topic) {
-            return Err(CommandError::InvalidTopic(topic.into_owned()));
-        }
+        check_topic(&topic)?;
         let payload = self.api.payload_bytes(payload);
         self.publish_cost(&topic, payload.len(), QoS::AtMostOnce)?;
         let id = self.next_request;
@@ -895,9 +891,7 @@ impl Connection {
         more: Vec<(bytes::Bytes, Charge)>,
         qos: QoS,
     ) -> Result<RequestId, CommandError> {
-        if !valid_topic_name(&topic) {
-            return Err(CommandError::InvalidTopic(topic.into_owned()));
-        }
+        check_topic(&topic)?;
         let parts: Vec<(bytes::Bytes, Charge)> = std::iter::once(first).chain(more).collect();
         let mut costs = Vec::with_capacity(parts.len());
         for (payload, _) in &parts {
@@ -1415,6 +1409,19 @@ fn encode_failure(e: codec::EncodeError) -> RequestError {
             max,
         },
         other => RequestError::Encode(other),
+    }
+}
+
+/// A publish topic the application chose must be a valid topic name. The API's own topics
+/// (`Cow::Borrowed`, the constants of [`topic`]) are, and the codec checks every topic again
+/// when it encodes, so they skip the scan.
+#[allow(clippy::ptr_arg)] // The variant is what this looks at.
+fn check_topic(topic: &std::borrow::Cow<'static, str>) -> Result<(), CommandError> {
+    match topic {
+        std::borrow::Cow::Owned(t) if !valid_topic_name(t) => {
+            Err(CommandError::InvalidTopic(t.clone()))
+        }
+        _ => Ok(()),
     }
 }
 

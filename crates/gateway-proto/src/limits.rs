@@ -119,8 +119,9 @@ impl LimitsConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LimitsReport {
-    /// The server answered; these limits are in force from now on.
-    Applied(AppliedLimits),
+    /// The server answered; these limits are in force from now on. Boxed: it is rare and
+    /// large, and every [`Event`](crate::Event) is as large as its largest variant.
+    Applied(Box<AppliedLimits>),
     /// No answer within [`LimitsConfig::session_limits_wait`] (or the server refused the
     /// request, or a plain broker reflected it back): queued data goes out with the limits
     /// known before, if any. A late answer is still applied.
@@ -473,11 +474,11 @@ impl Limits {
             Ok(n) => self.config_window.min(n),
             Err(_) => self.config_window,
         };
-        LimitsReport::Applied(AppliedLimits {
+        LimitsReport::Applied(Box::new(AppliedLimits {
             server: limits,
             max_outgoing_packet: self.max_packet,
             max_inflight: self.window,
-        })
+        }))
     }
 
     /// When `charge` may be published; `now` if it may.

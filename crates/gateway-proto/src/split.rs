@@ -504,6 +504,10 @@ impl Groups {
 
     /// Publish `id` finished with `result`.
     pub(crate) fn settle(&mut self, id: u64, result: Result<PartDone, RequestError>) -> Settled {
+        if self.request_of.is_empty() {
+            // No split command unfinished (the usual case): skip the lookup.
+            return Settled::Single(result);
+        }
         let Some(request) = self.request_of.remove(&id) else {
             return Settled::Single(result);
         };

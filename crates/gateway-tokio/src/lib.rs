@@ -232,12 +232,17 @@ async fn run(
         if let (true, Some(wait)) = (coalesce, options.read_coalescing) {
             coalesce = false;
             // Let more acknowledgements arrive; the core's own deadline still comes first.
-            let until = tokio::time::Instant::now() + wait;
-            let until = match driver.poll_timeout() {
-                Some(at) => until.min(at.into()),
-                None => until,
+            // A wait too long to represent is a wait for the deadline alone.
+            let until = tokio::time::Instant::now().checked_add(wait);
+            let until = match (until, driver.poll_timeout()) {
+                (Some(until), Some(at)) => Some(until.min(at.into())),
+                (until, None) => until,
+                (None, Some(at)) => Some(at.into()),
             };
-            tokio::time::sleep_until(until).await;
+            match until {
+                Some(until) => tokio::time::sleep_until(until).await,
+                None => std::future::pending().await,
+            }
         }
         let deadline = driver.poll_timeout();
         if deadline != armed {

@@ -21,7 +21,7 @@ use crate::connection::publish_remaining_len;
 use crate::correlation::{Expect, Pending, PendingRequests, ServerRpcs};
 use crate::error::CommandError;
 use crate::event::{Event, RequestError, RequestId, Warning};
-use crate::idmap::IdMap;
+use crate::idmap::{self, IdMap};
 use crate::ota::{
     state_telemetry, Ota, OtaCommand, OtaCommandError, OtaKind, OtaState, OtaVersion,
 };
@@ -1014,7 +1014,7 @@ impl Api {
     /// request's outcome; `false` when the request still awaits its answer, or when it had
     /// already ended (its answer or response deadline came first).
     pub(crate) fn on_outcome(&mut self, id: u64, result: Result<(), &RequestError>) -> bool {
-        if let Some(devices) = self.connects.remove(&id) {
+        if let Some(devices) = idmap::take(&mut self.connects, &id) {
             match result {
                 Err(RequestError::Rejected(_)) => {
                     // Not connected on the server (device limit or another failure): forget
@@ -1036,7 +1036,7 @@ impl Api {
                 _ => {}
             }
         }
-        if let Some(device) = self.disconnects.remove(&id) {
+        if let Some(device) = idmap::take(&mut self.disconnects, &id) {
             if self.role == Role::Gateway && self.registry.mark_queued(&device) {
                 self.lane.push_back(LaneItem::Announce(device));
             }

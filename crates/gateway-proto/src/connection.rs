@@ -15,7 +15,7 @@ use crate::command::Command;
 use crate::config::{Config, Credentials, PER_MESSAGE_OVERHEAD, PROVISION_IDENTITY};
 use crate::error::{CommandError, ConfigError, ProtocolError};
 use crate::event::{DisconnectReason, Event, RequestError, RequestId, Warning};
-use crate::idmap::IdMap;
+use crate::idmap::{self, IdMap};
 use crate::limits::{self, Limits, PushBack, Traffic};
 use crate::ota::OtaKind;
 use crate::outbound::{Acked, ControlTag, Outbound, Ready};
@@ -1238,7 +1238,7 @@ impl Connection {
     /// command once the last part is finished; a publish the connection made on its own
     /// is handled here).
     fn fail(&mut self, now: Instant, id: u64, error: RequestError) {
-        if let Some(internal) = self.internal.remove(&id) {
+        if let Some(internal) = idmap::take(&mut self.internal, &id) {
             match internal {
                 Internal::OtaReport(_) if error == RequestError::Closed => {}
                 Internal::OtaReport(kind) => self
@@ -1272,7 +1272,7 @@ impl Connection {
 
     /// Publish `id` finished well.
     fn finished(&mut self, id: u64, done: PartDone) {
-        if self.internal.remove(&id).is_some() {
+        if idmap::take(&mut self.internal, &id).is_some() {
             // A publish of the connection's own was acknowledged.
             if done == PartDone::Delivered {
                 self.stats.delivered += 1;

@@ -12,6 +12,17 @@ use std::hash::{BuildHasherDefault, Hasher};
 /// A hash map keyed by an id this side allocated.
 pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
+/// Removes `key` from `map`. Most of these maps are empty most of the time (no split
+/// command, no connect or internal publish outstanding) while every publish asks them:
+/// an empty map is answered without hashing or probing.
+pub(crate) fn take<K: std::hash::Hash + Eq, V>(map: &mut IdMap<K, V>, key: &K) -> Option<V> {
+    if map.is_empty() {
+        None
+    } else {
+        map.remove(key)
+    }
+}
+
 /// One multiplication by 2^64/φ; the high bits, which hashbrown reads first, mix well.
 const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
 

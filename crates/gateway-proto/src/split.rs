@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::event::RequestError;
-use crate::idmap::IdMap;
+use crate::idmap::{self, IdMap};
 use crate::payload::{
     write_entry, ClientAttributes, DeviceTelemetry, GatewayTelemetry, Payload, TelemetryEntry,
     TelemetryMetadata,
@@ -504,11 +504,7 @@ impl Groups {
 
     /// Publish `id` finished with `result`.
     pub(crate) fn settle(&mut self, id: u64, result: Result<PartDone, RequestError>) -> Settled {
-        if self.request_of.is_empty() {
-            // No split command unfinished (the usual case): skip the lookup.
-            return Settled::Single(result);
-        }
-        let Some(request) = self.request_of.remove(&id) else {
+        let Some(request) = idmap::take(&mut self.request_of, &id) else {
             return Settled::Single(result);
         };
         let Some(group) = self.groups.get_mut(&request) else {

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use criterion::{criterion_group, BatchSize, Criterion, Throughput};
 use gateway_benches::{
-    answer_acks, bench_config, connected, connected_with_devices, encode, telemetry_command,
-    telemetry_json, TELEMETRY_TOPIC, TS0,
+    answer_acks, bench_config, connack, connected, connected_with_devices, encode,
+    telemetry_command, telemetry_json, TELEMETRY_TOPIC, TS0,
 };
 use gateway_proto::payload::{GatewayAttributeResponse, GatewayRpcRequest, Payload};
 use gateway_proto::wire::{self, Packet, ProtocolVersion};
@@ -400,18 +400,7 @@ fn reannounce(c: &mut Criterion) {
         ack(&mut conn, t0, &mut acks);
     }
     let mut now = t0;
-    let connack = {
-        let mut b = BytesMut::new();
-        encode(
-            &Packet::ConnAck(wire::ConnAck {
-                session_present: false,
-                code: 0,
-            }),
-            V311,
-            &mut b,
-        );
-        b
-    };
+    let connack = connack(V311);
     // Per iteration: the link drops, the backoff passes, a new transport opens, CONNACK; then
     // every sub-device is announced again, acknowledged a window (100) at a time.
     group.bench_function("reconnect_and_reannounce_all", |b| {

@@ -17,9 +17,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use gateway_benches::{answer_acks, bench_config, connected, encode, telemetry_command};
-use gateway_proto::wire::{self, Packet, ProtocolVersion};
+use gateway_benches::{answer_acks, bench_config, connack, connected, telemetry_command};
+use gateway_proto::wire::ProtocolVersion;
 use gateway_proto::{Command, CommandError, Connection, Input, Output};
 
 /// Counts live and peak bytes requested through the global allocator, then delegates to
@@ -146,16 +145,7 @@ fn sub_devices() {
     while conn.poll_output().is_some() {}
     conn.handle_input(later, Input::TransportOpened);
     while conn.poll_output().is_some() {}
-    let mut connack = BytesMut::new();
-    encode(
-        &Packet::ConnAck(wire::ConnAck {
-            session_present: false,
-            code: 0,
-        }),
-        ProtocolVersion::V311,
-        &mut connack,
-    );
-    conn.handle_input(later, Input::Bytes(&connack));
+    conn.handle_input(later, Input::Bytes(&connack(ProtocolVersion::V311)));
     drain(&mut conn, &mut acks);
     settle(&mut conn, later, &mut acks);
     assert_eq!(conn.stats().reannounced, DEVICES as u64);

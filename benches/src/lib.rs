@@ -80,16 +80,7 @@ pub fn connected(config: Config, now: Instant) -> Connection {
     while conn.poll_output().is_some() {}
     conn.handle_input(now, Input::TransportOpened);
     while conn.poll_output().is_some() {}
-    let mut connack = BytesMut::new();
-    encode(
-        &Packet::ConnAck(wire::ConnAck {
-            session_present: false,
-            code: 0,
-        }),
-        version,
-        &mut connack,
-    );
-    conn.handle_input(now, Input::Bytes(&connack));
+    conn.handle_input(now, Input::Bytes(&connack(version)));
     let mut sent = BytesMut::new();
     while let Some(o) = conn.poll_output() {
         if let gateway_proto::Output::Transmit(b) = o {
@@ -130,6 +121,20 @@ pub fn connected_with_devices(config: Config, now: Instant) -> Connection {
     );
     assert_eq!(conn.stats().inflight, 0, "every announce acknowledged");
     conn
+}
+
+/// The broker's CONNACK to a fresh session.
+pub fn connack(version: ProtocolVersion) -> BytesMut {
+    let mut out = BytesMut::new();
+    encode(
+        &Packet::ConnAck(wire::ConnAck {
+            session_present: false,
+            code: 0,
+        }),
+        version,
+        &mut out,
+    );
+    out
 }
 
 /// Encodes a packet (benchmark packets always fit).

@@ -96,9 +96,9 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use gateway_client::{Action, Commands, Driver, Parts, Queue, Request, TlsSetup};
 
 pub use gateway_client::{
-    gateway_proto, Answer, AttributeValues, BlockingClient, Client, ClientError, ClientEvent,
-    ClientOptions, ConnectError, Delivery, Events, FirstAttempt, Pending, Startup, TlsError,
-    TlsOptions, TransportError,
+    gateway_proto, Answer, AttributeValues, BatchAnswers, BlockingClient, Client, ClientError,
+    ClientEvent, ClientOptions, ConnectError, Delivery, Events, FirstAttempt, Pending, Startup,
+    TlsError, TlsOptions, TransportError,
 };
 
 /// Connects and waits for the first session. A refusal (bad credentials), a TLS failure or an

@@ -43,6 +43,7 @@ on_both_executors!(
     provisions_then_connects_and_takes_a_firmware_update,
     a_stalled_write_fails_the_transport,
     a_qos1_burst_with_read_coalescing_is_delivered_in_order,
+    batches_are_answered_per_command_and_stored_in_order,
 );
 
 /// Drains the event stream and checks it ends with the local close.
@@ -195,5 +196,16 @@ async fn a_qos1_burst_with_read_coalescing_is_delivered_in_order() {
         .await
         .unwrap();
     scenario::coalesced_qos1_burst(&platform, &client).await;
+    client.close().await;
+}
+
+/// Sub-device telemetry in batches through a small in-flight window: one answer per command,
+/// in order, and everything stored once.
+async fn batches_are_answered_per_command_and_stored_in_order() {
+    let platform = Platform::start();
+    let (client, _events) = connect(scenario::coalescing_options(&platform))
+        .await
+        .unwrap();
+    scenario::batched_uplink(&platform, &client).await;
     client.close().await;
 }

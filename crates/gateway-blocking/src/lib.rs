@@ -48,9 +48,9 @@ pub use gateway_client::TransportError;
 use gateway_client::{Action, Commands, Driver, Parts, Queue, TlsSetup};
 
 pub use gateway_client::{
-    gateway_proto, Answer, AttributeValues, BlockingClient, Client, ClientError, ClientEvent,
-    ClientOptions, ConnectError, Delivery, Events, FirstAttempt, Pending, Startup, TlsError,
-    TlsOptions,
+    gateway_proto, Answer, AttributeValues, BatchAnswers, BlockingClient, Client, ClientError,
+    ClientEvent, ClientOptions, ConnectError, Delivery, Events, FirstAttempt, Pending, Startup,
+    TlsError, TlsOptions,
 };
 
 /// Wake-ups queued for the driver thread before the reader thread waits: while the driver

@@ -358,3 +358,13 @@ fn a_qos1_burst_with_read_coalescing_is_delivered_in_order() {
     ));
     client.close();
 }
+
+/// Sub-device telemetry in batches through a small in-flight window: one answer per command,
+/// in order, and everything stored once.
+#[test]
+fn batches_are_answered_per_command_and_stored_in_order() {
+    let platform = Platform::start();
+    let (client, _events) = connect(scenario::coalescing_options(&platform)).unwrap();
+    block_on(scenario::batched_uplink(&platform, &client.to_async()));
+    client.close();
+}

@@ -13,8 +13,8 @@ use serde_json::{Map, Value};
 
 use crate::error::ClientError;
 use crate::request::{
-    to_answer, to_attributes, to_delivery, to_raw, to_rpc, Answer, AttributeValues, Convert,
-    Delivery, Pending, Reply, Request, RequestKind,
+    to_answer, to_attributes, to_batch, to_delivery, to_raw, to_rpc, Answer, AttributeValues,
+    BatchAnswers, Convert, Delivery, Pending, Reply, Request, RequestKind,
 };
 
 /// Called after each request is queued, for drivers that cannot wait on the queue itself
@@ -58,7 +58,27 @@ impl std::fmt::Debug for BlockingClient {
     }
 }
 
+/// The batch request for `commands`, or why it cannot be one.
+fn batch_request(
+    commands: Vec<Command>,
+) -> Result<(RequestKind, Pending<BatchAnswers>), ClientError> {
+    if commands.len() > Client::MAX_BATCH {
+        return Err(ClientError::BatchTooLarge {
+            len: commands.len(),
+            max: Client::MAX_BATCH,
+        });
+    }
+    let (reply, pending) = Reply::new(to_batch);
+    Ok((RequestKind::Batch { commands, reply }, pending))
+}
+
 impl Client {
+    /// The most commands one [`send_batch`](Self::send_batch) takes. It bounds the work of
+    /// one wake-up of the driver, and with
+    /// [`ClientOptions::command_capacity`](crate::ClientOptions::command_capacity) the
+    /// commands a full request queue holds.
+    pub const MAX_BATCH: usize = 1024;
+
     pub(crate) fn new(tx: Sender<Request>, wake: Option<Wake>) -> Self {
         Self { tx, wake }
     }
@@ -89,6 +109,27 @@ impl Client {
         let (reply, pending) = Reply::new(convert);
         self.enqueue(RequestKind::Command { command, reply })
             .await?;
+        Ok(pending)
+    }
+
+    /// Several commands as one request: they take one place in the request queue, reach the
+    /// connection together and in this order (nothing else is handled between them), and
+    /// one [`Pending`] resolves once every one of them has its outcome, with an answer per
+    /// command in the same order. Each command is handled as if sent alone: the core may
+    /// refuse one ([`ClientError::Refused`]) and accept the next, and each is retried,
+    /// acknowledged or failed on its own.
+    ///
+    /// For producers with many messages at once (a poll cycle of many sub-devices): a
+    /// request, its queue slot and its outcome slot are paid once per batch instead of once
+    /// per command. More than [`MAX_BATCH`](Self::MAX_BATCH) commands are refused with
+    /// [`ClientError::BatchTooLarge`] and nothing is queued; an empty batch resolves to an
+    /// empty list.
+    pub async fn send_batch(
+        &self,
+        commands: Vec<Command>,
+    ) -> Result<Pending<BatchAnswers>, ClientError> {
+        let (request, pending) = batch_request(commands)?;
+        self.enqueue(request).await?;
         Ok(pending)
     }
 
@@ -131,6 +172,13 @@ impl BlockingClient {
     fn submit<T>(&self, command: Command, convert: Convert<T>) -> Result<Pending<T>, ClientError> {
         let (reply, pending) = Reply::new(convert);
         self.enqueue(RequestKind::Command { command, reply })?;
+        Ok(pending)
+    }
+
+    /// Several commands as one request, answered together; see [`Client::send_batch`].
+    pub fn send_batch(&self, commands: Vec<Command>) -> Result<Pending<BatchAnswers>, ClientError> {
+        let (request, pending) = batch_request(commands)?;
+        self.enqueue(request)?;
         Ok(pending)
     }
 

@@ -15,13 +15,17 @@ use std::time::Instant;
 
 use async_channel::{Receiver, Sender};
 use bytes::{Bytes, BytesMut};
-use gateway_proto::{Connection, DisconnectReason, Event, Input, Output, RequestId, State};
+use gateway_proto::{
+    Command, Connection, DisconnectReason, Event, Input, Output, RequestId, State,
+};
 
 use crate::client::{Client, Wake};
 use crate::error::{ClientError, ConnectError, TransportError};
 use crate::events::{ClientEvent, Events};
 use crate::options::ClientOptions;
-use crate::request::{Reply, Request, RequestKind};
+use crate::request::{
+    event_to_answer, Answer, BatchAnswers, Reply, Request, RequestKind, Resolved,
+};
 
 /// Something the adapter must do to the transport, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,8 +71,8 @@ impl Commands {
 pub enum Queue {
     /// Nothing is queued any more.
     Empty,
-    /// [`Driver::REQUESTS_PER_WAKEUP`] were taken and more wait: take them after the writes,
-    /// without sleeping.
+    /// [`Driver::REQUESTS_PER_WAKEUP`] commands were taken and more wait: take them after
+    /// the writes, without sleeping.
     MoreWaiting,
     /// Every client handle is gone; the connection is closing
     /// ([`Driver::handle_clients_gone`] was called).
@@ -131,9 +135,13 @@ pub struct Parts {
 #[derive(Debug)]
 pub struct Driver {
     conn: Connection,
-    /// Outcome senders of requests still in the core. Bound: one per unfinished request,
-    /// which the core bounds (buffered bytes, pending requests).
-    routes: HashMap<RequestId, Reply, BuildHasherDefault<IdHasher>>,
+    /// Where the outcome of each request still in the core goes. Bound: one per unfinished
+    /// request, which the core bounds (buffered bytes, pending requests).
+    routes: HashMap<RequestId, Route, BuildHasherDefault<IdHasher>>,
+    /// Batches with commands still unanswered, by batch number. Bound: one per batch with a
+    /// request in `routes`, each at most [`Client::MAX_BATCH`] answers.
+    batches: HashMap<u64, Batch, BuildHasherDefault<IdHasher>>,
+    next_batch: u64,
     actions: VecDeque<Action>,
     write: BytesMut,
     /// Events waiting for room in the application's queue. Bound: what one call produced.
@@ -165,6 +173,8 @@ impl Driver {
         let mut driver = Driver {
             conn,
             routes: HashMap::default(),
+            batches: HashMap::default(),
+            next_batch: 0,
             actions: VecDeque::new(),
             write: BytesMut::new(),
             backlog: VecDeque::new(),
@@ -187,33 +197,99 @@ impl Driver {
 
     /// A request from a client handle.
     pub fn handle_request(&mut self, now: Instant, request: Request) {
+        self.handle(now, request);
+    }
+
+    /// Handles one request; how many commands it carried.
+    fn handle(&mut self, now: Instant, request: Request) -> usize {
         match request.0 {
-            RequestKind::Command { command, reply } => match self.conn.command(now, command) {
-                Ok(id) => {
-                    self.routes.insert(id, reply);
+            RequestKind::Command { command, reply } => {
+                match self.conn.command(now, command) {
+                    Ok(id) => {
+                        self.routes.insert(id, Route::One(reply));
+                    }
+                    Err(e) => {
+                        // The caller may have stopped waiting; then nobody needs the error.
+                        reply.send(Err(ClientError::Refused(e)));
+                    }
                 }
-                Err(e) => {
-                    // The caller may have stopped waiting; then nobody needs the error.
-                    reply.send(Err(ClientError::Refused(e)));
-                }
-            },
+                self.drain(now);
+                1
+            }
+            RequestKind::Batch { commands, reply } => self.handle_batch(now, commands, reply),
             RequestKind::Stats(reply) => {
                 let _ = reply.try_send(self.conn.stats());
+                0
             }
             RequestKind::Close { done } => {
                 self.close_waiters.push(done);
                 self.conn.close(now);
+                self.drain(now);
+                0
+            }
+        }
+    }
+
+    /// Hands a batch's commands to the core in order, each drained before the next (an
+    /// outcome may come at once), and answers the batch once every command has an answer.
+    fn handle_batch(&mut self, now: Instant, commands: Vec<Command>, reply: Reply) -> usize {
+        let count = commands.len();
+        let batch = self.next_batch;
+        self.next_batch = self.next_batch.wrapping_add(1);
+        // Every answer starts as "closed" and is overwritten once known; `unanswered` counts
+        // the commands not handed in yet too, so the batch cannot finish half-way.
+        self.batches.insert(
+            batch,
+            Batch {
+                answers: vec![Err(ClientError::Closed); count],
+                unanswered: count,
+                reply,
+            },
+        );
+        for (index, command) in commands.into_iter().enumerate() {
+            match self.conn.command(now, command) {
+                Ok(id) => {
+                    self.routes.insert(id, Route::Batch { batch, index });
+                    self.drain(now);
+                }
+                Err(e) => self.answer(batch, index, Err(ClientError::Refused(e))),
             }
         }
         self.drain(now);
+        if count == 0 {
+            self.finish_batch(batch);
+        }
+        count
     }
 
-    /// Requests taken per wake-up at most: a burst becomes one write, and reads are not
-    /// starved by a producer that never stops.
+    /// Records the answer of command `index` of `batch`; the batch resolves with its last.
+    fn answer(&mut self, batch: u64, index: usize, answer: Result<Answer, ClientError>) {
+        let Some(b) = self.batches.get_mut(&batch) else {
+            return;
+        };
+        if let Some(slot) = b.answers.get_mut(index) {
+            *slot = answer;
+        }
+        b.unanswered = b.unanswered.saturating_sub(1);
+        if b.unanswered == 0 {
+            self.finish_batch(batch);
+        }
+    }
+
+    fn finish_batch(&mut self, batch: u64) {
+        if let Some(b) = self.batches.remove(&batch) {
+            b.reply.send(Ok(Resolved::Batch(b.answers)));
+        }
+    }
+
+    /// Commands taken per wake-up: a burst becomes one write, and reads are not starved by
+    /// a producer that never stops. A batch counts as its commands and is always taken
+    /// whole, so a wake-up handles at most this plus [`Client::MAX_BATCH`] commands.
     pub const REQUESTS_PER_WAKEUP: usize = 256;
 
     /// Handles `first` (a request the adapter already received, if any) and then what is
-    /// queued, up to [`REQUESTS_PER_WAKEUP`](Self::REQUESTS_PER_WAKEUP) in all.
+    /// queued, until [`REQUESTS_PER_WAKEUP`](Self::REQUESTS_PER_WAKEUP) commands are
+    /// handled.
     pub fn take_requests(
         &mut self,
         now: Instant,
@@ -222,19 +298,17 @@ impl Driver {
     ) -> Queue {
         let mut taken = 0;
         if let Some(request) = first {
-            self.handle_request(now, request);
-            taken += 1;
+            taken += self.handle(now, request).max(1);
         }
         while taken < Self::REQUESTS_PER_WAKEUP {
             match commands.try_recv() {
-                Ok(Some(request)) => self.handle_request(now, request),
+                Ok(Some(request)) => taken += self.handle(now, request).max(1),
                 Ok(None) => return Queue::Empty,
                 Err(()) => {
                     self.handle_clients_gone(now);
                     return Queue::ClientsGone;
                 }
             }
-            taken += 1;
         }
         Queue::MoreWaiting
     }
@@ -370,9 +444,16 @@ impl Driver {
     /// Returns true when the connection must close because the first attempt failed.
     fn route(&mut self, event: Event) -> bool {
         if let Some(id) = event.request() {
-            if let Some(reply) = self.routes.remove(&id) {
-                reply.send(Ok(event));
-                return false;
+            match self.routes.remove(&id) {
+                Some(Route::One(reply)) => {
+                    reply.send(Ok(Resolved::Event(event)));
+                    return false;
+                }
+                Some(Route::Batch { batch, index }) => {
+                    self.answer(batch, index, event_to_answer(event));
+                    return false;
+                }
+                None => {}
             }
         }
         let mut close = false;
@@ -405,6 +486,25 @@ impl Driver {
         self.backlog.push_back(ClientEvent::Proto(event));
         close
     }
+}
+
+/// Where a request's outcome goes.
+#[derive(Debug)]
+enum Route {
+    /// The request's own outcome slot.
+    One(Reply),
+    /// Command `index` of a batch.
+    Batch { batch: u64, index: usize },
+}
+
+/// A batch some of whose commands are still unanswered.
+#[derive(Debug)]
+struct Batch {
+    /// One per command, in order; `Err(Closed)` until answered.
+    answers: BatchAnswers,
+    /// Commands not answered yet.
+    unanswered: usize,
+    reply: Reply,
 }
 
 /// Hashes request ids with one multiplication (Fibonacci hashing). The core hands them out

@@ -97,6 +97,14 @@ pub enum ClientError {
     Failed(RequestError),
     /// The connection is closed or its driver has stopped.
     Closed,
+    /// A batch had more commands than [`Client::MAX_BATCH`](crate::Client::MAX_BATCH);
+    /// none of them was queued.
+    BatchTooLarge {
+        /// Commands in the batch.
+        len: usize,
+        /// The most a batch may hold.
+        max: usize,
+    },
 }
 
 impl fmt::Display for ClientError {
@@ -105,6 +113,9 @@ impl fmt::Display for ClientError {
             Self::Refused(e) => write!(f, "command refused: {e}"),
             Self::Failed(e) => write!(f, "request failed: {e}"),
             Self::Closed => f.write_str("the connection is closed"),
+            Self::BatchTooLarge { len, max } => {
+                write!(f, "a batch of {len} commands is over the limit of {max}")
+            }
         }
     }
 }
@@ -114,7 +125,7 @@ impl std::error::Error for ClientError {
         match self {
             Self::Refused(e) => Some(e),
             Self::Failed(e) => Some(e),
-            Self::Closed => None,
+            Self::Closed | Self::BatchTooLarge { .. } => None,
         }
     }
 }

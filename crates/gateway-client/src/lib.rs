@@ -8,7 +8,8 @@
 //! * [`Client`] and [`BlockingClient`]: the application's handle, with one method per
 //!   ThingsBoard operation (connect a sub-device, telemetry, attributes, attribute requests,
 //!   RPC replies, client RPCs, claims). Each returns a [`Pending`] outcome to `.await` or
-//!   [`wait`](Pending::wait) for.
+//!   [`wait`](Pending::wait) for. [`Client::send_batch`] hands many commands over as one
+//!   request and answers them together, each with its own outcome.
 //! * [`Events`]: server-side RPCs, attribute updates, sessions coming and going, warnings,
 //!   transport failures; a `Stream`, or a blocking iterator.
 //! * [`ClientOptions`] and [`TlsOptions`]: host, port, credentials, TLS (rustls with the
@@ -83,7 +84,7 @@ pub use driver::{Action, Commands, Driver, FirstAttempt, Parts, Queue, Startup};
 pub use error::{ClientError, ConnectError, TransportError};
 pub use events::{ClientEvent, Events};
 pub use options::{ClientOptions, TlsSetup};
-pub use request::{Answer, AttributeValues, Delivery, Pending, Request};
+pub use request::{Answer, AttributeValues, BatchAnswers, Delivery, Pending, Request};
 pub use tls::{handshake_error, ClientIdentity, TlsError, TlsOptions, TrustAnchors};
 
 pub use gateway_proto;

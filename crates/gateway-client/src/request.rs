@@ -22,6 +22,12 @@ pub struct Request(pub(crate) RequestKind);
 pub(crate) enum RequestKind {
     /// A command; its outcome goes to `reply` (if the caller still waits).
     Command { command: Command, reply: Reply },
+    /// Commands handed to the core together, in order; one outcome for all of them goes to
+    /// `reply` once each has its own. At most [`Client::MAX_BATCH`](crate::Client::MAX_BATCH).
+    Batch {
+        commands: Vec<Command>,
+        reply: Reply,
+    },
     /// A snapshot of the connection's counters.
     Stats(Sender<Stats>),
     /// Close the connection for good; `done` is dropped when the driver stops.
@@ -65,10 +71,39 @@ pub enum Answer {
     Raw(bytes::Bytes),
 }
 
-/// Turns the core's outcome event into a typed result.
-pub(crate) type Convert<T> = fn(Event) -> Result<T, ClientError>;
+/// The answer to each command of a batch, in the order the commands were given.
+pub type BatchAnswers = Vec<Result<Answer, ClientError>>;
 
-pub(crate) fn to_answer(event: Event) -> Result<Answer, ClientError> {
+/// What the driver resolves a request with.
+#[derive(Debug)]
+pub(crate) enum Resolved {
+    /// The core's outcome event for one command.
+    Event(Event),
+    /// Every command of a batch, answered.
+    Batch(BatchAnswers),
+}
+
+/// Turns what the driver resolved a request with into a typed result.
+pub(crate) type Convert<T> = fn(Resolved) -> Result<T, ClientError>;
+
+pub(crate) fn to_batch(resolved: Resolved) -> Result<BatchAnswers, ClientError> {
+    match resolved {
+        Resolved::Batch(answers) => Ok(answers),
+        // A batch request is always resolved with a batch.
+        Resolved::Event(_) => Err(ClientError::Closed),
+    }
+}
+
+pub(crate) fn to_answer(resolved: Resolved) -> Result<Answer, ClientError> {
+    match resolved {
+        Resolved::Event(event) => event_to_answer(event),
+        // A single command is always resolved with its event.
+        Resolved::Batch(_) => Err(ClientError::Closed),
+    }
+}
+
+/// The typed answer of one command's outcome event.
+pub(crate) fn event_to_answer(event: Event) -> Result<Answer, ClientError> {
     match event {
         Event::Delivered(_) => Ok(Answer::Delivered(Delivery::Acknowledged)),
         Event::Sent(_) => Ok(Answer::Delivered(Delivery::Transmitted)),
@@ -90,36 +125,36 @@ pub(crate) fn to_answer(event: Event) -> Result<Answer, ClientError> {
     }
 }
 
-pub(crate) fn to_delivery(event: Event) -> Result<Delivery, ClientError> {
-    match to_answer(event)? {
+pub(crate) fn to_delivery(resolved: Resolved) -> Result<Delivery, ClientError> {
+    match to_answer(resolved)? {
         Answer::Delivered(d) => Ok(d),
         _ => Err(ClientError::Closed),
     }
 }
 
-pub(crate) fn to_attributes(event: Event) -> Result<AttributeValues, ClientError> {
-    match to_answer(event)? {
+pub(crate) fn to_attributes(resolved: Resolved) -> Result<AttributeValues, ClientError> {
+    match to_answer(resolved)? {
         Answer::Attributes(a) => Ok(a),
         _ => Err(ClientError::Closed),
     }
 }
 
-pub(crate) fn to_raw(event: Event) -> Result<bytes::Bytes, ClientError> {
-    match to_answer(event)? {
+pub(crate) fn to_raw(resolved: Resolved) -> Result<bytes::Bytes, ClientError> {
+    match to_answer(resolved)? {
         Answer::Raw(b) => Ok(b),
         _ => Err(ClientError::Closed),
     }
 }
 
-pub(crate) fn to_rpc(event: Event) -> Result<ClientRpcResponse, ClientError> {
-    match to_answer(event)? {
+pub(crate) fn to_rpc(resolved: Resolved) -> Result<ClientRpcResponse, ClientError> {
+    match to_answer(resolved)? {
         Answer::Rpc(r) => Ok(r),
         _ => Err(ClientError::Closed),
     }
 }
 
 /// What a request's outcome slot holds.
-type Outcome = Result<Event, ClientError>;
+pub(crate) type Outcome = Result<Resolved, ClientError>;
 
 /// One request's outcome, shared by the driver's [`Reply`] and the caller's [`Pending`]: a
 /// one-shot slot (a mutex, the async waiter's waker, and a condition variable for a blocking
@@ -224,7 +259,7 @@ impl<T> std::fmt::Debug for Pending<T> {
 impl<T> Pending<T> {
     fn resolve(&self, outcome: Outcome) -> Result<T, ClientError> {
         match outcome {
-            Ok(event) => (self.convert)(event),
+            Ok(resolved) => (self.convert)(resolved),
             Err(e) => Err(e),
         }
     }

@@ -4,171 +4,25 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod harness;
+
 use std::time::{Duration, Instant};
 
 use gateway_client::{
-    Action, AttributeValues, BlockingClient, ClientError, ClientEvent, ClientOptions, Commands,
-    ConnectError, Delivery, Driver, Events, FirstAttempt, Parts, Queue, Startup, TransportError,
+    Action, AttributeValues, ClientError, ClientEvent, ClientOptions, ConnectError, Delivery,
+    Driver, FirstAttempt, Parts, Queue, TransportError,
 };
-use gateway_emulator::{
-    Emulator, EmulatorConfig, NewDevice, Output as EmuOutput, RpcCall, SessionId,
-};
+use gateway_emulator::RpcCall;
 use gateway_proto::{
     AttributeScope, CommandError, ConnectRefusal, Credentials, DisconnectReason, Event, ReasonCode,
     RequestError, Role,
 };
+use harness::{values, Harness};
 use serde_json::{json, Map, Value};
-
-struct Harness {
-    driver: Driver,
-    commands: Commands,
-    startup: Option<Startup>,
-    client: Option<BlockingClient>,
-    events: Events,
-    emu: Emulator,
-    session: Option<SessionId>,
-    now: Instant,
-    writes: Vec<usize>,
-    refuse_dial: bool,
-}
-
-impl Harness {
-    fn new(token: &str, first: FirstAttempt, tweak: impl FnOnce(&mut ClientOptions)) -> Self {
-        let now = Instant::now();
-        let mut emu = Emulator::new(EmulatorConfig::default(), now, 1_700_000_000_000);
-        emu.create_device(NewDevice::gateway("GW", "GW_TOKEN"))
-            .unwrap();
-        let mut options =
-            ClientOptions::new("emulator", 1883, Credentials::AccessToken(token.into()));
-        options.config.reconnect.seed = 7;
-        tweak(&mut options);
-        let parts = Driver::build(&options, now, first, None).unwrap();
-        let mut h = Self {
-            driver: parts.driver,
-            commands: parts.commands,
-            startup: Some(parts.startup),
-            client: Some(parts.client.blocking()),
-            events: parts.events,
-            emu,
-            session: None,
-            now,
-            writes: Vec::new(),
-            refuse_dial: false,
-        };
-        h.settle();
-        h
-    }
-
-    fn client(&self) -> &BlockingClient {
-        self.client.as_ref().unwrap()
-    }
-
-    /// Runs both sides until neither has anything to do.
-    fn settle(&mut self) {
-        loop {
-            let mut moved = false;
-            loop {
-                match self.commands.try_recv() {
-                    Ok(Some(r)) => {
-                        moved = true;
-                        self.driver.handle_request(self.now, r);
-                    }
-                    Ok(None) => break,
-                    Err(()) => {
-                        if !self.driver.is_finished()
-                            && self.driver.connection().state() != gateway_proto::State::Closed
-                        {
-                            moved = true;
-                            self.driver.handle_clients_gone(self.now);
-                        }
-                        break;
-                    }
-                }
-            }
-            while let Some(action) = self.driver.poll_action() {
-                moved = true;
-                match action {
-                    Action::Write(bytes) => {
-                        self.writes.push(bytes.len());
-                        if let Some(s) = self.session {
-                            self.emu.handle_bytes(s, self.now, &bytes);
-                        }
-                    }
-                    Action::Open => {
-                        if self.refuse_dial {
-                            let err = std::io::Error::new(
-                                std::io::ErrorKind::ConnectionRefused,
-                                "refused",
-                            );
-                            self.driver.transport_failed(
-                                self.now,
-                                TransportError::connect("emulator:1883", &err),
-                            );
-                        } else {
-                            self.session = Some(self.emu.open_session(self.now).unwrap());
-                            self.driver.transport_opened(self.now);
-                        }
-                    }
-                    Action::Close => {
-                        if let Some(s) = self.session.take() {
-                            self.emu.transport_closed(s, self.now);
-                        }
-                    }
-                    other => panic!("unexpected {other:?}"),
-                }
-            }
-            while let Some((sid, out)) = self.emu.poll_output() {
-                moved = true;
-                if Some(sid) != self.session {
-                    continue;
-                }
-                match out {
-                    EmuOutput::Transmit(bytes) => self.driver.handle_bytes(self.now, &bytes),
-                    EmuOutput::Close => {
-                        self.session = None;
-                        self.emu.transport_closed(sid, self.now);
-                        self.driver.transport_closed(self.now);
-                    }
-                }
-            }
-            while self.emu.poll_event().is_some() {}
-            self.driver.flush_events_blocking();
-            if !moved {
-                return;
-            }
-        }
-    }
-
-    fn advance(&mut self, by: Duration) {
-        let end = self.now + by;
-        while let Some(at) = [self.driver.poll_timeout(), self.emu.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .filter(|t| *t <= end)
-            .min()
-        {
-            self.now = self.now.max(at);
-            self.driver.handle_timeout(self.now);
-            self.emu.handle_timeout(self.now);
-            self.settle();
-        }
-        self.now = end;
-        self.settle();
-    }
-
-    fn drain_events(&self) -> Vec<ClientEvent> {
-        std::iter::from_fn(|| self.events.try_recv()).collect()
-    }
-}
-
-fn values(v: Value) -> Map<String, Value> {
-    v.as_object().unwrap().clone()
-}
 
 #[test]
 fn outcomes_reach_their_request_and_everything_else_the_event_stream() {
-    let mut h = Harness::new("GW_TOKEN", FirstAttempt::MustSucceed, |_| {});
-    h.startup.take().unwrap().wait_blocking().unwrap();
+    let mut h = Harness::connected(|_| {});
 
     let sent = h
         .client()
@@ -228,10 +82,7 @@ fn outcomes_reach_their_request_and_everything_else_the_event_stream() {
 
 #[test]
 fn everything_pending_leaves_in_one_write() {
-    let mut h = Harness::new("GW_TOKEN", FirstAttempt::MustSucceed, |o| {
-        o.config.subscribe_api = false
-    });
-    h.startup.take().unwrap().wait_blocking().unwrap();
+    let mut h = Harness::connected(|o| o.config.subscribe_api = false);
     h.writes.clear();
     // Queue 50 requests before the driver runs once: one wake-up, one write.
     let pending: Vec<_> = (0..50)
@@ -321,8 +172,7 @@ fn retry_mode_keeps_trying_and_reports_transport_failures_as_events() {
 
 #[test]
 fn raw_requests_resolve_to_the_answers_bytes() {
-    let mut h = Harness::new("GW_TOKEN", FirstAttempt::MustSucceed, |_| {});
-    h.startup.take().unwrap().wait_blocking().unwrap();
+    let mut h = Harness::connected(|_| {});
     // Application-encoded payloads; JSON here, since the emulator speaks no protobuf.
     let sent = h
         .client()
@@ -353,8 +203,7 @@ fn refusals_by_the_core_come_back_on_the_pending() {
 
 #[test]
 fn dropping_every_handle_closes_gracefully_and_ends_the_stream() {
-    let mut h = Harness::new("GW_TOKEN", FirstAttempt::MustSucceed, |_| {});
-    h.startup.take().unwrap().wait_blocking().unwrap();
+    let mut h = Harness::connected(|_| {});
     let p = h
         .client()
         .device_telemetry("Boiler", values(json!({"t": 1})))

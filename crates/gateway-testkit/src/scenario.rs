@@ -705,3 +705,55 @@ pub async fn coalesced_qos1_burst(platform: &Platform, client: &Client) {
         "{stats:?}"
     );
 }
+
+/// Sub-device telemetry in batches ([`Client::send_batch`]) through the small in-flight
+/// window of [`coalescing_options`]: 300 messages for five sub-devices in three batches, then
+/// a batch with a command the core refuses between two it accepts. Every command gets its
+/// own answer in its place, the sub-devices are announced on the way, and the platform
+/// stored every value once and in order.
+pub async fn batched_uplink(platform: &Platform, client: &Client) {
+    use gateway_client::{Answer, ClientError};
+    use gateway_proto::CommandError;
+    const DEVICES: u64 = 5;
+    let device = |seq: u64| format!("Batch Device {}", seq % DEVICES);
+    let mut batches = Vec::new();
+    for chunk in 0..3u64 {
+        let commands = (chunk * 100..(chunk + 1) * 100)
+            .map(|seq| Command::device_telemetry(device(seq), map(json!({ "seq": seq }))))
+            .collect();
+        batches.push(client.send_batch(commands).await.unwrap());
+    }
+    let mixed = client
+        .send_batch(vec![
+            Command::device_telemetry(device(300), map(json!({ "seq": 300 }))),
+            Command::device_telemetry("", map(json!({ "seq": -1 }))),
+            Command::device_telemetry(device(301), map(json!({ "seq": 301 }))),
+        ])
+        .await
+        .unwrap();
+    let acknowledged = Ok(Answer::Delivered(Delivery::Acknowledged));
+    for batch in batches {
+        let answers = within("a batch's answers", batch).await.unwrap();
+        assert_eq!(answers.len(), 100);
+        assert!(answers.iter().all(|a| *a == acknowledged), "{answers:?}");
+    }
+    assert_eq!(
+        within("the mixed batch's answers", mixed).await.unwrap(),
+        vec![
+            acknowledged.clone(),
+            Err(ClientError::Refused(CommandError::EmptyDeviceName)),
+            acknowledged,
+        ]
+    );
+    for d in 0..DEVICES {
+        let stored: Vec<Value> = platform.emu.telemetry(&device(d)).unwrap()["seq"]
+            .iter()
+            .map(|point| point.value.clone())
+            .collect();
+        let sent: Vec<Value> = (0..302)
+            .filter(|seq| seq % DEVICES == d)
+            .map(|seq| json!(seq))
+            .collect();
+        assert_eq!(stored, sent, "{}: every value once, in order", device(d));
+    }
+}

@@ -41,9 +41,9 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 pub use gateway_client::{
-    gateway_proto, Answer, AttributeValues, BlockingClient, Client, ClientError, ClientEvent,
-    ClientOptions, ConnectError, Delivery, Events, FirstAttempt, Pending, Startup, TlsError,
-    TlsOptions,
+    gateway_proto, Answer, AttributeValues, BatchAnswers, BlockingClient, Client, ClientError,
+    ClientEvent, ClientOptions, ConnectError, Delivery, Events, FirstAttempt, Pending, Startup,
+    TlsError, TlsOptions,
 };
 
 /// Connects and waits for the first session. A refusal (bad credentials), a TLS failure or an

@@ -113,3 +113,15 @@ async fn a_qos1_burst_with_read_coalescing_is_delivered_in_order() {
     scenario::coalesced_qos1_burst(&platform, &client).await;
     client.close().await;
 }
+
+/// Sub-device telemetry in batches through a small in-flight window: one answer per command,
+/// in order, and everything stored once.
+#[tokio::test]
+async fn batches_are_answered_per_command_and_stored_in_order() {
+    let platform = Platform::start();
+    let (client, _events) = connect(scenario::coalescing_options(&platform))
+        .await
+        .unwrap();
+    scenario::batched_uplink(&platform, &client).await;
+    client.close().await;
+}

@@ -132,11 +132,7 @@ fn a_batch_counts_as_its_commands_in_a_wakeup() {
 fn close_answers_every_unfinished_command_of_a_batch() {
     let mut h = Harness::new("GW_TOKEN", FirstAttempt::Retry, |_| {});
     // Offline: the batch is buffered and unfinished when the connection closes.
-    h.refuse_dial = true;
-    let s = h.session.take().unwrap();
-    h.emu.transport_closed(s, h.now);
-    h.driver.transport_closed(h.now);
-    h.settle();
+    h.go_offline();
     let batch = h
         .client()
         .send_batch(vec![

@@ -145,11 +145,7 @@ fn a_failed_first_dial_is_a_transport_error() {
 fn retry_mode_keeps_trying_and_reports_transport_failures_as_events() {
     let mut h = Harness::new("GW_TOKEN", FirstAttempt::Retry, |_| {});
     // Connected at once; now make the next dials fail and drop the session.
-    h.refuse_dial = true;
-    let s = h.session.take().unwrap();
-    h.emu.transport_closed(s, h.now);
-    h.driver.transport_closed(h.now);
-    h.settle();
+    h.go_offline();
     h.advance(Duration::from_secs(5));
     let events = h.drain_events();
     assert!(
@@ -230,11 +226,7 @@ fn dropping_every_handle_closes_gracefully_and_ends_the_stream() {
 #[test]
 fn close_fails_unfinished_requests_and_the_stream_ends_after_the_driver() {
     let mut h = Harness::new("GW_TOKEN", FirstAttempt::Retry, |_| {});
-    h.refuse_dial = true;
-    let s = h.session.take().unwrap();
-    h.emu.transport_closed(s, h.now);
-    h.driver.transport_closed(h.now);
-    h.settle();
+    h.go_offline();
     let p = h
         .client()
         .device_telemetry("Boiler", values(json!({"t": 1})))

@@ -64,6 +64,16 @@ impl Harness {
         h
     }
 
+    /// Drops the session and makes every later dial fail: the connection is offline until
+    /// `refuse_dial` is cleared.
+    pub fn go_offline(&mut self) {
+        self.refuse_dial = true;
+        let s = self.session.take().expect("a session is up");
+        self.emu.transport_closed(s, self.now);
+        self.driver.transport_closed(self.now);
+        self.settle();
+    }
+
     pub fn client(&self) -> &BlockingClient {
         self.client.as_ref().unwrap()
     }

@@ -2,10 +2,11 @@
 //!
 //! ```text
 //! bench-e2e run [--count N] [--rounds R] [--sdk-count N] [--python PATH] [--no-sdk]
-//!               [--inflight N] [--no-emulator]
+//!               [--inflight N] [--no-emulator] [--coalesce-us N] [--batch N]
 //!     Starts mosquitto and a counting subscriber, runs interleaved rounds of every publisher
 //!     (each a separate process of this binary, or the Python SDK script), prints the table.
 //! bench-e2e ours    --port P --qos 0|1 --count N [--inflight N] [--token T]
+//!                   [--coalesce-us N] [--batch N]
 //! bench-e2e rumqttc --port P --qos 0|1 --count N [--inflight N]
 //!     One publisher run; prints one `RESULT key=value ...` line.
 //! bench-e2e emulator-server

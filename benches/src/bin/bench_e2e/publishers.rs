@@ -80,38 +80,86 @@ pub(crate) fn ours(args: &Args) -> Result<(), String> {
     if coalesce_us > 0 {
         options.read_coalescing = Some(Duration::from_micros(coalesce_us));
     }
+    let batch = args.get("batch", 0usize)?;
+    if batch > gateway_tokio::Client::MAX_BATCH {
+        return Err(format!(
+            "--batch is at most {}",
+            gateway_tokio::Client::MAX_BATCH
+        ));
+    }
     runtime()?.block_on(async move {
         let (client, _events) = connect(options)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let start_ns = wall_ns();
         let cpu0 = process_cpu_ns();
-        let mut window = VecDeque::with_capacity(OUTCOME_WINDOW);
-        let mut finished = 0u64;
-        for i in 0..c.count {
-            let pending = client
-                .send(telemetry_command(i))
-                .await
-                .map_err(|e| format!("send: {e}"))?;
-            window.push_back(pending);
-            if window.len() >= OUTCOME_WINDOW {
-                if let Some(p) = window.pop_front() {
-                    if p.await.is_ok() {
-                        finished += 1;
-                    }
-                }
-            }
-        }
-        for p in window {
-            if p.await.is_ok() {
-                finished += 1;
-            }
-        }
+        let finished = if batch == 0 {
+            one_by_one(&client, c.count).await?
+        } else {
+            batched(&client, c.count, batch).await?
+        };
         // A graceful close: the DISCONNECT goes out after every byte before it.
         client.close().await;
         report(start_ns, cpu0, c.count, finished);
         Ok(())
     })
+}
+
+/// One request per message, outcomes awaited in order; how many succeeded.
+async fn one_by_one(client: &gateway_tokio::Client, count: u64) -> Result<u64, String> {
+    let mut window = VecDeque::with_capacity(OUTCOME_WINDOW);
+    let mut finished = 0u64;
+    for i in 0..count {
+        let pending = client
+            .send(telemetry_command(i))
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        window.push_back(pending);
+        if window.len() >= OUTCOME_WINDOW {
+            if let Some(p) = window.pop_front() {
+                if p.await.is_ok() {
+                    finished += 1;
+                }
+            }
+        }
+    }
+    for p in window {
+        if p.await.is_ok() {
+            finished += 1;
+        }
+    }
+    Ok(finished)
+}
+
+/// `Client::send_batch` with `size` messages per request, the same number of outcomes
+/// awaited at most; how many succeeded.
+async fn batched(client: &gateway_tokio::Client, count: u64, size: usize) -> Result<u64, String> {
+    let window_batches = OUTCOME_WINDOW.div_ceil(size);
+    let mut window = VecDeque::with_capacity(window_batches);
+    let mut finished = 0u64;
+    let ok = |answers: Result<gateway_tokio::BatchAnswers, _>| {
+        answers.map_or(0, |a| a.iter().filter(|a| a.is_ok()).count() as u64)
+    };
+    let mut i = 0;
+    while i < count {
+        let end = count.min(i + size as u64);
+        let commands = (i..end).map(telemetry_command).collect();
+        i = end;
+        let pending = client
+            .send_batch(commands)
+            .await
+            .map_err(|e| format!("send_batch: {e}"))?;
+        window.push_back(pending);
+        if window.len() >= window_batches {
+            if let Some(p) = window.pop_front() {
+                finished += ok(p.await);
+            }
+        }
+    }
+    for p in window {
+        finished += ok(p.await);
+    }
+    Ok(finished)
 }
 
 /// rumqttc 0.25 (the anchor's client): the same payload bytes, built with serde_json by the

@@ -24,6 +24,9 @@ enum Client {
     Ours,
     /// Our adapter with `ClientOptions::read_coalescing`.
     OursCoalesced,
+    /// Our adapter with read coalescing, the application submitting with
+    /// `Client::send_batch` (same messages on the wire).
+    OursBatched,
     Rumqttc,
     Sdk,
     /// Our adapter publishing into the emulator instead of mosquitto.
@@ -35,6 +38,7 @@ impl Client {
         match self {
             Client::Ours => "ours (gateway-tokio)",
             Client::OursCoalesced => "ours, read coalescing 1 ms",
+            Client::OursBatched => "ours, send_batch 256 + coalescing 1 ms",
             Client::Rumqttc => "rumqttc 0.25.1",
             Client::Sdk => "Python SDK tb-mqtt-client 1.13.14",
             Client::OursToEmulator => "ours → emulator (ingest)",
@@ -148,6 +152,8 @@ struct Setup {
     inflight: u16,
     /// `--coalesce-us` for our publisher (0: off).
     coalesce_us: u64,
+    /// `--batch` for [`Client::OursBatched`].
+    batch: usize,
 }
 
 impl Setup {
@@ -163,11 +169,14 @@ impl Setup {
             self.inflight.to_string(),
         ];
         let mut cmd = match client {
-            Client::Ours | Client::OursCoalesced | Client::OursToEmulator => {
+            Client::Ours | Client::OursCoalesced | Client::OursBatched | Client::OursToEmulator => {
                 let mut c = Command::new(&self.exe);
                 c.arg("ours");
-                if client == Client::OursCoalesced {
+                if matches!(client, Client::OursCoalesced | Client::OursBatched) {
                     c.args(["--coalesce-us", &self.coalesce_us.to_string()]);
+                }
+                if client == Client::OursBatched {
+                    c.args(["--batch", &self.batch.to_string()]);
                 }
                 if client == Client::OursToEmulator {
                     c.args(["--token", EMULATOR_TOKEN]);
@@ -312,6 +321,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
         python,
         inflight,
         coalesce_us: args.get("coalesce-us", 1000)?,
+        batch: args.get("batch", 256)?,
     };
     let broker = Mosquitto::start(BrokerConfig::new().max_queued_messages(0))
         .map_err(|e| format!("mosquitto: {e}"))?;
@@ -326,11 +336,16 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
         (Client::Ours, 1),
         (Client::Rumqttc, 1),
         (Client::OursCoalesced, 1),
+        (Client::OursBatched, 1),
     ];
     if setup.python.is_some() {
         plan.push((Client::Sdk, 1));
     }
-    plan.extend([(Client::Ours, 0), (Client::Rumqttc, 0)]);
+    plan.extend([
+        (Client::Ours, 0),
+        (Client::Rumqttc, 0),
+        (Client::OursBatched, 0),
+    ]);
     if !args.flag("no-emulator") {
         plan.push((Client::OursToEmulator, 1));
     }
@@ -387,9 +402,11 @@ fn print_tables(runs: &[Vec<Run>]) {
     let cases = [
         (Client::Ours, 1),
         (Client::OursCoalesced, 1),
+        (Client::OursBatched, 1),
         (Client::Rumqttc, 1),
         (Client::Sdk, 1),
         (Client::Ours, 0),
+        (Client::OursBatched, 0),
         (Client::Rumqttc, 0),
         (Client::OursToEmulator, 1),
     ];
@@ -460,11 +477,23 @@ fn print_tables(runs: &[Vec<Run>]) {
         "≥ 4×",
         &|r| Some(cpu(Client::Rumqttc, 1)(r)? / cpu(Client::OursCoalesced, 1)(r)?),
     );
+    ratio("QoS 1 msg/s: ours batched / rumqttc", "≥ 1.5×", &|r| {
+        Some(rate(Client::OursBatched, 1)(r)? / rate(Client::Rumqttc, 1)(r)?)
+    });
+    ratio("QoS 1 CPU/msg: rumqttc / ours batched", "≥ 4×", &|r| {
+        Some(cpu(Client::Rumqttc, 1)(r)? / cpu(Client::OursBatched, 1)(r)?)
+    });
     ratio("QoS 0 msg/s: ours / rumqttc", "≥ 1.2×", &|r| {
         Some(rate(Client::Ours, 0)(r)? / rate(Client::Rumqttc, 0)(r)?)
     });
     ratio("QoS 0 CPU/msg: rumqttc / ours", "–", &|r| {
         Some(cpu(Client::Rumqttc, 0)(r)? / cpu(Client::Ours, 0)(r)?)
+    });
+    ratio("QoS 0 msg/s: ours batched / rumqttc", "≥ 1.2×", &|r| {
+        Some(rate(Client::OursBatched, 0)(r)? / rate(Client::Rumqttc, 0)(r)?)
+    });
+    ratio("QoS 0 CPU/msg: rumqttc / ours batched", "–", &|r| {
+        Some(cpu(Client::Rumqttc, 0)(r)? / cpu(Client::OursBatched, 0)(r)?)
     });
     ratio("QoS 1 msg/s: ours / Python SDK", "≥ 20×", &|r| {
         Some(rate(Client::Ours, 1)(r)? / rate(Client::Sdk, 1)(r)?)

@@ -43,7 +43,7 @@ use crate::payload::{
 use crate::raw::{RawDownlink, RawUplink};
 use crate::reason::ReasonCode;
 use crate::registry::{Registry, Slot};
-use crate::split::{Budget, Message};
+use crate::split::{Budget, Message, Size};
 use crate::stats::Stats;
 use crate::topic::{self, IdTopicKind, InboundTopic, TopicFamily};
 
@@ -125,8 +125,9 @@ impl Counted {
 
 /// The encoded message `whole` (in `buf`) if it fits the packet and data-point limits;
 /// otherwise `msg` cut into parts that do (or the typed error of a value that cannot fit).
-fn fit(
-    msg: &Message<'_>,
+fn fit<'m>(
+    size: Size,
+    msg: impl FnOnce() -> Message<'m>,
     counted: Counted,
     topic: &str,
     qos: QoS,
@@ -142,15 +143,17 @@ fn fit(
             Scope::Gateway => fit.gateway_points,
         },
     };
-    let points = msg.points();
-    if !fit.split || (buf.len() <= budget.payload && budget.points.is_none_or(|max| points <= max))
+    if !fit.split
+        || (buf.len() <= budget.payload && budget.points.is_none_or(|max| size.points <= max))
     {
         return Ok(Body {
             payload: PreparedPayload::Scratch,
-            charge: counted.charge(scope, msg.device_count(), points),
+            charge: counted.charge(scope, size.devices, size.points),
             more: Vec::new(),
         });
     }
+    let msg = msg();
+    debug_assert_eq!(msg.size(), size);
     let parts = msg
         .split(&budget)
         .map_err(|u| CommandError::ValueTooLarge {
@@ -512,7 +515,8 @@ impl Api {
                 check_entries(&entries)?;
                 write_gateway_telemetry_entries(&mut buf, &device, &entries);
                 let body = fit(
-                    &Message::gateway_telemetry(&device, &entries),
+                    Size::entries(&entries),
+                    || Message::gateway_telemetry(&device, &entries),
                     Counted::Telemetry,
                     topic::GATEWAY_TELEMETRY,
                     telemetry_qos,
@@ -537,7 +541,8 @@ impl Api {
                 }
                 batch.encode_into(&mut buf);
                 let body = fit(
-                    &Message::gateway_batch(&batch),
+                    Size::batch(&batch),
+                    || Message::gateway_batch(&batch),
                     Counted::Telemetry,
                     topic::GATEWAY_TELEMETRY,
                     telemetry_qos,
@@ -556,7 +561,8 @@ impl Api {
                 let known = self.registry.check_one(&device)?;
                 write_gateway_attributes(&mut buf, &device, &values);
                 let body = fit(
-                    &Message::gateway_attributes(&device, &values),
+                    Size::values(&values),
+                    || Message::gateway_attributes(&device, &values),
                     Counted::Attributes,
                     topic::GATEWAY_ATTRIBUTES,
                     telemetry_qos,
@@ -701,7 +707,8 @@ impl Api {
                 }
                 let topic = family.telemetry_topic();
                 let body = fit(
-                    &Message::device_telemetry(&entries),
+                    Size::entries(&entries),
+                    || Message::device_telemetry(&entries),
                     Counted::Telemetry,
                     topic,
                     telemetry_qos,
@@ -716,7 +723,8 @@ impl Api {
                 crate::payload::put_json(&mut buf, &values);
                 let topic = family.attributes_topic();
                 let body = fit(
-                    &Message::device_attributes(&values),
+                    Size::values(&values),
+                    || Message::device_attributes(&values),
                     Counted::Attributes,
                     topic,
                     telemetry_qos,

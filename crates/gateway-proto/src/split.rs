@@ -58,6 +58,47 @@ pub(crate) struct Unsplittable {
     pub(crate) size: usize,
 }
 
+/// What a message carries, counted from its command without building the [`Message`]: a
+/// message that fits as it is (almost every one) is never built, so checking it allocates
+/// nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Size {
+    /// Devices named (1 for the Device API).
+    pub(crate) devices: u64,
+    /// Data points (key-value pairs).
+    pub(crate) points: u64,
+}
+
+impl Size {
+    /// One device's (or the device's own) telemetry entries.
+    pub(crate) fn entries(entries: &[TelemetryEntry]) -> Self {
+        Self {
+            devices: 1,
+            points: entries.iter().map(|e| e.values.len() as u64).sum(),
+        }
+    }
+
+    /// One device's (or the device's own) attributes.
+    pub(crate) fn values(values: &Map<String, Value>) -> Self {
+        Self {
+            devices: 1,
+            points: values.len() as u64,
+        }
+    }
+
+    /// Telemetry of several devices.
+    pub(crate) fn batch(batch: &GatewayTelemetry) -> Self {
+        Self {
+            devices: (batch.devices.len() as u64).max(1),
+            points: batch
+                .devices
+                .values()
+                .map(|entries| Self::entries(entries).points)
+                .sum(),
+        }
+    }
+}
+
 /// The JSON form of the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shape {
@@ -156,18 +197,17 @@ impl<'a> Message<'a> {
         }
     }
 
-    /// Data points (key-value pairs) in the whole message.
-    pub(crate) fn points(&self) -> u64 {
-        self.devices
-            .iter()
-            .flat_map(|(_, entries)| entries)
-            .map(|e| e.values.len() as u64)
-            .sum()
-    }
-
-    /// Devices named (1 for the Device API).
-    pub(crate) fn device_count(&self) -> u64 {
-        (self.devices.len() as u64).max(1)
+    /// Devices named and data points carried.
+    pub(crate) fn size(&self) -> Size {
+        Size {
+            devices: (self.devices.len() as u64).max(1),
+            points: self
+                .devices
+                .iter()
+                .flat_map(|(_, entries)| entries)
+                .map(|e| e.values.len() as u64)
+                .sum(),
+        }
     }
 
     fn gateway(&self) -> bool {
@@ -807,8 +847,22 @@ mod tests {
             }
         }
 
+        /// The size `fit` counts from the command, without building the message.
+        fn counted(input: &Input) -> Size {
+            match input {
+                Input::Telemetry(t) => Size::batch(t),
+                Input::Attributes(_, v) | Input::DeviceAttributes(v) => Size::values(v),
+                Input::DeviceTelemetry(e) => Size::entries(e),
+            }
+        }
+
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(400))]
+
+            #[test]
+            fn size_counted_from_the_command_is_the_message_size(input in input()) {
+                prop_assert_eq!(counted(&input), message(&input).size());
+            }
 
             #[test]
             fn parts_fit_exactly_and_concatenate_to_the_original(
@@ -833,7 +887,7 @@ mod tests {
                         prop_assert_eq!(data, original(&input));
                         prop_assert_eq!(
                             parts.iter().map(|p| p.points).sum::<u64>(),
-                            msg.points()
+                            msg.size().points
                         );
                     }
                     Err(u) => {

@@ -961,6 +961,24 @@ impl Platform {
         verdict
     }
 
+    /// A session event (a session opened or closed) that nobody waits for: ThingsBoard sends
+    /// it with a `null` callback, so a refusal only raises the notification, but the tokens
+    /// are taken all the same (DTS `process(SessionEventMsg)` runs `checkLimits` like any
+    /// regular message). Uses the platform's clock (closes carry no instant).
+    pub(crate) fn charge_session_event(&mut self, sender: Sender, device_name: &str) {
+        let now = self.latest;
+        let _ = self.check_rate(sender, device_name, 0, now);
+    }
+
+    /// The rate-limit sender of a device's own session.
+    pub(crate) fn own_sender(device: DeviceId, gateway: bool) -> Sender {
+        if gateway {
+            Sender::GatewayItself(device)
+        } else {
+            Sender::Device(device)
+        }
+    }
+
     fn check_rate_inner(&mut self, sender: Sender, data_points: u64, now: Instant) -> RateCheck {
         if !self.tenant_bucket.check(data_points, now) {
             return RateCheck::Limited(LimitedApi::Tenant);

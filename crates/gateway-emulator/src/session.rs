@@ -49,9 +49,11 @@ mod rc {
     pub const SESSION_TAKEN_OVER: u8 = 0x8E;
     pub const TOPIC_FILTER_INVALID: u8 = 0x8F;
     pub const TOPIC_NAME_INVALID: u8 = 0x90;
+    pub const MESSAGE_RATE_TOO_HIGH: u8 = 0x96;
     pub const QUOTA_EXCEEDED: u8 = 0x97;
     pub const ADMINISTRATIVE_ACTION: u8 = 0x98;
     pub const PAYLOAD_FORMAT_INVALID: u8 = 0x99;
+    pub const CONNECTION_RATE_EXCEEDED: u8 = 0x9F;
 }
 
 /// What a session wants done with its connection.
@@ -454,14 +456,22 @@ impl Session {
         self.out.push_back(Output::Close);
     }
 
-    /// Deregisters the device and every child (§8 "Gateway disconnect").
+    /// Deregisters the device and every child (§8 "Gateway disconnect"). Each closed
+    /// session is a session event that takes a regular-message token (MTH `doDisconnect`,
+    /// then AGSH `deregisterSession` per child, in name order here), refused silently.
     fn cleanup(&mut self, p: &mut Platform) {
-        if let Some(device) = self.device() {
+        if let State::Device { device, gateway } = self.state {
             p.unbind(device, self.id);
+            let name = p.device(device).map(|d| d.name.clone()).unwrap_or_default();
+            p.charge_session_event(Platform::own_sender(device, gateway), &name);
+            let mut children: Vec<(String, Child)> = self.children.drain().collect();
+            children.sort_by(|a, b| a.0.cmp(&b.0));
+            for (name, child) in children {
+                p.unbind(child.device, self.id);
+                p.charge_session_event(Sender::Child { gateway: device }, &name);
+            }
         }
-        for (_, child) in self.children.drain() {
-            p.unbind(child.device, self.id);
-        }
+        self.children.clear();
         self.client_rpcs.clear();
     }
 
@@ -527,6 +537,28 @@ impl Session {
             }
             Auth::Device(device) => {
                 let gateway = p.device(device).is_some_and(|d| d.gateway);
+                // MTH `onValidateDeviceResponse`: the session-open event goes through
+                // `checkLimits` (a regular message of the device's own bucket, after the
+                // tenant's); refused, the CONNACK says CONNECTION_RATE_EXCEEDED (3 on
+                // MQTT 3.1.1) and a v5 session also gets DISCONNECT 0x96 before the close.
+                let name = p.device(device).map(|d| d.name.clone()).unwrap_or_default();
+                let sender = Platform::own_sender(device, gateway);
+                if p.check_rate(sender, &name, 0, now) != RateCheck::Ok {
+                    let v5_session = self.version == ProtocolVersion::V5;
+                    self.send(&Packet::ConnAck(ConnAck {
+                        session_present,
+                        code: if v5_session {
+                            rc::CONNECTION_RATE_EXCEEDED
+                        } else {
+                            3
+                        },
+                    }));
+                    if v5_session {
+                        self.send_disconnect(rc::MESSAGE_RATE_TOO_HIGH);
+                    }
+                    self.close(p);
+                    return;
+                }
                 self.state = State::Device { device, gateway };
                 self.send(&Packet::ConnAck(ConnAck {
                     session_present,
@@ -785,6 +817,9 @@ impl Session {
             },
         );
         p.bind(device, self.id, Some(gateway), now);
+        // AGSH `getDeviceCreationFuture`: the new child's session-open event, sent without a
+        // callback (a refusal is not reported to the gateway; the child stays usable here).
+        p.charge_session_event(Sender::Child { gateway }, name);
         Ok(device)
     }
 
@@ -828,6 +863,8 @@ impl Session {
                 Ok(d) => {
                     if let Some(c) = self.children.remove(&d.device) {
                         p.unbind(c.device, self.id);
+                        // AGSH `deregisterSession`: the child's session-close event.
+                        p.charge_session_event(Sender::Child { gateway }, &d.device);
                     }
                     self.puback(pkid, rc::SUCCESS);
                 }

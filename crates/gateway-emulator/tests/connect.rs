@@ -1,9 +1,13 @@
 //! CONNECT, CONNACK and session takeover (spec §6.1, §8; `MqttV5ClientConnectionTest`).
 
+use std::time::Duration;
+
 mod common;
 
 use common::*;
-use gateway_emulator::{Credentials, NewDevice};
+use gateway_emulator::{
+    Credentials, Event as EmuEvent, LimitConfig, LimitedApi, NewDevice, TenantLimits,
+};
 use gateway_proto::wire::{Connect, Packet};
 
 #[test]
@@ -184,4 +188,71 @@ fn client_disconnect_is_answered_with_disconnect_0_on_v5() {
     h.send(id, disconnect(0));
     assert_eq!(h.take(id), vec![]);
     assert!(h.closed(id));
+}
+
+/// MTH `onValidateDeviceResponse`: opening a session is a regular message of the device's
+/// own bucket (after the tenant's), and so is closing one. Refused: CONNACK 0x9F then
+/// DISCONNECT 0x96 on v5, CONNACK 3 on v3.1.1; the session that is up stays up.
+#[test]
+fn session_open_over_the_rate_limit_is_refused_0x9f_or_3() {
+    let mut h = Harness::new();
+    h.emu
+        .set_rate_limits(TenantLimits {
+            device: LimitConfig::new("3:60", "", ""),
+            ..TenantLimits::default()
+        })
+        .unwrap();
+    // Open (1 token) and close (2).
+    let first = h.connect(V5, DEV_TOKEN);
+    h.send(
+        first,
+        Packet::Disconnect(gateway_proto::wire::Disconnect { code: 0 }),
+    );
+    assert!(h.closed(first));
+    // Open (3): the last token.
+    let up = h.connect(V311, DEV_TOKEN);
+    let (id, p) = h.connect_with(V5, "client", Some(DEV_TOKEN), None);
+    assert_eq!(p, vec![connack(0x9F), disconnect(0x96)]);
+    assert!(h.closed(id));
+    let (id, p) = h.connect_with(V311, "client", Some(DEV_TOKEN), None);
+    assert_eq!(p, vec![connack(3)]);
+    assert!(h.closed(id));
+    // The refused sessions never took the device over.
+    assert!(!h.closed(up));
+    h.publish(up, "v1/devices/me/telemetry", br#"{"t":1}"#, 1);
+    assert_eq!(h.take(up), vec![puback(1, 0)]);
+    let events: Vec<EmuEvent> = std::iter::from_fn(|| h.emu.poll_event()).collect();
+    let limited = events
+        .iter()
+        .filter(|e| {
+            matches!(e, EmuEvent::RateLimited { device, api: LimitedApi::Device } if device == "Device")
+        })
+        .count();
+    assert_eq!(limited, 2, "{events:?}");
+    // Tokens come back: 3 a minute.
+    h.advance(Duration::from_secs(20));
+    let again = h.connect(V5, DEV_TOKEN);
+    assert!(!h.closed(again));
+}
+
+/// A gateway's own sessions take from its `transportGatewayDevice*` bucket, not from the
+/// bucket its sub-devices share.
+#[test]
+fn gateway_session_open_takes_the_gateway_device_bucket() {
+    let mut h = Harness::new();
+    h.emu
+        .set_rate_limits(TenantLimits {
+            gateway: LimitConfig::new("1:60", "", ""),
+            gateway_device: LimitConfig::new("1:60", "", ""),
+            ..TenantLimits::default()
+        })
+        .unwrap();
+    let gw = h.gateway(V5);
+    // The children's bucket is untouched: one child can still be created.
+    h.publish(gw, "v1/gateway/connect", br#"{"device":"A"}"#, 1);
+    assert_eq!(h.take(gw), vec![puback(1, 0)]);
+    let (id, p) = h.connect_with(V5, "client", Some(GW_TOKEN), None);
+    assert_eq!(p, vec![connack(0x9F), disconnect(0x96)]);
+    assert!(h.closed(id));
+    assert!(!h.closed(gw));
 }

@@ -189,6 +189,59 @@ fn rate_limited_child_creation_is_disconnect_0x8b_without_puback() {
     assert!(h.closed(gw));
 }
 
+/// `MqttGatewayRateLimitsTest.transportGatewayMsgRateLimitTest` ("3:600"): a new child
+/// takes two regular tokens of the gateway's bucket, its get-or-create and its session-open
+/// event. The open event has no callback: refused, the gateway hears nothing (the PUBACK
+/// is a success) and a notification names the child; the next creation is refused.
+#[test]
+fn new_children_take_two_tokens_and_a_refused_open_is_silent() {
+    let mut h = Harness::new();
+    h.emu
+        .set_rate_limits(gateway_limits(LimitConfig::new("3:600", "", "")))
+        .unwrap();
+    let gw = h.gateway(V5);
+    h.publish_json(gw, "v1/gateway/connect", json!({"device": "A"}), 1);
+    h.publish_json(gw, "v1/gateway/connect", json!({"device": "B"}), 2);
+    assert_eq!(h.take(gw), vec![puback(1, 0), puback(2, 0)]);
+    let limited: Vec<String> = std::iter::from_fn(|| h.emu.poll_event())
+        .filter_map(|e| match e {
+            gateway_emulator::Event::RateLimited { device, .. } => Some(device),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(limited, vec!["B".to_owned()]);
+    // A known child costs nothing; a new one is refused at creation.
+    h.publish_json(gw, "v1/gateway/connect", json!({"device": "A"}), 3);
+    assert_eq!(h.take(gw), vec![puback(3, 0)]);
+    h.publish_json(gw, "v1/gateway/connect", json!({"device": "C"}), 4);
+    assert_eq!(h.take(gw), vec![disconnect(0x8B)]);
+}
+
+/// A child's session-close event (`v1/gateway/disconnect`, or the gateway's session ending)
+/// takes a token too, so the bucket ThingsBoard keeps per gateway is lower on reconnect.
+#[test]
+fn closing_children_takes_tokens_across_sessions() {
+    let mut h = Harness::new();
+    h.emu
+        .set_rate_limits(gateway_limits(LimitConfig::new("6:600", "", "")))
+        .unwrap();
+    let gw = h.gateway(V311);
+    // A: create + open (2), disconnect (3); B: create + open (5).
+    h.publish_json(gw, "v1/gateway/connect", json!({"device": "A"}), 1);
+    h.publish_json(gw, "v1/gateway/disconnect", json!({"device": "A"}), 2);
+    h.publish_json(gw, "v1/gateway/connect", json!({"device": "B"}), 3);
+    assert_eq!(h.take(gw), vec![puback(1, 0), puback(2, 0), puback(3, 0)]);
+    // The gateway's session ends: B's close (6) empties the bucket.
+    h.send(
+        gw,
+        gateway_proto::wire::Packet::Disconnect(gateway_proto::wire::Disconnect { code: 0 }),
+    );
+    assert!(h.closed(gw));
+    let gw = h.gateway(V5);
+    h.publish_json(gw, "v1/gateway/connect", json!({"device": "A"}), 4);
+    assert_eq!(h.take(gw), vec![disconnect(0x8B)]);
+}
+
 #[test]
 fn rate_limited_device_api_is_disconnect_0x83_without_puback() {
     let mut h = Harness::new();

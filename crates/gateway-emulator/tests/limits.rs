@@ -303,13 +303,14 @@ fn device_attribute_posts_are_charged_as_telemetry_data_points() {
     let mut h = Harness::new();
     h.emu
         .set_rate_limits(TenantLimits {
-            device: LimitConfig::new("1:60", "", "3:60"),
+            // Two regular messages: the session's open event and the empty post.
+            device: LimitConfig::new("2:60", "", "3:60"),
             ..TenantLimits::default()
         })
         .unwrap();
     let dev = h.connect(V5, DEV_TOKEN);
     let attributes = "v1/devices/me/attributes";
-    // No keys: the one regular message.
+    // No keys: the second regular message.
     h.publish(dev, attributes, b"{}", 1);
     // Two, then one data point (the null is not one): the message bucket is not touched.
     h.publish(dev, attributes, br#"{"a":1,"b":2}"#, 2);

@@ -359,3 +359,80 @@ fn gateway_attribute_posts_are_charged_as_telemetry_data_points() {
     assert!(h.closed(gw));
     assert_eq!(h.emu.client_attributes("A").unwrap().len(), 2);
 }
+
+/// ThingsBoard charges a new sub-device two regular tokens of the gateway's bucket (its
+/// get-or-create and its session-open event) and one for each child session closed when the
+/// gateway's session ends. 40 sub-devices are connected against 50 regular messages a second
+/// and 100 a minute, the connection drops a minute later, and all 40 are announced again:
+/// the client paces connects at their real cost and waits for the tokens the closes took,
+/// so the server never refuses a connect (which would cost the whole connection, 0x8B).
+#[test]
+fn connects_and_the_re_announce_after_a_drop_are_paced_at_their_real_cost() {
+    let limits = TenantLimits {
+        gateway: LimitConfig::new("50:1,100:60", "", ""),
+        ..TenantLimits::default()
+    };
+    let mut link = limited_link(gateway_config(), limits);
+    link.advance(Duration::from_millis(100));
+    let names: Vec<String> = (0..40).map(|i| format!("Sensor {i:02}")).collect();
+    let ids: Vec<RequestId> = names
+        .iter()
+        .map(|device| {
+            link.command(Command::Gateway(GatewayCommand::Connect {
+                device: device.clone(),
+                device_type: None,
+            }))
+            .unwrap()
+        })
+        .collect();
+    for _ in 0..120 {
+        if link.outcomes().len() >= ids.len() {
+            break;
+        }
+        link.advance(Duration::from_secs(1));
+    }
+    let outcomes = link.outcomes();
+    for id in &ids {
+        assert_eq!(
+            outcomes.get(id).map(Vec::as_slice),
+            Some(&[&Event::Delivered(*id)][..]),
+            "{id}"
+        );
+    }
+    assert_eq!(link.emu.connected_children("Gateway").unwrap(), names);
+
+    let refused = |events: &[EmuEvent]| -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                EmuEvent::RateLimited { device, .. } => Some(device.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(refused(&link.emu_events), Vec::<String>::new());
+
+    // A minute idle (the server's buckets are full again), then the server loses the
+    // connection: closing the 40 child sessions takes 40 of the 100 a minute, so the
+    // re-announce, 80 tokens, has to wait for part of them.
+    link.advance(Duration::from_secs(60));
+    let session = link.session.expect("connected");
+    link.emu.drop_session(session).unwrap();
+    link.settle();
+    let at_drop = link.emu_events.len();
+    assert_eq!(refused(&link.emu_events), Vec::<String>::new());
+    for _ in 0..300 {
+        if link.emu.connected_children("Gateway").unwrap().len() == names.len() {
+            break;
+        }
+        link.advance(Duration::from_secs(1));
+    }
+    assert_eq!(link.emu.connected_children("Gateway").unwrap(), names);
+    assert_eq!(refused(&link.emu_events[at_drop..]), Vec::<String>::new());
+    let drops: Vec<&Event> = link
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Disconnected { .. }))
+        .collect();
+    assert_eq!(drops.len(), 1, "only the drop: {drops:?}");
+}

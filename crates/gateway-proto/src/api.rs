@@ -492,7 +492,10 @@ impl Api {
                         device,
                         device_type,
                     },
-                    Body::message(topic::GATEWAY_CONNECT),
+                    Body {
+                        charge: Charge::sub_device_connect(),
+                        ..Body::message(topic::GATEWAY_CONNECT)
+                    },
                 )
             }
             GatewayCommand::Disconnect { device } => {
@@ -1171,9 +1174,32 @@ impl Api {
         });
     }
 
+    /// Sub-devices tracked (each has a child session on the server while connected).
+    pub(crate) fn sub_device_count(&self) -> usize {
+        self.registry.len()
+    }
+
     /// Whether connection-made publishes are waiting (they go before the queue).
     pub(crate) fn lane_pending(&self) -> bool {
         !self.lane.is_empty()
+    }
+
+    /// What the next connection-made publish takes from the gateway's buckets: an announce
+    /// creates and opens a child session on the server, a keep-alive is one request.
+    /// Items for devices forgotten meanwhile are dropped first, so the charge is that of
+    /// the publish [`next_lane`](Self::next_lane) then makes.
+    pub(crate) fn lane_charge(&mut self) -> Option<Charge> {
+        loop {
+            let item = self.lane.front()?;
+            let (LaneItem::Announce(device) | LaneItem::Keepalive(device)) = item;
+            if self.registry.device_type(device).is_some() {
+                return Some(match item {
+                    LaneItem::Announce(_) => Charge::sub_device_connect(),
+                    LaneItem::Keepalive(_) => Charge::message(Scope::Gateway),
+                });
+            }
+            self.lane.pop_front();
+        }
     }
 
     /// The server's payload limit (`maxPayloadSize`) was learned: OTA chunk requests stay

@@ -991,8 +991,10 @@ impl Connection {
         }
         // Connection-made publishes (re-announces, keep-alives) go first: after a reconnect
         // every sub-device is connected again before any queued data for it.
-        let lane_charge = Charge::message(Scope::Gateway);
-        while self.api.lane_pending() && self.outbound.window_open(window) {
+        while let Some(lane_charge) = self.api.lane_charge() {
+            if !self.outbound.window_open(window) {
+                break;
+            }
             if !self.paced(&lane_charge, now) {
                 return;
             }
@@ -1335,6 +1337,7 @@ impl Connection {
             self.finish_provisioning(now, Err(error), reason, false, close_transport);
             return;
         }
+        let was_up = matches!(self.phase, Phase::Connected { .. });
         let lasted = match self.phase {
             Phase::Connected { since, .. } => now.saturating_duration_since(since),
             _ => Duration::ZERO,
@@ -1353,7 +1356,8 @@ impl Connection {
         self.phase = Phase::Backoff { until };
         self.timers.set(Timer::Reconnect, until);
         self.stats.disconnects += 1;
-        self.limits.on_connection_lost();
+        self.limits
+            .on_connection_lost(now, was_up, self.api.sub_device_count() as u64);
         self.out.event(Event::Disconnected {
             reason,
             reconnect_at: Some(until),

@@ -379,8 +379,23 @@ impl Limits {
         }
     }
 
-    /// The session ended.
-    pub(crate) fn on_connection_lost(&mut self) {
+    /// The session ended. A session that was up is closed on the server too, and
+    /// ThingsBoard counts each close as a regular message nobody waits for: the session's
+    /// own against the device's buckets and one per child session (`sub_devices`, every
+    /// tracked one: an overestimate only paces early) against the gateway's, each bucket
+    /// going down to empty at most. The buckets carry over to the next session, so its
+    /// re-announce waits for what the server really has.
+    pub(crate) fn on_connection_lost(&mut self, now: Instant, was_up: bool, sub_devices: u64) {
+        if was_up && self.cfg.pacing {
+            self.pacer.drain(&Charge::message(Scope::Device), now);
+            if sub_devices > 0 {
+                let closes = Charge {
+                    messages: sub_devices,
+                    ..Charge::message(Scope::Gateway)
+                };
+                self.pacer.drain(&closes, now);
+            }
+        }
         self.ask = Ask::Idle;
         self.hold_until = None;
         self.pace_at = None;

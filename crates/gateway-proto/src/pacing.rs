@@ -12,7 +12,10 @@
 //!
 //! Per [`Scope`] (the connection's own device, or all sub-devices together) there are three
 //! buckets, like on the server: regular messages, telemetry messages and telemetry data
-//! points. A publish's [`Charge`] says how much of each it takes.
+//! points. A publish's [`Charge`] says how much of each it takes. Events the server counts
+//! without a publish of ours are taken too: the session's open and subscriptions on CONNACK,
+//! and, when a session ends, its close and one close per child session, which only ever
+//! empty a bucket (the server refuses them when empty, without a debt).
 
 use std::time::{Duration, Instant};
 
@@ -109,6 +112,17 @@ impl Charge {
         Self::telemetry(scope, messages, points)
     }
 
+    /// A sub-device's `v1/gateway/connect`: ThingsBoard's get-or-create and the child's
+    /// session-open event are two regular messages of the gateway's bucket
+    /// (`MqttGatewayRateLimitsTest`). A child the server already holds in this session
+    /// costs nothing there; counting it anyway only paces a little early.
+    pub(crate) fn sub_device_connect() -> Self {
+        Self {
+            messages: 2,
+            ..Self::message(Scope::Gateway)
+        }
+    }
+
     /// Whether this charge concerns the telemetry buckets.
     pub(crate) fn is_telemetry(&self) -> bool {
         self.telemetry > 0
@@ -154,6 +168,7 @@ pub(crate) fn charge_of_publish(topic: &str, payload: &[u8]) -> Charge {
                 (_, Ok(a)) => Charge::attributes(scope, 1, a.values.len() as u64),
             }
         }
+        Some(UplinkTopic::GatewayConnect) => Charge::sub_device_connect(),
         _ => Charge::message(scope),
     }
 }
@@ -231,6 +246,15 @@ impl Window {
     fn take(&mut self, n: u64, now: Instant) {
         self.refill(now);
         self.level = self.level.saturating_sub(self.need(n));
+    }
+
+    /// Takes up to `n` tokens without going below empty: what the server's bucket does for
+    /// an event nobody waits for (refused when empty, no debt).
+    fn drain(&mut self, n: u64, now: Instant) {
+        self.refill(now);
+        if self.level > 0 {
+            self.level = self.level.saturating_sub(self.need(n)).max(0);
+        }
     }
 
     fn set_scale(&mut self, share: u8, shift: u8, now: Instant) {
@@ -499,6 +523,23 @@ impl Pacer {
         }
         if charge.points > 0 {
             b.points.take(charge.points, now);
+        }
+    }
+
+    /// Takes `charge` from events the server counts but nobody waits for (session closes):
+    /// each window goes down to empty at most, as the server's does.
+    pub(crate) fn drain(&mut self, charge: &Charge, now: Instant) {
+        let b = &mut self.scope(charge.scope).buckets;
+        for (bucket, n) in [
+            (&mut b.messages, charge.messages),
+            (&mut b.telemetry, charge.telemetry),
+            (&mut b.points, charge.points),
+        ] {
+            if n > 0 {
+                for w in &mut bucket.windows {
+                    w.drain(n, now);
+                }
+            }
         }
     }
 
@@ -795,6 +836,35 @@ mod tests {
     }
 
     #[test]
+    fn drain_empties_a_window_at_most_and_keeps_a_debt() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(
+            100,
+            Duration::from_secs(1),
+            Duration::from_secs(8),
+            Duration::from_secs(60),
+        );
+        p.install(Scope::Gateway, Some(&limits("10:10", "", "")), t0);
+        let one = Charge::message(Scope::Gateway);
+        let n = |n| Charge { messages: n, ..one };
+        // 4 of 10 drained: 6 pass at once, the 7th waits a second.
+        p.drain(&n(4), t0);
+        for _ in 0..6 {
+            assert_eq!(p.ready_at(&one, t0), t0);
+            p.take(&one, t0);
+        }
+        assert_eq!(p.ready_at(&one, t0), t0 + Duration::from_secs(1));
+        // Draining more than is left stops at empty: after 3 s, 3 tokens, not fewer.
+        p.drain(&n(100), t0);
+        let t3 = t0 + Duration::from_secs(3);
+        assert_eq!(p.ready_at(&n(3), t3), t3);
+        // A debt (a charge above the level) is not deepened, nor paid, by a drain.
+        p.take(&n(5), t3);
+        p.drain(&n(100), t3);
+        assert_eq!(p.ready_at(&one, t3), t3 + Duration::from_secs(3));
+    }
+
+    #[test]
     fn publish_charges_count_data_points_of_raw_payloads() {
         let c = charge_of_publish(
             "v1/gateway/telemetry",
@@ -810,8 +880,16 @@ mod tests {
         assert_eq!((c.telemetry, c.points), (1, 1));
         let c = charge_of_publish("v1/gateway/attributes", br#"{"A":{"x":1,"y":2}}"#);
         assert_eq!((c.messages, c.telemetry, c.points), (0, 1, 2));
+        // A child's get-or-create and its session-open event.
         assert_eq!(
             charge_of_publish("v1/gateway/connect", b"{}"),
+            Charge {
+                messages: 2,
+                ..Charge::message(Scope::Gateway)
+            }
+        );
+        assert_eq!(
+            charge_of_publish("v1/gateway/disconnect", b"{}"),
             Charge::message(Scope::Gateway)
         );
         assert_eq!(

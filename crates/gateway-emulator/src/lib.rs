@@ -141,10 +141,10 @@
 //!   telemetry message plus one data point per key (`checkLimits(.., kvCount)`), everything
 //!   else (and a post without keys) a regular message. Session events are regular messages
 //!   too: opening a session (refused: CONNACK 0x9F and DISCONNECT 0x96 on MQTT 5, CONNACK 3
-//!   on 3.1.1), closing one, and a child's open (after its get-or-create, so a new child
-//!   takes two tokens) and close (`v1/gateway/disconnect`, or its gateway's session ending),
-//!   the last three refused silently with only the notification, as ThingsBoard sends them
-//!   without a callback.
+//!   on 3.1.1), closing one, each attribute or RPC subscription, and a child's open (after
+//!   its get-or-create, so a new child takes two tokens) and close (`v1/gateway/disconnect`,
+//!   or its gateway's session ending); all but the first are refused silently with only the
+//!   notification, as ThingsBoard sends them without a callback.
 //! * Sessions: keep-alive not enforced; 10 min inactivity (pings count) for sessions and child
 //!   sessions, `overwriteActivityTime`; 65,536-byte packet limit (DISCONNECT 0x81); wildcard
 //!   topics and QoS 1 packet id 0 refused; outgoing packet ids passing 65,535 to 0.
@@ -166,8 +166,8 @@
 //! * Gateway latency metrics (`metadata` → `gatewayMetrics`), persistent RPC states, RPC
 //!   delivery-timeout close (0x98), device credentials updates, per-IP blocking, the
 //!   pre-CONNACK queue, `max_string_value_length`, custom device-profile topics, MQTT 3.1
-//!   (`MQIsdp`). A child whose session-open event was rate-limited stays usable here; in
-//!   ThingsBoard its device actor never learns of the session.
+//!   (`MQIsdp`). A child whose session-open event, or a subscription that, was refused by a
+//!   rate limit stays fully usable here; in ThingsBoard the device actor never learns of it.
 //! * Multi-device messages are processed in key order (serde_json maps are sorted), not
 //!   payload order; this only matters when a failure hits in the middle.
 

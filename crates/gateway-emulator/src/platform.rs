@@ -961,11 +961,12 @@ impl Platform {
         verdict
     }
 
-    /// A session event (a session opened or closed) that nobody waits for: ThingsBoard sends
-    /// it with a `null` callback, so a refusal only raises the notification, but the tokens
-    /// are taken all the same (DTS `process(SessionEventMsg)` runs `checkLimits` like any
-    /// regular message). Uses the platform's clock (closes carry no instant).
-    pub(crate) fn charge_session_event(&mut self, sender: Sender, device_name: &str) {
+    /// A regular message nobody waits for (a child session's open, a session's close, an
+    /// attribute or RPC subscription): ThingsBoard sends it with a `null` callback, so a
+    /// refusal only raises the notification, but the tokens are taken all the same (DTS
+    /// `process(..)` runs `checkLimits` first). Uses the platform's clock (closes carry no
+    /// instant).
+    pub(crate) fn charge_silently(&mut self, sender: Sender, device_name: &str) {
         let now = self.latest;
         let _ = self.check_rate(sender, device_name, 0, now);
     }

@@ -463,12 +463,12 @@ impl Session {
         if let State::Device { device, gateway } = self.state {
             p.unbind(device, self.id);
             let name = p.device(device).map(|d| d.name.clone()).unwrap_or_default();
-            p.charge_session_event(Platform::own_sender(device, gateway), &name);
+            p.charge_silently(Platform::own_sender(device, gateway), &name);
             let mut children: Vec<(String, Child)> = self.children.drain().collect();
             children.sort_by(|a, b| a.0.cmp(&b.0));
             for (name, child) in children {
                 p.unbind(child.device, self.id);
-                p.charge_session_event(Sender::Child { gateway: device }, &name);
+                p.charge_silently(Sender::Child { gateway: device }, &name);
             }
         }
         self.children.clear();
@@ -641,15 +641,22 @@ impl Session {
         for (filter, qos) in s.filters {
             let accepted = match self.state {
                 State::Provision => filter == topic::PROVISION_RESPONSE,
-                State::Device { device, .. } => match subscription_kind(&filter) {
+                // MTH `processSubscribe`: each attribute or RPC subscription is a
+                // `Subscribe*Msg` through `checkLimits` without a callback (granted even
+                // when refused).
+                State::Device { device, gateway } => match subscription_kind(&filter) {
                     Some(SubKind::Attributes(family)) => {
                         self.attr_family = family;
                         p.subscribe_attributes(device, self.id, true);
+                        let name = p.device(device).map(|d| d.name.clone()).unwrap_or_default();
+                        p.charge_silently(Platform::own_sender(device, gateway), &name);
                         true
                     }
                     Some(SubKind::Rpc(family)) => {
                         self.rpc_family = family;
                         rpc_subscribed = true;
+                        let name = p.device(device).map(|d| d.name.clone()).unwrap_or_default();
+                        p.charge_silently(Platform::own_sender(device, gateway), &name);
                         true
                     }
                     Some(SubKind::QosOnly) => true,
@@ -819,7 +826,7 @@ impl Session {
         p.bind(device, self.id, Some(gateway), now);
         // AGSH `getDeviceCreationFuture`: the new child's session-open event, sent without a
         // callback (a refusal is not reported to the gateway; the child stays usable here).
-        p.charge_session_event(Sender::Child { gateway }, name);
+        p.charge_silently(Sender::Child { gateway }, name);
         Ok(device)
     }
 
@@ -864,7 +871,7 @@ impl Session {
                     if let Some(c) = self.children.remove(&d.device) {
                         p.unbind(c.device, self.id);
                         // AGSH `deregisterSession`: the child's session-close event.
-                        p.charge_session_event(Sender::Child { gateway }, &d.device);
+                        p.charge_silently(Sender::Child { gateway }, &d.device);
                     }
                     self.puback(pkid, rc::SUCCESS);
                 }

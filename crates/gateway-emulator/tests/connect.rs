@@ -8,7 +8,7 @@ use common::*;
 use gateway_emulator::{
     Credentials, Event as EmuEvent, LimitConfig, LimitedApi, NewDevice, TenantLimits,
 };
-use gateway_proto::wire::{Connect, Packet};
+use gateway_proto::wire::{Connect, Packet, QoS};
 
 #[test]
 fn good_token_is_accepted_on_both_versions() {
@@ -255,4 +255,33 @@ fn gateway_session_open_takes_the_gateway_device_bucket() {
     assert_eq!(p, vec![connack(0x9F), disconnect(0x96)]);
     assert!(h.closed(id));
     assert!(!h.closed(gw));
+}
+
+/// MTH `processSubscribe`: an attribute or RPC subscription is a regular message of the
+/// device's bucket, sent without a callback: granted even when refused, but the tokens are
+/// gone for what follows.
+#[test]
+fn attribute_and_rpc_subscriptions_take_regular_tokens() {
+    let mut h = Harness::new();
+    h.emu
+        .set_rate_limits(TenantLimits {
+            device: LimitConfig::new("4:60", "", ""),
+            ..TenantLimits::default()
+        })
+        .unwrap();
+    // Open (1), two subscriptions (3), a response-topic filter that costs nothing.
+    let dev = h.connect(V5, DEV_TOKEN);
+    let granted = h.subscribe(
+        dev,
+        &[
+            ("v1/devices/me/attributes", QoS::AtLeastOnce),
+            ("v1/devices/me/rpc/request/+", QoS::AtLeastOnce),
+            ("v1/devices/me/attributes/response/+", QoS::AtLeastOnce),
+        ],
+    );
+    assert_eq!(granted, vec![1, 1, 1]);
+    // One regular message left: the empty attribute post; the next is refused.
+    h.publish(dev, "v1/devices/me/attributes", b"{}", 1);
+    h.publish(dev, "v1/devices/me/attributes", b"{}", 2);
+    assert_eq!(h.take(dev), vec![puback(1, 0), disconnect(0x83)]);
 }

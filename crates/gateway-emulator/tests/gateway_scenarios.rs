@@ -421,6 +421,39 @@ fn get_session_limits_for_a_gateway() {
     );
 }
 
+/// MTH answers `getSessionLimits` before any `transportService` call: with the gateway's
+/// only regular token taken by its session's open, the request is still answered, and any
+/// other RPC request is then refused (DISCONNECT 0x83).
+#[test]
+fn get_session_limits_takes_no_token() {
+    let mut h = Harness::new();
+    h.emu
+        .set_rate_limits(TenantLimits {
+            gateway_device: LimitConfig::new("1:60", "", ""),
+            ..TenantLimits::default()
+        })
+        .unwrap();
+    let gw = h.gateway(V5);
+    for pkid in 1..=3 {
+        h.publish_json(
+            gw,
+            &format!("v1/devices/me/rpc/request/{pkid}"),
+            json!({"method":"getSessionLimits","params":{}}),
+            pkid,
+        );
+        let packets = h.take(gw);
+        assert_eq!(packets[0], puback(pkid, 0));
+        assert_eq!(packets.len(), 2, "{packets:?}");
+    }
+    h.publish_json(
+        gw,
+        "v1/devices/me/rpc/request/4",
+        json!({"method":"other","params":{}}),
+        4,
+    );
+    assert_eq!(h.take(gw), vec![disconnect(0x83)]);
+}
+
 /// `MqttGatewayRateLimitsTest`: children share the gateway bucket, the gateway's own traffic
 /// uses the "gateway device" bucket.
 #[test]

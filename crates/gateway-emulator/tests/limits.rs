@@ -436,3 +436,65 @@ fn connects_and_the_re_announce_after_a_drop_are_paced_at_their_real_cost() {
         .collect();
     assert_eq!(drops.len(), 1, "only the drop: {drops:?}");
 }
+
+/// A reconnect that finds the gateway's own bucket empty is refused with CONNACK 0x9F
+/// (then DISCONNECT 0x96): the client takes it as a transient refusal, backs off, connects
+/// once the server has a token again, and delivers what was queued meanwhile.
+#[test]
+fn a_rate_limited_reconnect_backs_off_and_delivers_what_was_queued() {
+    let mut config = gateway_config();
+    config.protocol = gateway_proto::ProtocolVersion::V5;
+    let limits = TenantLimits {
+        // Open and two subscriptions: one session's worth, refilled in a minute.
+        gateway_device: LimitConfig::new("3:60", "", ""),
+        ..TenantLimits::default()
+    };
+    let mut link = limited_link(config, limits);
+    link.advance(Duration::from_millis(100));
+    assert!(link
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Connected { .. })));
+    let session = link.session.expect("connected");
+    link.emu.drop_session(session).unwrap();
+    link.settle();
+    let id = link
+        .command(Command::Gateway(GatewayCommand::Telemetry {
+            device: "Sensor".into(),
+            entries: vec![TelemetryEntry::at(
+                1_700_000_000_000,
+                values(json!({"t": 1})),
+            )],
+        }))
+        .unwrap();
+    for _ in 0..180 {
+        if link.outcomes().contains_key(&id) {
+            break;
+        }
+        link.advance(Duration::from_secs(1));
+    }
+    assert_eq!(
+        link.outcomes().get(&id).map(Vec::as_slice),
+        Some(&[&Event::Delivered(id)][..])
+    );
+    let refusals = link
+        .events
+        .iter()
+        .filter(|e| {
+            matches!(e, Event::Disconnected {
+                reason: gateway_proto::DisconnectReason::Refused(r), ..
+            } if r.reason == gateway_proto::ReasonCode::ConnectionRateExceeded)
+        })
+        .count();
+    assert!(refusals >= 1, "{:?}", link.events);
+    let connects = link
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Connected { .. }))
+        .count();
+    assert_eq!(connects, 2);
+    assert_eq!(
+        link.emu.latest_telemetry("Sensor").unwrap()["t"].value,
+        json!(1)
+    );
+}

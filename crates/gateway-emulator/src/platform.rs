@@ -971,6 +971,13 @@ impl Platform {
         let _ = self.check_rate(sender, device_name, 0, now);
     }
 
+    /// [`charge_silently`](Self::charge_silently) for a device's own session (its close, a
+    /// subscription), named as the notification names it.
+    pub(crate) fn charge_own_silently(&mut self, device: DeviceId, gateway: bool) {
+        let name = self.name_of(device).unwrap_or_default().to_owned();
+        self.charge_silently(Self::own_sender(device, gateway), &name);
+    }
+
     /// The rate-limit sender of a device's own session.
     pub(crate) fn own_sender(device: DeviceId, gateway: bool) -> Sender {
         if gateway {

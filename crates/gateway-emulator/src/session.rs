@@ -462,8 +462,7 @@ impl Session {
     fn cleanup(&mut self, p: &mut Platform) {
         if let State::Device { device, gateway } = self.state {
             p.unbind(device, self.id);
-            let name = p.device(device).map(|d| d.name.clone()).unwrap_or_default();
-            p.charge_silently(Platform::own_sender(device, gateway), &name);
+            p.charge_own_silently(device, gateway);
             let mut children: Vec<(String, Child)> = self.children.drain().collect();
             children.sort_by(|a, b| a.0.cmp(&b.0));
             for (name, child) in children {
@@ -541,7 +540,7 @@ impl Session {
                 // `checkLimits` (a regular message of the device's own bucket, after the
                 // tenant's); refused, the CONNACK says CONNECTION_RATE_EXCEEDED (3 on
                 // MQTT 3.1.1) and a v5 session also gets DISCONNECT 0x96 before the close.
-                let name = p.device(device).map(|d| d.name.clone()).unwrap_or_default();
+                let name = p.name_of(device).unwrap_or_default().to_owned();
                 let sender = Platform::own_sender(device, gateway);
                 if p.check_rate(sender, &name, 0, now) != RateCheck::Ok {
                     let v5_session = self.version == ProtocolVersion::V5;
@@ -648,15 +647,13 @@ impl Session {
                     Some(SubKind::Attributes(family)) => {
                         self.attr_family = family;
                         p.subscribe_attributes(device, self.id, true);
-                        let name = p.device(device).map(|d| d.name.clone()).unwrap_or_default();
-                        p.charge_silently(Platform::own_sender(device, gateway), &name);
+                        p.charge_own_silently(device, gateway);
                         true
                     }
                     Some(SubKind::Rpc(family)) => {
                         self.rpc_family = family;
                         rpc_subscribed = true;
-                        let name = p.device(device).map(|d| d.name.clone()).unwrap_or_default();
-                        p.charge_silently(Platform::own_sender(device, gateway), &name);
+                        p.charge_own_silently(device, gateway);
                         true
                     }
                     Some(SubKind::QosOnly) => true,

@@ -991,10 +991,13 @@ impl Connection {
         }
         // Connection-made publishes (re-announces, keep-alives) go first: after a reconnect
         // every sub-device is connected again before any queued data for it.
-        while let Some(lane_charge) = self.api.lane_charge() {
-            if !self.outbound.window_open(window) {
+        // The lane is looked at only with the window open: `lane_charge` drops items of
+        // devices forgotten meanwhile, exactly when `next_lane` would have (earlier, a device
+        // that comes back would lose its announce).
+        while self.api.lane_pending() && self.outbound.window_open(window) {
+            let Some(lane_charge) = self.api.lane_charge() else {
                 break;
-            }
+            };
             if !self.paced(&lane_charge, now) {
                 return;
             }

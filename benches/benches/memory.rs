@@ -13,80 +13,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use gateway_benches::{answer_acks, bench_config, connack, connected, telemetry_command};
+use gateway_benches::counting::{live, peak, reset_peak, Counting};
+use gateway_benches::{answer_acks, bench_config, connack, connected, fill_offline_buffer};
 use gateway_proto::wire::ProtocolVersion;
-use gateway_proto::{Command, CommandError, Connection, Input, Output};
-
-/// Counts live and peak bytes requested through the global allocator, then delegates to
-/// the system allocator.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-fn grew(n: usize) {
-    let live = LIVE.fetch_add(n, Relaxed) + n;
-    PEAK.fetch_max(live, Relaxed);
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so it
-// upholds `GlobalAlloc`'s contract exactly as `System` does; the counters are side effects.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: same contract as the caller's.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: same contract as the caller's.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: same contract as the caller's.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE.fetch_sub(layout.size(), Relaxed);
-            grew(new_size);
-        }
-        p
-    }
-}
+use gateway_proto::{Command, Connection, Input, Output};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
-
-fn live() -> usize {
-    LIVE.load(Relaxed)
-}
-
-/// Starts a peak measurement from the current level.
-fn reset_peak() {
-    PEAK.store(live(), Relaxed);
-}
-
-fn peak() -> usize {
-    PEAK.load(Relaxed)
-}
 
 const DEVICES: usize = 100_000;
 
@@ -189,44 +124,23 @@ fn sub_devices() {
 }
 
 fn offline_buffer() {
-    let now = Instant::now();
     println!("## Offline buffer (never connected), anchor telemetry messages at QoS 1");
     println!();
-    println!("| max_buffered_bytes | accepted | refused (QueueFull) | stats.buffered_bytes | heap growth after accepting | heap growth after 100,000 more refused commands |");
-    println!("|---:|---:|---:|---:|---:|---:|");
-    for bound in [64 * 1024usize, 1 << 20, 16 << 20] {
-        let mut config = bench_config();
-        config.max_buffered_bytes = bound;
-        config.publish_timeout = Some(Duration::from_secs(300));
-        let mut conn = Connection::new(config, now).unwrap();
-        while conn.poll_output().is_some() {}
-        let before = live();
-        let mut accepted = 0u64;
-        let mut i = 0u64;
-        loop {
-            i += 1;
-            match conn.command(now, telemetry_command(i)) {
-                Ok(_) => accepted += 1,
-                Err(CommandError::QueueFull { .. }) => break,
-                Err(e) => panic!("{e}"),
-            }
-            while conn.poll_output().is_some() {}
+    println!("| device names | max_buffered_bytes | accepted | refused (QueueFull) | stats.buffered_bytes | heap growth after accepting | heap growth after 100,000 more refused commands |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for devices in [gateway_benches::DEVICES, 1] {
+        for bound in [64 * 1024usize, 1 << 20, 16 << 20] {
+            let f = fill_offline_buffer(bound, devices, 100_000);
+            println!(
+                "| {devices} | {bound} | {} | {} | {} | {} ({:.2}× the bound) | {} |",
+                f.accepted,
+                f.refused,
+                f.buffered_bytes,
+                f.growth,
+                f.growth as f64 / bound as f64,
+                f.growth_after,
+            );
         }
-        let full = live() - before;
-        let mut refused = 1u64;
-        for _ in 0..100_000 {
-            i += 1;
-            if conn.command(now, telemetry_command(i)).is_err() {
-                refused += 1;
-            }
-            while conn.poll_output().is_some() {}
-        }
-        let after = live() - before;
-        println!(
-            "| {bound} | {accepted} | {refused} | {} | {full} ({:.2}× the bound) | {after} |",
-            conn.stats().buffered_bytes,
-            full as f64 / bound as f64,
-        );
     }
     println!();
 }

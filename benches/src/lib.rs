@@ -6,14 +6,21 @@
 //! * `src/bin/bench_e2e`: the end-to-end comparison through a real mosquitto (our tokio
 //!   adapter, rumqttc, the official Python SDK) and the emulator's ingest rate.
 //!
+//! * `tests/offline_buffer_heap.rs`: the offline buffer's heap stays within its configured
+//!   bytes (a size, asserted; never a speed).
+//!
 //! Everything here measures; nothing asserts a speed. See BENCHMARKS.md at the top level.
 
-use std::time::Instant;
+pub mod counting;
+
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use gateway_proto::payload::TelemetryEntry;
 use gateway_proto::wire::{self, Packet, ProtocolVersion};
-use gateway_proto::{Command, Config, Connection, Credentials, GatewayCommand, Input};
+use gateway_proto::{
+    Command, CommandError, Config, Connection, Credentials, GatewayCommand, Input,
+};
 use serde_json::{Map, Value};
 
 /// The topic of the workload.
@@ -177,4 +184,71 @@ pub fn answer_acks(mut bytes: &[u8], acks: &mut Vec<u8>) -> usize {
         bytes = &bytes[at + len..];
     }
     publishes
+}
+
+/// What filling the offline buffer did: see [`fill_offline_buffer`].
+#[derive(Debug, Clone, Copy)]
+pub struct OfflineFill {
+    /// Commands accepted before the first `QueueFull`.
+    pub accepted: u64,
+    /// Commands refused with `QueueFull` (the first one, and every one after it).
+    pub refused: u64,
+    /// `Stats::buffered_bytes` once full.
+    pub buffered_bytes: usize,
+    /// Heap growth (bytes requested, see [`counting`]) from the empty connection to full.
+    pub growth: usize,
+    /// Heap growth after `refuse_more` further commands, all refused.
+    pub growth_after: usize,
+}
+
+/// Fills the offline buffer of a connection that never connects, bounded at `bound` bytes,
+/// with the anchor's telemetry messages at QoS 1 over `devices` device names, until a
+/// command is refused with `QueueFull`; then offers `refuse_more` more. Heap figures are
+/// only meaningful in a binary that installed [`counting::Counting`] as its allocator.
+pub fn fill_offline_buffer(bound: usize, devices: u64, refuse_more: u64) -> OfflineFill {
+    let now = Instant::now();
+    let mut config = bench_config();
+    config.max_buffered_bytes = bound;
+    config.publish_timeout = Some(Duration::from_secs(300));
+    let mut conn = Connection::new(config, now).unwrap_or_else(|e| panic!("config: {e}"));
+    while conn.poll_output().is_some() {}
+    let command = |i: u64| {
+        let device = i % devices;
+        let Command::Gateway(GatewayCommand::Telemetry { entries, .. }) = telemetry_command(i)
+        else {
+            unreachable!("telemetry_command builds gateway telemetry")
+        };
+        Command::Gateway(GatewayCommand::Telemetry {
+            device: device_name(device),
+            entries,
+        })
+    };
+    let before = counting::live();
+    let mut accepted = 0u64;
+    let mut i = 0u64;
+    loop {
+        match conn.command(now, command(i)) {
+            Ok(_) => accepted += 1,
+            Err(CommandError::QueueFull { .. }) => break,
+            Err(e) => panic!("command {i}: {e}"),
+        }
+        i += 1;
+        while conn.poll_output().is_some() {}
+    }
+    let growth = counting::live().saturating_sub(before);
+    let mut refused = 1u64;
+    for _ in 0..refuse_more {
+        i += 1;
+        if let Err(CommandError::QueueFull { .. }) = conn.command(now, command(i)) {
+            refused += 1;
+        }
+        while conn.poll_output().is_some() {}
+    }
+    OfflineFill {
+        accepted,
+        refused,
+        buffered_bytes: conn.stats().buffered_bytes,
+        growth,
+        growth_after: counting::live().saturating_sub(before),
+    }
 }

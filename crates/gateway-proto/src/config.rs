@@ -150,7 +150,10 @@ pub struct Config {
     /// Bound on the bytes of publishes accepted but not yet finished (queued, in flight or
     /// waiting for a reconnect). A command that would pass it fails with
     /// [`CommandError::QueueFull`](crate::CommandError::QueueFull). Each publish is
-    /// accounted at its encoded size plus [`PER_MESSAGE_OVERHEAD`]. Default 16 MiB.
+    /// accounted at its encoded size plus [`PER_MESSAGE_OVERHEAD`], what the connection
+    /// holds for it besides its bytes, so the bound is on the heap the buffer takes (the
+    /// adapters' per-request outcome state, and sub-devices, are bounded apart). Default
+    /// 16 MiB.
     pub max_buffered_bytes: usize,
     /// Largest PUBLISH the client will send, as MQTT remaining length. Larger commands fail
     /// synchronously. Default 65,536: ThingsBoard's `max_payload_size`, past which it drops
@@ -258,9 +261,13 @@ pub enum Role {
 /// exist under it: the response is expected to be empty and is consumed by the connection.
 pub const KEEPALIVE_KEY: &str = "tbgw.keepalive";
 
-/// Bytes added to every buffered publish's size when checking
-/// [`Config::max_buffered_bytes`], so that many tiny messages are bounded too.
-pub const PER_MESSAGE_OVERHEAD: usize = 64;
+/// Bytes added to every buffered publish's encoded size when checking
+/// [`Config::max_buffered_bytes`]: what the connection holds for an unfinished publish
+/// besides its bytes (its entry, and its slots in the store's table and send queue, counted
+/// as they are just after those grew). With it the bound is a bound on the heap the buffer
+/// takes, not only on message bytes, and many tiny messages are bounded too. The value
+/// follows the target's pointer size (on 64-bit targets about 170).
+pub const PER_MESSAGE_OVERHEAD: usize = crate::outbound::ENTRY_HEAP;
 
 impl Config {
     /// A configuration with the defaults documented on each field.

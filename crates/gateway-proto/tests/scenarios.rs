@@ -857,7 +857,7 @@ fn inputs_from_a_dead_transport_are_ignored() {
 #[test]
 fn commands_are_checked_synchronously() {
     let mut c = config(V3);
-    c.max_buffered_bytes = 1000;
+    c.max_buffered_bytes = 5 * (107 + gateway_proto::PER_MESSAGE_OVERHEAD) + 100;
     let mut h = Harness::new(c);
     let too_big = Command::Publish {
         topic: "t".into(),
@@ -874,7 +874,8 @@ fn commands_are_checked_synchronously() {
             Err(CommandError::InvalidTopic(bad.into()))
         );
     }
-    // Fill the 1000-byte buffer while disconnected: each publish costs its size + 64.
+    // Fill the buffer while disconnected: each publish costs its encoded size (107 bytes)
+    // plus the per-message overhead, and five of them fit.
     let mut accepted = 0;
     let err = loop {
         match h.conn.command(h.now, Command::publish("t", vec![0u8; 100])) {
@@ -884,14 +885,18 @@ fn commands_are_checked_synchronously() {
     };
     assert_eq!(accepted, 5);
     assert!(matches!(err, CommandError::QueueFull { .. }));
-    assert!(h.conn.stats().buffered_bytes <= 1000);
+    assert_eq!(
+        h.conn.stats().buffered_bytes,
+        5 * (107 + gateway_proto::PER_MESSAGE_OVERHEAD)
+    );
     assert!(h.take_events().is_empty(), "refusals are not events");
 }
 
 #[test]
 fn a_full_buffer_frees_up_as_outcomes_arrive() {
     let mut c = config(V3);
-    c.max_buffered_bytes = 400;
+    // Room for two 100-byte publishes on "t" (107 bytes encoded at QoS 1), not three.
+    c.max_buffered_bytes = 2 * (107 + gateway_proto::PER_MESSAGE_OVERHEAD) + 50;
     let mut h = Harness::new(c);
     h.connect();
     publish(&mut h, "t", &[0u8; 100], QoS::AtLeastOnce);

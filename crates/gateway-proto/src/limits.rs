@@ -369,11 +369,7 @@ impl Limits {
             return;
         }
         if self.learned {
-            let charge = Charge {
-                messages: n,
-                ..Charge::message(Scope::Device)
-            };
-            self.pacer.take(&charge, now);
+            self.pacer.take(&Charge::messages(Scope::Device, n), now);
         } else {
             self.precharge = self.precharge.saturating_add(n);
         }
@@ -389,11 +385,8 @@ impl Limits {
         if was_up && self.cfg.pacing {
             self.pacer.drain(&Charge::message(Scope::Device), now);
             if sub_devices > 0 {
-                let closes = Charge {
-                    messages: sub_devices,
-                    ..Charge::message(Scope::Gateway)
-                };
-                self.pacer.drain(&closes, now);
+                self.pacer
+                    .drain(&Charge::messages(Scope::Gateway, sub_devices), now);
             }
         }
         self.ask = Ask::Idle;

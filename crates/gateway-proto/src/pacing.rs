@@ -29,8 +29,10 @@ use crate::topic::{classify_uplink, TopicFamily, UplinkTopic};
 const MAX_CAPACITY: u64 = 1_000_000_000_000;
 /// Longest window taken from the server, in seconds (about 115 days).
 const MAX_WINDOW_SECS: u64 = 10_000_000;
-/// Largest single charge (data points of one message), so products stay in range.
-const MAX_CHARGE: u64 = 1_000_000_000_000;
+/// Largest single charge (data points of one message), so products stay in range. A
+/// message has fewer data points than bytes, and MQTT's largest packet fewer bytes than
+/// this; charges are kept in `u32` so that an unfinished publish stays small.
+const MAX_CHARGE: u64 = u32::MAX as u64;
 /// Longest wait for tokens (a window clamped to `MAX_WINDOW_SECS`, slowed down 16 times,
 /// fits), so adding it to an `Instant` cannot overflow.
 const MAX_WAIT_NS: u128 = 16 * MAX_WINDOW_SECS as u128 * 1_000_000_000;
@@ -68,11 +70,11 @@ impl Scope {
 pub(crate) struct Charge {
     pub(crate) scope: Scope,
     /// Regular-message tokens.
-    pub(crate) messages: u64,
+    pub(crate) messages: u32,
     /// Telemetry-message tokens.
-    pub(crate) telemetry: u64,
+    pub(crate) telemetry: u32,
     /// Data-point tokens.
-    pub(crate) points: u64,
+    pub(crate) points: u32,
 }
 
 impl Charge {
@@ -86,20 +88,28 @@ impl Charge {
         }
     }
 
+    /// `n` regular messages.
+    pub(crate) fn messages(scope: Scope, n: u64) -> Self {
+        Self {
+            messages: tokens(n),
+            ..Self::message(scope)
+        }
+    }
+
     /// Telemetry: `messages` telemetry messages (one per device entry on the gateway API)
     /// with `points` data points; without data points the server counts a regular message.
     pub(crate) fn telemetry(scope: Scope, messages: u64, points: u64) -> Self {
         if points == 0 {
             return Self {
-                messages: messages.max(1),
+                messages: tokens(messages.max(1)),
                 ..Self::message(scope)
             };
         }
         Self {
             scope,
             messages: 0,
-            telemetry: messages.max(1),
-            points: points.min(MAX_CHARGE),
+            telemetry: tokens(messages.max(1)),
+            points: tokens(points),
         }
     }
 
@@ -127,6 +137,11 @@ impl Charge {
     pub(crate) fn is_telemetry(&self) -> bool {
         self.telemetry > 0
     }
+}
+
+/// `n` tokens as a charge holds them (at most [`MAX_CHARGE`]).
+fn tokens(n: u64) -> u32 {
+    u32::try_from(n.min(MAX_CHARGE)).unwrap_or(u32::MAX)
 }
 
 /// The charge of a publish the application built itself ([`Command::Publish`]): telemetry
@@ -500,13 +515,13 @@ impl Pacer {
         }
         let b = &mut state.buckets;
         if charge.messages > 0 {
-            at = at.max(b.messages.ready_at(charge.messages, now));
+            at = at.max(b.messages.ready_at(u64::from(charge.messages), now));
         }
         if charge.telemetry > 0 {
-            at = at.max(b.telemetry.ready_at(charge.telemetry, now));
+            at = at.max(b.telemetry.ready_at(u64::from(charge.telemetry), now));
         }
         if charge.points > 0 {
-            at = at.max(b.points.ready_at(charge.points, now));
+            at = at.max(b.points.ready_at(u64::from(charge.points), now));
         }
         at
     }
@@ -516,13 +531,13 @@ impl Pacer {
     pub(crate) fn take(&mut self, charge: &Charge, now: Instant) {
         let b = &mut self.scope(charge.scope).buckets;
         if charge.messages > 0 {
-            b.messages.take(charge.messages, now);
+            b.messages.take(u64::from(charge.messages), now);
         }
         if charge.telemetry > 0 {
-            b.telemetry.take(charge.telemetry, now);
+            b.telemetry.take(u64::from(charge.telemetry), now);
         }
         if charge.points > 0 {
-            b.points.take(charge.points, now);
+            b.points.take(u64::from(charge.points), now);
         }
     }
 
@@ -537,7 +552,7 @@ impl Pacer {
         ] {
             if n > 0 {
                 for w in &mut bucket.windows {
-                    w.drain(n, now);
+                    w.drain(u64::from(n), now);
                 }
             }
         }

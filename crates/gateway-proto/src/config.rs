@@ -266,7 +266,7 @@ pub const KEEPALIVE_KEY: &str = "tbgw.keepalive";
 /// besides its bytes (its entry, and its slots in the store's table and send queue, counted
 /// as they are just after those grew). With it the bound is a bound on the heap the buffer
 /// takes, not only on message bytes, and many tiny messages are bounded too. The value
-/// follows the target's pointer size (on 64-bit targets about 170).
+/// follows the target's pointer size (166 on 64-bit targets).
 pub const PER_MESSAGE_OVERHEAD: usize = crate::outbound::ENTRY_HEAP;
 
 impl Config {

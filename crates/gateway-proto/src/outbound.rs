@@ -25,9 +25,9 @@ use crate::pacing::Charge;
 
 /// The heap an unfinished publish holds besides its encoded bytes (which cover its payload
 /// as copied by the typed commands; a raw publish's `Bytes` is counted at its length): its
-/// boxed [`Entry`]; its slot in the entries table (id, pointer and a
-/// control byte), at most 7/16 used just after the table doubled; and its id in the send
-/// queue, at most half used just after it doubled.
+/// boxed [`Entry`]; its slot in the entries table (id, pointer and a control byte), which
+/// is at most 7/16 full just after it doubled; and its id in the send queue, at most half
+/// full just after it doubled.
 pub(crate) const ENTRY_HEAP: usize = std::mem::size_of::<Entry>()
     + (std::mem::size_of::<(u64, Box<Entry>)>() + 1) * 16 / 7
     + 2 * std::mem::size_of::<u64>();

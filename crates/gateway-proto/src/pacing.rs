@@ -851,6 +851,20 @@ mod tests {
     }
 
     #[test]
+    fn charges_keep_their_counts_and_clip_only_past_u32() {
+        let c = Charge::telemetry(Scope::Gateway, 3, 70_000);
+        assert_eq!((c.messages, c.telemetry, c.points), (0, 3, 70_000));
+        let c = Charge::telemetry(Scope::Device, u64::MAX, u64::MAX);
+        assert_eq!((c.telemetry, c.points), (u32::MAX, u32::MAX));
+        let c = Charge::messages(Scope::Gateway, 5_000_000_000);
+        assert_eq!(
+            (c.scope, c.messages, c.points),
+            (Scope::Gateway, u32::MAX, 0)
+        );
+        assert_eq!(Charge::telemetry(Scope::Device, 0, 0).messages, 1);
+    }
+
+    #[test]
     fn drain_empties_a_window_at_most_and_keeps_a_debt() {
         let t0 = Instant::now();
         let mut p = Pacer::new(

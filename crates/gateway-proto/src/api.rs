@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::codec::{ProtocolVersion, QoS};
@@ -277,7 +277,7 @@ pub(crate) struct Api {
     /// Firmware/software updates, when configured.
     ota: Option<Ota>,
     /// Reused buffer payloads are encoded into before being copied out at their exact size.
-    scratch: BytesMut,
+    scratch: Vec<u8>,
 }
 
 impl Api {
@@ -302,19 +302,19 @@ impl Api {
             } else {
                 config.ota.as_ref().map(Ota::new)
             },
-            scratch: BytesMut::new(),
+            scratch: Vec::new(),
         }
     }
 
     /// Keeps `buf` for the next command unless a large message grew it (the scratch buffer
     /// never holds more than [`SCRATCH_KEEP`] bytes between commands); a payload still in a
     /// buffer that is not kept is copied out.
-    fn keep_scratch(&mut self, buf: BytesMut, payload: PreparedPayload) -> PreparedPayload {
+    fn keep_scratch(&mut self, buf: Vec<u8>, payload: PreparedPayload) -> PreparedPayload {
         if buf.capacity() <= SCRATCH_KEEP {
             self.scratch = buf;
             return payload;
         }
-        self.scratch = BytesMut::new();
+        self.scratch = Vec::new();
         match payload {
             PreparedPayload::Scratch => PreparedPayload::Owned(Bytes::copy_from_slice(&buf)),
             owned => owned,
@@ -723,7 +723,7 @@ impl Api {
             DeviceCommand::Attributes(values) => {
                 let family = json_family()?;
                 // The form of `ClientAttributes`, without moving the values.
-                crate::payload::put_json(&mut buf, &values);
+                crate::payload::WriteJson::write_json(&values, &mut buf);
                 let topic = family.attributes_topic();
                 let body = fit(
                     Size::values(&values),

@@ -417,7 +417,7 @@ impl<'m> PartBuilder<'m> {
                         .collect();
                     o.insert(msg.devices[*d].0.to_owned(), Value::Object(values));
                 }
-                crate::payload::put_json(&mut buf, &o);
+                crate::payload::WriteJson::write_json(&o, &mut buf);
             }
             Shape::DeviceTelemetry => {
                 let entries = self

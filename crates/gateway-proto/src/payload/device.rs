@@ -4,8 +4,8 @@
 use serde_json::{Map, Value};
 
 use super::{
-    into_object, opt_bool, opt_str, parse_object, parse_value, put_json, req_str, req_u64, take,
-    AttributeUpdate, Claim, JsonSink, ObjWriter, Payload, PayloadError, TelemetryEntry,
+    into_object, opt_bool, opt_str, parse_object, parse_value, req_str, req_u64, take,
+    AttributeUpdate, Claim, JsonSink, ObjWriter, Payload, PayloadError, TelemetryEntry, WriteJson,
 };
 
 /// Device telemetry: `{k:v}`, `{"ts":ms,"values":{..}}`, or an array of those. One entry is
@@ -75,7 +75,7 @@ pub struct ClientAttributes {
 
 impl Payload for ClientAttributes {
     fn encode_into<S: JsonSink + ?Sized>(&self, out: &mut S) {
-        put_json(out, &self.values);
+        self.values.write_json(out);
     }
 
     fn parse(bytes: &[u8]) -> Result<Self, PayloadError> {
@@ -289,7 +289,7 @@ impl ClientRpcResponse {
 impl Payload for ClientRpcResponse {
     fn encode_into<S: JsonSink + ?Sized>(&self, out: &mut S) {
         match self {
-            Self::Ok(v) => put_json(out, v),
+            Self::Ok(v) => v.write_json(out),
             Self::Error(e) => {
                 let mut o = ObjWriter::open(out);
                 o.field("error", e);

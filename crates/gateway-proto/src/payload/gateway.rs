@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use super::{
     as_u64, opt_str, parse_object, req_device, req_u64, string_array, take, AttributeUpdate, Claim,
-    JsonSink, ObjWriter, Payload, PayloadError, RpcRequest, TelemetryEntry,
+    JsonSink, ObjWriter, Payload, PayloadError, RpcRequest, TelemetryEntry, WriteJson,
 };
 
 /// `v1/gateway/connect`: `{"device":"Name","type":"Profile"}`.
@@ -193,7 +193,7 @@ pub struct GatewayAttributes {
 
 impl Payload for GatewayAttributes {
     fn encode_into<S: JsonSink + ?Sized>(&self, out: &mut S) {
-        write_per_device(out, &self.devices, |out, attrs| super::put_json(out, attrs));
+        write_per_device(out, &self.devices, |out, attrs| attrs.write_json(out));
     }
 
     fn parse(bytes: &[u8]) -> Result<Self, PayloadError> {

@@ -10,21 +10,22 @@
 //! Maps are `serde_json::Map`, i.e. sorted by key, so builders emit keys in sorted order.
 
 use std::fmt;
-use std::io;
 
 use bytes::{Bytes, BytesMut};
-use serde::Serialize;
 use serde_json::{Map, Value};
 
 pub mod device;
 pub mod gateway;
 pub mod protobuf;
+mod writer;
 
 pub use device::{
     ClientAttributes, ClientRpcResponse, CredentialsType, CredentialsValue, DeviceAttributeRequest,
     DeviceAttributeResponse, DeviceTelemetry, ProvisionRequest, ProvisionResponse, RateLimitWindow,
     RateLimits, SessionLimits,
 };
+pub(crate) use writer::{ObjWriter, WriteJson};
+
 pub use gateway::{
     AttributeResult, Connect, Disconnect, DisconnectNotice, GatewayAttributeRequest,
     GatewayAttributeResponse, GatewayAttributeUpdate, GatewayAttributes, GatewayClaim,
@@ -135,12 +136,14 @@ pub trait JsonSink {
 }
 
 impl JsonSink for Vec<u8> {
+    #[inline]
     fn put(&mut self, bytes: &[u8]) {
         self.extend_from_slice(bytes);
     }
 }
 
 impl JsonSink for BytesMut {
+    #[inline]
     fn put(&mut self, bytes: &[u8]) {
         self.extend_from_slice(bytes);
     }
@@ -172,79 +175,11 @@ pub trait Payload: Sized {
 /// other free-form bodies.
 impl Payload for Value {
     fn encode_into<S: JsonSink + ?Sized>(&self, out: &mut S) {
-        put_json(out, self);
+        self.write_json(out);
     }
 
     fn parse(bytes: &[u8]) -> Result<Self, PayloadError> {
         parse_value(bytes)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Writing helpers
-// ---------------------------------------------------------------------------------------------
-
-/// Adapts a [`JsonSink`] to `io::Write` for serde_json; never fails.
-struct SinkWriter<'a, S: ?Sized>(&'a mut S);
-
-impl<S: JsonSink + ?Sized> io::Write for SinkWriter<'_, S> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.put(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Serializes `value` as compact JSON into `out`.
-pub(crate) fn put_json<S: JsonSink + ?Sized, T: Serialize + ?Sized>(out: &mut S, value: &T) {
-    // Cannot fail: the sink never reports an I/O error, and every type passed here (str,
-    // integers, bool, serde_json::Value / Map) serializes infallibly.
-    let _ = serde_json::to_writer(SinkWriter(out), value);
-}
-
-/// Writes the body of a JSON object field by field, handling the commas.
-pub(crate) struct ObjWriter<'a, S: ?Sized> {
-    out: &'a mut S,
-    first: bool,
-}
-
-impl<'a, S: JsonSink + ?Sized> ObjWriter<'a, S> {
-    /// Writes `{`.
-    pub(crate) fn open(out: &'a mut S) -> Self {
-        out.put(b"{");
-        ObjWriter { out, first: true }
-    }
-
-    /// Writes the separator and `"key":`.
-    pub(crate) fn key(&mut self, key: &str) -> &mut S {
-        if !self.first {
-            self.out.put(b",");
-        }
-        self.first = false;
-        put_json(self.out, key);
-        self.out.put(b":");
-        self.out
-    }
-
-    /// Writes `"key":value`.
-    pub(crate) fn field<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) {
-        let out = self.key(key);
-        put_json(out, value);
-    }
-
-    /// Writes every entry of `map` as a field of this object.
-    pub(crate) fn entries(&mut self, map: &Map<String, Value>) {
-        for (k, v) in map {
-            self.field(k, v);
-        }
-    }
-
-    /// Writes `}`.
-    pub(crate) fn close(self) {
-        self.out.put(b"}");
     }
 }
 

@@ -5,7 +5,8 @@
 //! CPU time, publishes `count` messages, waits until every one is finished (QoS 1: every
 //! PUBACK received; QoS 0: everything written, then a DISCONNECT written after it), takes
 //! both again, and prints
-//! `RESULT start_ns=.. end_ns=.. cpu_ns=.. count=.. finished=.. peak_rss_kib=..`.
+//! `RESULT start_ns=.. end_ns=.. cpu_ns=.. sys_ns=.. count=.. finished=.. peak_rss_kib=..`
+//! (`sys_ns`: the part of `cpu_ns` spent in the kernel).
 
 use std::collections::VecDeque;
 use std::io::BufRead;
@@ -15,7 +16,7 @@ use gateway_benches::{bench_config, telemetry_command, telemetry_json, TELEMETRY
 use gateway_proto::{Credentials, QoS};
 use gateway_tokio::{connect, ClientOptions};
 
-use crate::stats::{peak_rss_kib, process_cpu_ns, wall_ns};
+use crate::stats::{peak_rss_kib, process_cpu_ns, process_system_ns, wall_ns};
 use crate::Args;
 
 /// Outcomes awaited at most this many behind the newest request (bounds the publisher's
@@ -53,11 +54,30 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("tokio runtime: {e}"))
 }
 
-fn report(start_ns: u64, cpu0: u64, count: u64, finished: u64) {
+/// The clocks when publishing starts.
+struct Start {
+    wall_ns: u64,
+    cpu_ns: u64,
+    sys_ns: u64,
+}
+
+impl Start {
+    fn now() -> Self {
+        Start {
+            wall_ns: wall_ns(),
+            cpu_ns: process_cpu_ns(),
+            sys_ns: process_system_ns(),
+        }
+    }
+}
+
+fn report(start: &Start, count: u64, finished: u64) {
     let end_ns = wall_ns();
-    let cpu_ns = process_cpu_ns() - cpu0;
+    let cpu_ns = process_cpu_ns() - start.cpu_ns;
+    let sys_ns = process_system_ns().saturating_sub(start.sys_ns);
     println!(
-        "RESULT start_ns={start_ns} end_ns={end_ns} cpu_ns={cpu_ns} count={count} finished={finished} peak_rss_kib={}",
+        "RESULT start_ns={} end_ns={end_ns} cpu_ns={cpu_ns} sys_ns={sys_ns} count={count} finished={finished} peak_rss_kib={}",
+        start.wall_ns,
         peak_rss_kib()
     );
 }
@@ -91,8 +111,7 @@ pub(crate) fn ours(args: &Args) -> Result<(), String> {
         let (client, _events) = connect(options)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let start_ns = wall_ns();
-        let cpu0 = process_cpu_ns();
+        let start = Start::now();
         let finished = if batch == 0 {
             one_by_one(&client, c.count).await?
         } else {
@@ -100,7 +119,7 @@ pub(crate) fn ours(args: &Args) -> Result<(), String> {
         };
         // A graceful close: the DISCONNECT goes out after every byte before it.
         client.close().await;
-        report(start_ns, cpu0, c.count, finished);
+        report(&start, c.count, finished);
         Ok(())
     })
 }
@@ -186,8 +205,7 @@ pub(crate) fn rumqttc(args: &Args) -> Result<(), String> {
                 Err(e) => return Err(format!("connect: {e}")),
             }
         }
-        let start_ns = wall_ns();
-        let cpu0 = process_cpu_ns();
+        let start = Start::now();
         let count = c.count;
         let publisher = tokio::spawn({
             let client = client.clone();
@@ -224,7 +242,7 @@ pub(crate) fn rumqttc(args: &Args) -> Result<(), String> {
             }
         }
         let _ = publisher.await;
-        report(start_ns, cpu0, count, finished);
+        report(&start, count, finished);
         Ok(())
     })
 }

@@ -57,6 +57,8 @@ struct Run {
     rate: f64,
     /// Publisher CPU per message, µs.
     cpu_us: f64,
+    /// The part of `cpu_us` spent in the kernel (system calls), µs.
+    sys_us: f64,
     peak_rss_mib: f64,
     /// Receiver (broker or emulator) CPU per message, µs.
     receiver_cpu_us: f64,
@@ -72,6 +74,7 @@ struct Report {
     start_ns: u64,
     end_ns: u64,
     cpu_ns: u64,
+    sys_ns: u64,
     finished: u64,
     peak_rss_kib: u64,
 }
@@ -86,6 +89,7 @@ fn parse_report(line: &str) -> Option<Report> {
             "start_ns" => r.start_ns = v,
             "end_ns" => r.end_ns = v,
             "cpu_ns" => r.cpu_ns = v,
+            "sys_ns" => r.sys_ns = v,
             "finished" => r.finished = v,
             "peak_rss_kib" => r.peak_rss_kib = v,
             _ => {}
@@ -231,6 +235,7 @@ fn run_broker(
         received: seen.publishes,
         rate: seen.publishes as f64 / (wall_ns / 1e9),
         cpu_us: report.cpu_ns as f64 / 1e3 / count as f64,
+        sys_us: report.sys_ns as f64 / 1e3 / count as f64,
         peak_rss_mib: report.peak_rss_kib as f64 / 1024.0,
         receiver_cpu_us: (broker1 - broker0) as f64 / 1e3 / count as f64,
         receiver_load: (broker1 - broker0) as f64 / wall_ns,
@@ -279,6 +284,7 @@ fn run_emulator(setup: &Setup, count: u64) -> Result<Run, String> {
             received: stored,
             rate: report.finished as f64 / (wall_ns / 1e9),
             cpu_us: report.cpu_ns as f64 / 1e3 / count as f64,
+            sys_us: report.sys_ns as f64 / 1e3 / count as f64,
             peak_rss_mib: report.peak_rss_kib as f64 / 1024.0,
             receiver_cpu_us: (emu1 - emu0) as f64 / 1e3 / count as f64,
             receiver_load: (emu1 - emu0) as f64 / wall_ns,
@@ -397,8 +403,8 @@ fn print_tables(runs: &[Vec<Run>]) {
         "\n### Medians over {} rounds (min–max in brackets)\n",
         runs.len()
     );
-    println!("| client | QoS | messages | received | msg/s | publisher CPU µs/msg | peak RSS MiB | receiver CPU µs/msg | receiver load (cores) |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| client | QoS | messages | received | msg/s | publisher CPU µs/msg | of which kernel | peak RSS MiB | receiver CPU µs/msg | receiver load (cores) |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let cases = [
         (Client::Ours, 1),
         (Client::OursCoalesced, 1),
@@ -425,7 +431,7 @@ fn print_tables(runs: &[Vec<Run>]) {
         };
         let received: u64 = rs.iter().map(|r| r.received).min().unwrap_or(0);
         println!(
-            "| {} | {qos} | {} | {}{} | {} | {} | {} | {} | {} |",
+            "| {} | {qos} | {} | {}{} | {} | {} | {} | {} | {} | {} |",
             client.name(),
             rs[0].count,
             received,
@@ -436,6 +442,7 @@ fn print_tables(runs: &[Vec<Run>]) {
             },
             col(&|r| r.rate, 0),
             col(&|r| r.cpu_us, 2),
+            col(&|r| r.sys_us, 2),
             col(&|r| r.peak_rss_mib, 1),
             col(&|r| r.receiver_cpu_us, 2),
             col(&|r| r.receiver_load, 2),
@@ -482,6 +489,11 @@ fn print_tables(runs: &[Vec<Run>]) {
     });
     ratio("QoS 1 CPU/msg: rumqttc / ours batched", "≥ 4×", &|r| {
         Some(cpu(Client::Rumqttc, 1)(r)? / cpu(Client::OursBatched, 1)(r)?)
+    });
+    // The same split in user space and kernel: where the difference comes from.
+    let user = |c, q| move |r: &[Run]| find(r, c, q).map(|x| x.cpu_us - x.sys_us);
+    ratio("QoS 1 user CPU/msg: rumqttc / ours batched", "–", &|r| {
+        Some(user(Client::Rumqttc, 1)(r)? / user(Client::OursBatched, 1)(r)?)
     });
     ratio("QoS 0 msg/s: ours / rumqttc", "≥ 1.2×", &|r| {
         Some(rate(Client::Ours, 0)(r)? / rate(Client::Rumqttc, 0)(r)?)

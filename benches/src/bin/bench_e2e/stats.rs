@@ -32,14 +32,27 @@ pub(crate) fn peak_rss_kib() -> u64 {
 /// CPU time (user + system) of process `pid` so far, in nanoseconds, from `/proc/PID/stat`
 /// (clock-tick resolution).
 pub(crate) fn pid_cpu_ns(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (user, system) = stat_times(&format!("/proc/{pid}/stat"))?;
+    Some(user + system)
+}
+
+/// System (kernel) CPU time of this process so far, in nanoseconds (clock-tick resolution,
+/// 10 ms on Linux): the part of [`process_cpu_ns`] spent in system calls.
+pub(crate) fn process_system_ns() -> u64 {
+    stat_times("/proc/self/stat").map_or(0, |(_, system)| system)
+}
+
+/// (user, system) CPU time in nanoseconds from a `/proc/.../stat` file.
+fn stat_times(path: &str) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // The command name may hold spaces; the fields after its closing parenthesis are fixed.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // Fields 14 and 15 of the whole line (utime, stime) are 11 and 12 here.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
     let hz = rustix::param::clock_ticks_per_second().max(1);
-    Some(ticks * 1_000_000_000 / hz)
+    Some((user * 1_000_000_000 / hz, system * 1_000_000_000 / hz))
 }
 
 /// The median of `values` (the mean of the middle two for an even count); 0 when empty.

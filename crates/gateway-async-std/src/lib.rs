@@ -78,11 +78,10 @@
 //! ## Name resolution
 //!
 //! An IP literal is used as is. A DNS name is resolved with the standard library's resolver
-//! (`std::net::ToSocketAddrs`), which blocks the thread running the connection while it
-//! resolves; each resolved address is then dialled in turn. That is harmless on the thread of
-//! [`connect`] and [`spawn`]; with [`driver`] on a shared executor, prefer an IP address or a
-//! host name the system resolves quickly (the core's connect timeout cannot interrupt a
-//! resolution in progress).
+//! (`std::net::ToSocketAddrs`) on the `blocking` crate's thread pool, so the core's connect
+//! timeout fires even while a resolver hangs; each resolved address is then dialled in turn.
+//! A lookup that outlives its attempt keeps its pool thread until the system resolver gives
+//! up (the pool is bounded: 500 threads by default).
 #![forbid(unsafe_code)]
 
 use std::future::Future;

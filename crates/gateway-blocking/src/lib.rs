@@ -37,8 +37,10 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod resolve;
+
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, TcpStream};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -46,6 +48,8 @@ use std::time::{Duration, Instant};
 
 pub use gateway_client::TransportError;
 use gateway_client::{Action, Commands, Driver, Parts, Queue, TlsSetup};
+
+use crate::resolve::Resolver;
 
 pub use gateway_client::{
     gateway_proto, Answer, AttributeValues, BatchAnswers, BlockingClient, Client, ClientError,
@@ -131,6 +135,7 @@ pub fn spawn(options: ClientOptions, first_attempt: FirstAttempt) -> Result<Spaw
         driver,
         commands,
         tls,
+        resolver: Resolver::default(),
         wakes,
         wake_tx,
         transport: None,
@@ -263,42 +268,12 @@ fn is_timeout(error: &io::Error) -> bool {
     )
 }
 
-/// The addresses of `host`, resolved on a thread of its own so that a hanging resolver
-/// cannot outlive `deadline` (the thread is left to finish on its own). IP literals are
-/// parsed directly.
-fn resolve(host: &str, port: u16, deadline: Instant) -> Result<Vec<SocketAddr>, DialError> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, port)]);
-    }
-    let failed =
-        |e: &io::Error| DialError::Failed(TransportError::connect(format!("{host}:{port}"), e));
-    let (tx, rx) = mpsc::channel();
-    let name = host.to_owned();
-    std::thread::Builder::new()
-        .name("gateway-dns".into())
-        .spawn(move || {
-            let resolved = (name.as_str(), port)
-                .to_socket_addrs()
-                .map(Iterator::collect::<Vec<_>>);
-            // The dialler may have given up already.
-            let _ = tx.send(resolved);
-        })
-        .map_err(|e| failed(&e))?;
-    let Some(left) = remaining(deadline) else {
-        return Err(DialError::TimedOut);
-    };
-    match rx.recv_timeout(left) {
-        Ok(Ok(addresses)) => Ok(addresses),
-        Ok(Err(e)) => Err(failed(&e)),
-        Err(_) => Err(DialError::TimedOut),
-    }
-}
-
 /// Opens TCP (each resolved address in turn), then TLS if configured, all before `deadline`.
 /// Never falls back to plain TCP.
 fn dial(
     options: &ClientOptions,
     tls: Option<&TlsSetup>,
+    resolver: &mut Resolver,
     deadline: Instant,
 ) -> Result<Transport, DialError> {
     let address = options.address();
@@ -306,7 +281,7 @@ fn dial(
     let host = options.host.trim_start_matches('[').trim_end_matches(']');
     let mut last_error = None;
     let mut socket = None;
-    for addr in resolve(host, options.port, deadline)? {
+    for addr in resolver.resolve(host, options.port, deadline)? {
         let Some(left) = remaining(deadline) else {
             return Err(DialError::TimedOut);
         };
@@ -464,6 +439,8 @@ struct Runner {
     commands: Commands,
     options: ClientOptions,
     tls: Option<TlsSetup>,
+    /// Name lookups; a hanging one is waited for by the next dial rather than repeated.
+    resolver: Resolver,
     wakes: Receiver<Wake>,
     /// Cloned into each reader thread. Holding it here also means `wakes` never reports
     /// disconnection while the loop runs.
@@ -650,7 +627,12 @@ impl Runner {
             .driver
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + OPEN_TIMEOUT);
-        let transport = match dial(&self.options, self.tls.as_ref(), deadline) {
+        let transport = match dial(
+            &self.options,
+            self.tls.as_ref(),
+            &mut self.resolver,
+            deadline,
+        ) {
             Ok(transport) => transport,
             Err(DialError::TimedOut) => return self.driver.handle_timeout(Instant::now()),
             Err(DialError::Failed(e)) => return self.driver.transport_failed(Instant::now(), e),

@@ -3,7 +3,8 @@
 //! Input: a topic selector byte, an id byte, then the payload.
 //!
 //! 1. Every payload parser of `gateway_proto::payload` gets the payload. A parser that accepts
-//!    it must accept its own re-encoding, and encoding is a fixed point after one parse.
+//!    it must accept its own re-encoding, and encoding is a fixed point after one parse. Any
+//!    JSON value is written by the crate's writer exactly as serde_json writes it.
 //! 2. A connected gateway `Connection` (MQTT 5) with requests awaiting answers (two gateway
 //!    attribute requests, a device attribute request and a client RPC, wire ids 0–3) receives
 //!    the payload as a QoS 1 PUBLISH on the selected inbound API topic (id topics carry the id
@@ -81,6 +82,18 @@ fn round_trip<P: Payload + PartialEq + std::fmt::Debug>(bytes: &[u8]) {
 
 /// Every parser in the crate, on one payload.
 pub fn parse_all(bytes: &[u8]) {
+    // The crate's own JSON writer (every uplink goes through it) writes any value exactly as
+    // serde_json does.
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        let ours = Payload::to_vec(&value);
+        let theirs = serde_json::to_vec(&value).unwrap_or_default();
+        assert_eq!(
+            ours,
+            theirs,
+            "the JSON writer differs from serde_json: {}",
+            String::from_utf8_lossy(&theirs)
+        );
+    }
     // Downlinks.
     round_trip::<GatewayAttributeUpdate>(bytes);
     round_trip::<GatewayAttributeResponse>(bytes);

@@ -104,7 +104,10 @@ fn now() -> Instant {
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// Opens TCP, then TLS if configured. Never falls back to plain TCP.
+/// Opens TCP, then TLS if configured. Never falls back to plain TCP. A host name is resolved
+/// by tokio on its blocking pool: the core's connect timeout drops this future even while a
+/// resolver hangs, and the lookup keeps its pool thread (a bounded pool) until the system
+/// resolver gives up.
 async fn dial(
     options: &ClientOptions,
     tls: Option<&TlsSetup>,

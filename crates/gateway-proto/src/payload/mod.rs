@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 pub mod device;
 pub mod gateway;
 pub mod protobuf;
+mod protobuf_wire;
 mod writer;
 
 pub use device::{

@@ -12,6 +12,7 @@
 //! occurrence wins, unknown fields of any wire type skipped; malformed bytes are a
 //! [`PayloadError::InvalidProtobuf`], never a panic.
 
+use super::protobuf_wire::{for_each_field, int32, put_int32, put_string, utf8, Value};
 use super::PayloadError;
 
 /// `transportapi.RpcRequest`: a client-side RPC on a protobuf topic.
@@ -75,11 +76,8 @@ impl ProtoRpcResponse {
     /// The message's bytes (proto3: zero and empty fields are left out).
     pub fn to_vec(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        if self.request_id != 0 {
-            put_key(&mut out, 1, WIRE_VARINT);
-            // int32 is sign-extended to 64 bits on the wire.
-            put_varint(&mut out, i64::from(self.request_id) as u64);
-        }
+        // int32 is sign-extended to 64 bits on the wire.
+        put_int32(&mut out, 1, self.request_id);
         put_string(&mut out, 2, &self.payload);
         put_string(&mut out, 3, &self.error);
         out
@@ -91,7 +89,7 @@ impl ProtoRpcResponse {
         for_each_field(bytes, |field, value| {
             match (field, value) {
                 // int32 keeps the low 32 bits of the varint.
-                (1, Value::Varint(v)) => out.request_id = v as u32 as i32,
+                (1, Value::Varint(v)) => out.request_id = int32(v),
                 (2, Value::Len(b)) => out.payload = utf8(b)?,
                 (3, Value::Len(b)) => out.error = utf8(b)?,
                 _ => {}
@@ -100,102 +98,6 @@ impl ProtoRpcResponse {
         })?;
         Ok(out)
     }
-}
-
-const WIRE_VARINT: u8 = 0;
-const WIRE_I64: u8 = 1;
-const WIRE_LEN: u8 = 2;
-const WIRE_I32: u8 = 5;
-
-/// One field's value, as the wire gives it.
-enum Value<'a> {
-    Varint(u64),
-    Len(&'a [u8]),
-    Fixed,
-}
-
-fn invalid(reason: &'static str) -> PayloadError {
-    PayloadError::InvalidProtobuf(reason)
-}
-
-fn utf8(bytes: &[u8]) -> Result<String, PayloadError> {
-    String::from_utf8(bytes.to_vec()).map_err(|_| invalid("string field is not UTF-8"))
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn put_key(out: &mut Vec<u8>, field: u32, wire: u8) {
-    put_varint(out, (u64::from(field) << 3) | u64::from(wire));
-}
-
-fn put_string(out: &mut Vec<u8>, field: u32, s: &str) {
-    if s.is_empty() {
-        return;
-    }
-    put_key(out, field, WIRE_LEN);
-    put_varint(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
-}
-
-/// Reads a varint at `*at`; at most 10 bytes.
-fn varint(bytes: &[u8], at: &mut usize) -> Result<u64, PayloadError> {
-    let mut v = 0u64;
-    for shift in (0..70).step_by(7) {
-        let Some(&b) = bytes.get(*at) else {
-            return Err(invalid("truncated varint"));
-        };
-        *at += 1;
-        v |= u64::from(b & 0x7f).checked_shl(shift).unwrap_or(0);
-        if b & 0x80 == 0 {
-            return Ok(v);
-        }
-    }
-    Err(invalid("varint longer than 10 bytes"))
-}
-
-/// Calls `f` with each field of a message.
-fn for_each_field<'a>(
-    bytes: &'a [u8],
-    mut f: impl FnMut(u64, Value<'a>) -> Result<(), PayloadError>,
-) -> Result<(), PayloadError> {
-    let mut at = 0;
-    while at < bytes.len() {
-        let key = varint(bytes, &mut at)?;
-        let field = key >> 3;
-        if field == 0 {
-            return Err(invalid("field number 0"));
-        }
-        let value = match (key & 7) as u8 {
-            WIRE_VARINT => Value::Varint(varint(bytes, &mut at)?),
-            WIRE_I64 | WIRE_I32 => {
-                let n = if (key & 7) as u8 == WIRE_I64 { 8 } else { 4 };
-                if bytes.len() - at < n {
-                    return Err(invalid("truncated fixed-width field"));
-                }
-                at += n;
-                Value::Fixed
-            }
-            WIRE_LEN => {
-                let len = varint(bytes, &mut at)?;
-                let len = usize::try_from(len).map_err(|_| invalid("length too large"))?;
-                if bytes.len() - at < len {
-                    return Err(invalid("truncated length-delimited field"));
-                }
-                let value = &bytes[at..at + len];
-                at += len;
-                Value::Len(value)
-            }
-            _ => return Err(invalid("unsupported wire type")),
-        };
-        f(field, value)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

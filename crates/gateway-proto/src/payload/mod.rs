@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 
 pub mod device;
 pub mod gateway;
+pub mod gateway_protobuf;
 pub mod protobuf;
 mod protobuf_wire;
 mod writer;

@@ -8,7 +8,7 @@
 //! session's life (connect, loss, close, timers).
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -36,9 +36,9 @@ use crate::payload::protobuf::{ProtoRpcRequest, ProtoRpcResponse};
 use crate::payload::{
     AttributeResult, AttributeUpdate, ClientRpcResponse, Connect, DeviceAttributeRequest,
     DeviceAttributeResponse, Disconnect, DisconnectNotice, GatewayAttributeRequest,
-    GatewayAttributeResponse, GatewayAttributeUpdate, GatewayNotification, GatewayRpcRequest,
-    GatewayRpcResponse, Payload, PayloadError, RequestedKeys, RpcRequest, SessionLimits,
-    TelemetryEntry,
+    GatewayAttributeResponse, GatewayAttributeUpdate, GatewayAttributes, GatewayClaim,
+    GatewayNotification, GatewayRpcRequest, GatewayRpcResponse, GatewayTelemetry, Payload,
+    PayloadError, RequestedKeys, RpcRequest, SessionLimits, TelemetryEntry,
 };
 use crate::raw::{RawDownlink, RawUplink};
 use crate::reason::ReasonCode;
@@ -469,6 +469,20 @@ impl Api {
         fit_to: &Fit,
     ) -> Result<Prepared, CommandError> {
         let qos1 = QoS::AtLeastOnce;
+        // With a PROTOBUF profile every gateway topic carries protobuf (see
+        // `payload::gateway_protobuf`), and a message is never split: one that does not fit is
+        // refused when it is admitted (`CommandError::TooLarge`).
+        let proto = self.protobuf;
+        let whole;
+        let fit_to = if proto {
+            whole = Fit {
+                split: false,
+                ..*fit_to
+            };
+            &whole
+        } else {
+            fit_to
+        };
         // The reused scratch buffer: each payload is copied out at its exact size, so no
         // message keeps the slack of the buffer's growth steps. An early error return
         // drops it (the next command starts a new one).
@@ -480,11 +494,15 @@ impl Api {
                 device_type,
             } => {
                 self.registry.check([device.as_str()])?;
-                Connect {
+                let connect = Connect {
                     device: device.clone(),
                     device_type: device_type.clone(),
+                };
+                if proto {
+                    buf.extend_from_slice(&connect.to_protobuf());
+                } else {
+                    connect.encode_into(&mut buf);
                 }
-                .encode_into(&mut buf);
                 (
                     topic::GATEWAY_CONNECT,
                     qos1,
@@ -502,10 +520,14 @@ impl Api {
                 if device.is_empty() {
                     return Err(CommandError::EmptyDeviceName);
                 }
-                Disconnect {
+                let disconnect = Disconnect {
                     device: device.clone(),
+                };
+                if proto {
+                    buf.extend_from_slice(&disconnect.to_protobuf());
+                } else {
+                    disconnect.encode_into(&mut buf);
                 }
-                .encode_into(&mut buf);
                 (
                     topic::GATEWAY_DISCONNECT,
                     qos1,
@@ -516,9 +538,20 @@ impl Api {
             GatewayCommand::Telemetry { device, entries } => {
                 let known = self.registry.check_one(&device)?;
                 check_entries(&entries)?;
-                write_gateway_telemetry_entries(&mut buf, &device, &entries);
+                let size = Size::entries(&entries);
+                let entries = if proto {
+                    let one = GatewayTelemetry {
+                        devices: BTreeMap::from([(device.clone(), entries)]),
+                    };
+                    buf.extend_from_slice(&one.to_protobuf());
+                    // Only read to split, which protobuf messages never are.
+                    Vec::new()
+                } else {
+                    write_gateway_telemetry_entries(&mut buf, &device, &entries);
+                    entries
+                };
                 let body = fit(
-                    Size::entries(&entries),
+                    size,
                     || Message::gateway_telemetry(&device, &entries),
                     Counted::Telemetry,
                     topic::GATEWAY_TELEMETRY,
@@ -542,7 +575,11 @@ impl Api {
                 for entries in batch.devices.values() {
                     check_entries(entries)?;
                 }
-                batch.encode_into(&mut buf);
+                if proto {
+                    buf.extend_from_slice(&batch.to_protobuf());
+                } else {
+                    batch.encode_into(&mut buf);
+                }
                 let body = fit(
                     Size::batch(&batch),
                     || Message::gateway_batch(&batch),
@@ -562,9 +599,20 @@ impl Api {
             }
             GatewayCommand::Attributes { device, values } => {
                 let known = self.registry.check_one(&device)?;
-                write_gateway_attributes(&mut buf, &device, &values);
+                let size = Size::values(&values);
+                let values = if proto {
+                    let one = GatewayAttributes {
+                        devices: BTreeMap::from([(device.clone(), values)]),
+                    };
+                    buf.extend_from_slice(&one.to_protobuf());
+                    // Only read to split, which protobuf messages never are.
+                    Map::new()
+                } else {
+                    write_gateway_attributes(&mut buf, &device, &values);
+                    values
+                };
                 let body = fit(
-                    Size::values(&values),
+                    size,
                     || Message::gateway_attributes(&device, &values),
                     Counted::Attributes,
                     topic::GATEWAY_ATTRIBUTES,
@@ -581,7 +629,14 @@ impl Api {
             }
             GatewayCommand::Claim { device, claim } => {
                 let known = self.registry.check_one(&device)?;
-                write_gateway_claim(&mut buf, &device, &claim);
+                if proto {
+                    let one = GatewayClaim {
+                        devices: BTreeMap::from([(device.clone(), claim)]),
+                    };
+                    buf.extend_from_slice(&one.to_protobuf());
+                } else {
+                    write_gateway_claim(&mut buf, &device, &claim);
+                }
                 (
                     topic::GATEWAY_CLAIM,
                     qos1,
@@ -617,7 +672,11 @@ impl Api {
                         None => RequestedKeys::Keys(keys),
                     },
                 };
-                request.encode_into(&mut buf);
+                if proto {
+                    buf.extend_from_slice(&request.to_protobuf());
+                } else {
+                    request.encode_into(&mut buf);
+                }
                 (
                     topic::GATEWAY_ATTRIBUTES_REQUEST,
                     qos1,
@@ -641,12 +700,16 @@ impl Api {
                         id,
                     });
                 }
-                GatewayRpcResponse {
+                let reply = GatewayRpcResponse {
                     device: device.clone(),
                     id,
                     data,
+                };
+                if proto {
+                    buf.extend_from_slice(&reply.to_protobuf());
+                } else {
+                    reply.encode_into(&mut buf);
                 }
-                .encode_into(&mut buf);
                 (
                     topic::GATEWAY_RPC,
                     qos1,
@@ -1451,7 +1514,12 @@ impl Api {
         }
         match kind {
             InboundTopic::GatewayAttributes if gateway => {
-                match GatewayAttributeUpdate::parse(&payload) {
+                let parsed = if self.protobuf {
+                    GatewayAttributeUpdate::parse_protobuf(&payload)
+                } else {
+                    GatewayAttributeUpdate::parse(&payload)
+                };
+                match parsed {
                     Ok(u) => out.event(Event::AttributeUpdate {
                         device: Some(u.device),
                         values: u.update.values,
@@ -1462,7 +1530,12 @@ impl Api {
                 None
             }
             InboundTopic::GatewayAttributesResponse if gateway => {
-                match GatewayAttributeResponse::parse(&payload) {
+                let parsed = if self.protobuf {
+                    GatewayAttributeResponse::parse_protobuf(&payload)
+                } else {
+                    GatewayAttributeResponse::parse(&payload)
+                };
+                match parsed {
                     Ok(r) => self.on_gateway_attributes(topic, r, out),
                     Err(error) => {
                         invalid(out, topic, error);
@@ -1471,7 +1544,12 @@ impl Api {
                 }
             }
             InboundTopic::GatewayRpc if gateway => {
-                match GatewayRpcRequest::parse(&payload) {
+                let parsed = if self.protobuf {
+                    GatewayRpcRequest::parse_protobuf(&payload)
+                } else {
+                    GatewayRpcRequest::parse(&payload)
+                };
+                match parsed {
                     Ok(r) => self.on_rpc_request(
                         Some(r.device),
                         r.id,

@@ -233,7 +233,13 @@ pub struct Config {
     /// [`TopicFamily::V2Json`] keeps JSON. `getSessionLimits`, which ThingsBoard answers on
     /// the v1 topic only, goes out as a protobuf `RpcRequest` and its answer is read as a
     /// `ToServerRpcResponseMsg` (see [`payload::protobuf`](crate::payload::protobuf)).
-    /// Not supported with it: the gateway role (the Gateway API over protobuf) and
+    /// A gateway's typed Gateway API commands and downlinks are then protobuf too (ThingsBoard
+    /// reads every `v1/gateway/*` topic with the gateway's profile; see
+    /// [`payload::gateway_protobuf`](crate::payload::gateway_protobuf)); such messages are
+    /// never split, so one larger than the packet limit is refused with
+    /// [`CommandError::TooLarge`](crate::CommandError::TooLarge), and the per-device
+    /// disconnect notice is not decoded (it arrives as
+    /// [`Warning::InvalidMessage`](crate::Warning::InvalidMessage)). Not supported with it:
     /// [`ota`](Self::ota), whose requests and reports are JSON on v1 topics
     /// ([`ConfigError::ProtobufProfile`](crate::ConfigError::ProtobufProfile)).
     pub protobuf_profile: bool,
@@ -462,17 +468,10 @@ impl Config {
         if self.limits.session_limits_wait.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::ZeroDuration("limits.session_limits_wait"));
         }
-        if self.protobuf_profile {
-            if self.role == Role::Gateway {
-                return Err(ConfigError::ProtobufProfile(
-                    "the Gateway API over protobuf is not supported",
-                ));
-            }
-            if self.ota.is_some() {
-                return Err(ConfigError::ProtobufProfile(
-                    "OTA updates use JSON on v1 topics, which a protobuf profile does not read",
-                ));
-            }
+        if self.protobuf_profile && self.ota.is_some() {
+            return Err(ConfigError::ProtobufProfile(
+                "OTA updates use JSON on v1 topics, which a protobuf profile does not read",
+            ));
         }
         if let Some(ota) = &self.ota {
             let max =

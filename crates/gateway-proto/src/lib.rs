@@ -324,7 +324,9 @@
 //! The Device API can also use ThingsBoard's short topics ([`Config::device_topics`]:
 //! `v2/t`, `v2/a`, `v2/a/req/{id}`, `v2/r/req/{id}` ..., forced JSON with `/j`, protobuf
 //! with `/p`). On `/p` the application encodes and decodes the payloads with its device
-//! profile's schemas: see [`raw`].
+//! profile's schemas: see [`raw`]. A gateway whose own profile is PROTOBUF
+//! ([`Config::protobuf_profile`]) keeps its typed Gateway API commands and events; they
+//! travel as ThingsBoard's gateway protobuf messages ([`payload::gateway_protobuf`]).
 //!
 //! ## Contract
 //!

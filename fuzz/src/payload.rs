@@ -1,10 +1,12 @@
 //! Target `payload`: server (and client) JSON payloads.
 //!
-//! Input: a topic selector byte, an id byte, then the payload.
+//! Input: a topic selector byte (its high bit: a PROTOBUF gateway profile), an id byte, then
+//! the payload.
 //!
 //! 1. Every payload parser of `gateway_proto::payload` gets the payload. A parser that accepts
 //!    it must accept its own re-encoding, and encoding is a fixed point after one parse. Any
-//!    JSON value is written by the crate's writer exactly as serde_json writes it.
+//!    JSON value is written by the crate's writer exactly as serde_json writes it. The gateway
+//!    protobuf parsers get the payload too: an accepted message re-encodes to a fixed point.
 //! 2. A connected gateway `Connection` (MQTT 5) with requests awaiting answers (two gateway
 //!    attribute requests, a device attribute request and a client RPC, wire ids 0–3) receives
 //!    the payload as a QoS 1 PUBLISH on the selected inbound API topic (id topics carry the id
@@ -80,8 +82,43 @@ fn round_trip<P: Payload + PartialEq + std::fmt::Debug>(bytes: &[u8]) {
     );
 }
 
+/// Parse protobuf, re-encode, parse again: the re-encoding is accepted and is a fixed point
+/// (the first parse may normalise, e.g. an empty claim secret to none; the second may not).
+macro_rules! proto_round_trip {
+    ($t:ty, $bytes:expr) => {
+        if let Ok(first) = <$t>::parse_protobuf($bytes) {
+            let encoded = first.to_protobuf();
+            match <$t>::parse_protobuf(&encoded) {
+                Ok(second) => assert_eq!(
+                    second.to_protobuf(),
+                    encoded,
+                    "{}: protobuf encoding is not a fixed point",
+                    stringify!($t)
+                ),
+                Err(e) => panic!("{} rejects its own protobuf encoding: {e}", stringify!($t)),
+            }
+        }
+    };
+}
+
+/// Every gateway protobuf parser (`payload::gateway_protobuf`), on one payload.
+fn parse_all_protobuf(bytes: &[u8]) {
+    proto_round_trip!(Connect, bytes);
+    proto_round_trip!(Disconnect, bytes);
+    proto_round_trip!(GatewayTelemetry, bytes);
+    proto_round_trip!(GatewayAttributes, bytes);
+    proto_round_trip!(GatewayClaim, bytes);
+    proto_round_trip!(GatewayAttributeRequest, bytes);
+    proto_round_trip!(GatewayRpcResponse, bytes);
+    proto_round_trip!(GatewayAttributeUpdate, bytes);
+    proto_round_trip!(GatewayRpcRequest, bytes);
+    // A response re-encodes against a request; any parse must at least not panic.
+    let _ = GatewayAttributeResponse::parse_protobuf(bytes);
+}
+
 /// Every parser in the crate, on one payload.
 pub fn parse_all(bytes: &[u8]) {
+    parse_all_protobuf(bytes);
     // The crate's own JSON writer (every uplink goes through it) writes any value exactly as
     // serde_json does.
     if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
@@ -128,9 +165,16 @@ pub fn parse_all(bytes: &[u8]) {
 
 /// A gateway connection, connected and subscribed, with four requests awaiting answers.
 pub fn connected_gateway(now: Instant) -> (Connection, Server) {
+    connected_gateway_with(now, false)
+}
+
+/// The same; with `protobuf`, its profile is PROTOBUF and only the two gateway attribute
+/// requests await answers (its own Device API takes the application's protobuf bytes).
+pub fn connected_gateway_with(now: Instant, protobuf: bool) -> (Connection, Server) {
     let mut config = Config::new(Credentials::AccessToken("GW_TOKEN".into()));
     config.protocol = ProtocolVersion::V5;
     config.max_pending_server_rpcs = 4;
+    config.protobuf_profile = protobuf;
     let mut conn = match Connection::new(config, now) {
         Ok(c) => c,
         Err(e) => panic!("config: {e}"),
@@ -157,12 +201,14 @@ pub fn connected_gateway(now: Instant) -> (Connection, Server) {
             gateway_proto::Input::Bytes(&server_bytes(&suback, server.version)),
         );
     }
-    let commands = [
+    let mut commands = vec![
         Command::request_device_attributes("A", AttributeScope::Client, ["k"]),
         Command::request_device_attributes("B", AttributeScope::Shared, ["k", "l"]),
-        Command::request_attributes(["c"], ["s"]),
-        Command::rpc("getTime", json!({})),
     ];
+    if !protobuf {
+        commands.push(Command::request_attributes(["c"], ["s"]));
+        commands.push(Command::rpc("getTime", json!({})));
+    }
     for c in commands {
         if let Err(e) = conn.command(now, c) {
             panic!("command refused: {e}");
@@ -193,10 +239,12 @@ pub fn run(data: &[u8]) {
     parse_all(payload);
 
     let now = Instant::now();
-    let (mut conn, mut server) = connected_gateway(now);
+    // The selector's high bit picks a PROTOBUF gateway profile.
+    let protobuf = sel & 0x80 != 0;
+    let (mut conn, mut server) = connected_gateway_with(now, protobuf);
     let requests = conn.stats().requests;
     let publish = Packet::Publish(wire::Publish {
-        topic: topic_for(*sel, u64::from(*id)),
+        topic: topic_for(sel & 0x7f, u64::from(*id)),
         payload: Bytes::copy_from_slice(payload),
         qos: QoS::AtLeastOnce,
         dup: false,

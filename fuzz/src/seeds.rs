@@ -7,12 +7,14 @@
 
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use bytes::{Bytes, BytesMut};
 use gateway_emulator::{Emulator, Output as EmuOutput, RpcCall, SessionId};
 use gateway_proto::payload::{
     AttributeResult, AttributeUpdate, DeviceAttributeResponse, DisconnectNotice,
-    GatewayAttributeResponse, GatewayAttributeUpdate, GatewayNotification, GatewayRpcRequest,
-    Payload, RpcRequest,
+    GatewayAttributeRequest, GatewayAttributeResponse, GatewayAttributeUpdate, GatewayNotification,
+    GatewayRpcRequest, GatewayTelemetry, Payload, RequestedKeys, RpcRequest, TelemetryEntry,
 };
 use gateway_proto::wire::{self, Packet, ProtocolVersion, QoS};
 use gateway_proto::{Connection, Event, Input, Output};
@@ -521,6 +523,53 @@ fn payload_seeds() -> Vec<(String, u8, u8, Vec<u8>)> {
             19,
             0,
             br#"{"deviceName":"P1","provisionDeviceKey":"key","provisionDeviceSecret":"secret"}"#.to_vec(),
+        ),
+        // The gateway protobuf forms (a PROTOBUF gateway profile), on the topics they use.
+        (
+            "proto-gateway-attribute-update".into(),
+            0x80,
+            0,
+            GatewayAttributeUpdate {
+                device: "A".into(),
+                update: update.clone(),
+            }
+            .to_protobuf(),
+        ),
+        (
+            "proto-gateway-rpc-request".into(),
+            0x82,
+            0,
+            GatewayRpcRequest {
+                device: "A".into(),
+                id: 0,
+                method: "m".into(),
+                params: json!({"x": [1, 2.5, "s", true]}),
+            }
+            .to_protobuf(),
+        ),
+        (
+            "proto-gateway-telemetry".into(),
+            17,
+            0,
+            GatewayTelemetry {
+                devices: BTreeMap::from([(
+                    "A".to_owned(),
+                    vec![TelemetryEntry::at(10_000, update.values.clone())],
+                )]),
+            }
+            .to_protobuf(),
+        ),
+        (
+            "proto-gateway-attribute-request".into(),
+            1,
+            0,
+            GatewayAttributeRequest {
+                id: 1,
+                device: "A".into(),
+                client: true,
+                keys: RequestedKeys::Keys(vec!["a".into(), "b".into()]),
+            }
+            .to_protobuf(),
         ),
     ]
 }

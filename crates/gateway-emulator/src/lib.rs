@@ -148,7 +148,8 @@
 //!   0x99, or DISCONNECT 0x99 at QoS 0; v3.1.1 close, or a plain PUBACK with
 //!   `sendAckOnValidationException`), never the JSON form's 0x83 + DISCONNECT; a device
 //!   entry that fails validation (e.g. an empty `kv` list) is the per-device failure of
-//!   §2.1. Entries are handled in payload order, one `msg` at a time.
+//!   §2.1. Entries are handled in payload order, one `msg` at a time. Values are stored as
+//!   typed on the wire: the JSON form's type cast of numeric strings does not apply.
 //! * Limits: tenant device limit; tenant/device/gateway/gateway-device rate-limit buckets with
 //!   ThingsBoard's greedy refill and bucket choice: telemetry and attribute posts take a
 //!   telemetry message plus one data point per key (`checkLimits(.., kvCount)`), everything
@@ -185,7 +186,7 @@
 //!   pre-CONNACK queue, `max_string_value_length`, custom device-profile topics, MQTT 3.1
 //!   (`MQIsdp`). A child whose session-open event, or a subscription that, was refused by a
 //!   rate limit stays fully usable here; in ThingsBoard the device actor never learns of it.
-//! * Multi-device messages are processed in key order (serde_json maps are sorted), not
+//! * JSON multi-device messages are processed in key order (serde_json maps are sorted), not
 //!   payload order; this only matters when a failure hits in the middle.
 
 #![forbid(unsafe_code)]

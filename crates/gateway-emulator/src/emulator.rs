@@ -223,8 +223,10 @@ impl Emulator {
     /// plain v2 topics are then protobuf (telemetry and attributes with the profile's schemas,
     /// attribute requests, RPCs and claims with ThingsBoard's fixed messages), and the
     /// `v2/.../p` topics can decode their telemetry, attributes and RPC replies. Sessions
-    /// already open follow the change, as ThingsBoard's do on a profile update. A gateway's
-    /// own gateway-API topics stay JSON in the emulator.
+    /// already open follow the change, as ThingsBoard's do on a profile update. A gateway of
+    /// this profile speaks the gateway API (`v1/gateway/*`, both ways) in ThingsBoard's
+    /// `transportapi.Gateway*Msg` protobuf messages instead of JSON; its children's own
+    /// profiles play no part there.
     pub fn set_profile_protobuf(&mut self, profile: &str, schemas: ProtoSchemas) {
         self.platform.set_profile_protobuf(profile, Some(schemas));
     }

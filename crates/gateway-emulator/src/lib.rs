@@ -136,6 +136,20 @@
 //!   ThingsBoard's `{"result":"INVALID_ARGUMENTS","error":..}` reply. A JSON profile's
 //!   telemetry, attributes or RPC replies on `/p`, and undecodable bytes, fail like any
 //!   payload (`AdaptorException`). The codec is hand-written, bounded and panic-free.
+//! * Protobuf on the gateway API: a gateway whose own profile is PROTOBUF speaks every
+//!   `v1/gateway/*` topic, uplink and downlink, in `transportapi` messages (`ConnectMsg`,
+//!   `DisconnectMsg`, `GatewayTelemetryMsg`, `GatewayAttributesMsg`, `GatewayClaimMsg`,
+//!   `GatewayAttributesRequestMsg`, `GatewayRpcResponseMsg`; `GatewayAttributeUpdateNotificationMsg`,
+//!   `GatewayAttributeResponseMsg`, `GatewayDeviceRpcRequestMsg`), with `gateway_proto`'s codec
+//!   (`to_protobuf` / `parse_protobuf`, whose docs list the server rules and normalisations).
+//!   Device creation, storage, RPC correlation, acknowledgements and rate-limit charging are
+//!   those of the JSON form. As in AGSH `on*Proto`, bytes protobuf-java would not parse, an
+//!   empty device name and an empty device list are all an `AdaptorException` (v5 PUBACK
+//!   0x99, or DISCONNECT 0x99 at QoS 0; v3.1.1 close, or a plain PUBACK with
+//!   `sendAckOnValidationException`), never the JSON form's 0x83 + DISCONNECT; a device
+//!   entry that fails validation (e.g. an empty `kv` list) is the per-device failure of
+//!   §2.1. Entries are handled in payload order, one `msg` at a time. Values are stored as
+//!   typed on the wire: the JSON form's type cast of numeric strings does not apply.
 //! * Limits: tenant device limit; tenant/device/gateway/gateway-device rate-limit buckets with
 //!   ThingsBoard's greedy refill and bucket choice: telemetry and attribute posts take a
 //!   telemetry message plus one data point per key (`checkLimits(.., kvCount)`), everything
@@ -159,16 +173,20 @@
 //! * X.509 certificate-chain provisioning (device profiles with the `X509_CERTIFICATE_CHAIN`
 //!   strategy, which create a device from a CA-issued certificate's CN at handshake time), and
 //!   ThingsBoard's check that each certificate of a presented chain is signed by the next.
-//! * Protobuf on the gateway API (a gateway whose own profile is PROTOBUF gets
-//!   `GatewayTelemetryMsg` & co. from ThingsBoard; the emulator keeps its gateway topics JSON),
-//!   the profile's `enableCompatibilityWithJsonPayloadFormat` /
+//! * The profile's `enableCompatibilityWithJsonPayloadFormat` /
 //!   `useJsonPayloadFormatForDefaultDownlinkTopics`, and protobuf provisioning requests.
+//! * For a PROTOBUF gateway: the v5 per-device notice on `v1/gateway/disconnect` is not sent
+//!   (ThingsBoard's `ProtoMqttAdaptor` sends a `GatewayDisconnectDeviceMsg`, whose field
+//!   numbers are not confirmed here); a message with an empty device name after valid entries
+//!   is refused whole (ThingsBoard has already handed the earlier entries on when
+//!   `checkDeviceName` throws); negative ids are refused (`AdaptorException`) where
+//!   ThingsBoard takes any `int32`.
 //! * Gateway latency metrics (`metadata` → `gatewayMetrics`), persistent RPC states, RPC
 //!   delivery-timeout close (0x98), device credentials updates, per-IP blocking, the
 //!   pre-CONNACK queue, `max_string_value_length`, custom device-profile topics, MQTT 3.1
 //!   (`MQIsdp`). A child whose session-open event, or a subscription that, was refused by a
 //!   rate limit stays fully usable here; in ThingsBoard the device actor never learns of it.
-//! * Multi-device messages are processed in key order (serde_json maps are sorted), not
+//! * JSON multi-device messages are processed in key order (serde_json maps are sorted), not
 //!   payload order; this only matters when a failure hits in the middle.
 
 #![forbid(unsafe_code)]

@@ -752,14 +752,16 @@ impl Platform {
 
     // ---- telemetry and attributes ---------------------------------------------------------
 
-    /// Stores telemetry points (typed; nulls dropped) at `ts`.
+    /// Stores telemetry points (typed, numeric strings cast to numbers when `type_cast`;
+    /// nulls dropped) at `ts`.
     pub(crate) fn store_telemetry(
         &mut self,
         device: DeviceId,
         ts: i64,
         values: &Map<String, Value>,
+        type_cast: bool,
     ) {
-        let typed = typed_map(values, self.config.type_cast_enabled);
+        let typed = typed_map(values, type_cast);
         let history = self.config.bounds.history_per_key;
         let max_keys = self.config.bounds.max_keys_per_device;
         let Some(d) = self.devices.get_mut(&device) else {
@@ -779,13 +781,15 @@ impl Platform {
         }
     }
 
-    /// Stores client-side attributes (typed; nulls dropped).
+    /// Stores client-side attributes (typed, numeric strings cast to numbers when
+    /// `type_cast`; nulls dropped).
     pub(crate) fn store_client_attributes(
         &mut self,
         device: DeviceId,
         values: &Map<String, Value>,
+        type_cast: bool,
     ) {
-        let typed = typed_map(values, self.config.type_cast_enabled);
+        let typed = typed_map(values, type_cast);
         let max_keys = self.config.bounds.max_keys_per_device;
         let now_ms = self.now_ms();
         let Some(d) = self.devices.get_mut(&device) else {

@@ -289,7 +289,12 @@ impl Session {
                         device: name,
                         update,
                     };
-                    self.publish(topic::GATEWAY_ATTRIBUTES, &msg.to_vec(), p);
+                    // The gateway's own profile picks the form (`getPayloadAdaptor`).
+                    let body = match own {
+                        Some(gw) if p.proto_schemas(gw).is_some() => msg.to_protobuf(),
+                        _ => msg.to_vec(),
+                    };
+                    self.publish(topic::GATEWAY_ATTRIBUTES, &body, p);
                 }
             }
             Notice::Rpc {
@@ -327,7 +332,11 @@ impl Session {
                         method,
                         params,
                     };
-                    self.publish(topic::GATEWAY_RPC, &msg.to_vec(), p);
+                    let body = match own {
+                        Some(gw) if p.proto_schemas(gw).is_some() => msg.to_protobuf(),
+                        _ => msg.to_vec(),
+                    };
+                    self.publish(topic::GATEWAY_RPC, &body, p);
                 }
             }
         }
@@ -842,16 +851,48 @@ impl Session {
             self.puback(pkid, rc::TOPIC_NAME_INVALID);
             return;
         };
+        // AGSH `isJsonPayloadType()`: the gateway's own profile picks JSON or protobuf for
+        // every gateway topic. The `on*Proto` handlers wrap every exception (malformed bytes,
+        // an empty device name, an empty message list) in an AdaptorException (§2.1 row 1).
+        let proto = p.proto_schemas(gateway).is_some();
+        let error = |e: &PayloadError| {
+            if proto {
+                Failure::Adaptor
+            } else {
+                classify_gateway_error(e)
+            }
+        };
         // Syntax first: an AdaptorException (§2.1 row 1) whatever the topic.
-        if serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_err()
+        if !proto
+            && serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_err()
             && !payload.iter().all(u8::is_ascii_whitespace)
         {
             self.fail(Failure::Adaptor, qos, pkid, p);
             return;
         }
+        let connect = if proto {
+            pl::Connect::parse_protobuf
+        } else {
+            pl::Connect::parse
+        };
+        let disconnect = if proto {
+            pl::Disconnect::parse_protobuf
+        } else {
+            pl::Disconnect::parse
+        };
+        let attribute_request = if proto {
+            GatewayAttributeRequest::parse_protobuf
+        } else {
+            GatewayAttributeRequest::parse
+        };
+        let rpc_response = if proto {
+            GatewayRpcResponse::parse_protobuf
+        } else {
+            GatewayRpcResponse::parse
+        };
         match kind {
-            UplinkTopic::GatewayConnect => match pl::Connect::parse(payload) {
-                Err(e) => self.fail(classify_gateway_error(&e), qos, pkid, p),
+            UplinkTopic::GatewayConnect => match connect(payload) {
+                Err(e) => self.fail(error(&e), qos, pkid, p),
                 Ok(c) => match self.child(now, gateway, &c.device, c.device_type.as_deref(), p) {
                     Ok(_) => self.puback(pkid, rc::SUCCESS),
                     Err(ChildError::RateLimited) => self.fail_child_creation(p),
@@ -862,8 +903,8 @@ impl Session {
                     }
                 },
             },
-            UplinkTopic::GatewayDisconnect => match pl::Disconnect::parse(payload) {
-                Err(e) => self.fail(classify_gateway_error(&e), qos, pkid, p),
+            UplinkTopic::GatewayDisconnect => match disconnect(payload) {
+                Err(e) => self.fail(error(&e), qos, pkid, p),
                 Ok(d) => {
                     if let Some(c) = self.children.remove(&d.device) {
                         p.unbind(c.device, self.id);
@@ -874,8 +915,13 @@ impl Session {
                 }
             },
             UplinkTopic::GatewayTelemetry => {
-                match parse_per_device(payload, GatewayTelemetry::parse, |t| t.devices) {
-                    Err(e) => self.fail(classify_gateway_error(&e), qos, pkid, p),
+                let parsed = if proto {
+                    parse_per_device_proto(payload, GatewayTelemetry::parse_protobuf, |t| t.devices)
+                } else {
+                    parse_per_device(payload, GatewayTelemetry::parse, |t| t.devices)
+                };
+                match parsed {
+                    Err(e) => self.fail(error(&e), qos, pkid, p),
                     Ok(devices) => {
                         let items = devices.into_iter().map(|(device, entries)| {
                             let points = entries.as_ref().map_or(0, |entries| {
@@ -888,8 +934,15 @@ impl Session {
                 }
             }
             UplinkTopic::GatewayAttributes => {
-                match parse_per_device(payload, GatewayAttributes::parse, |a| a.devices) {
-                    Err(e) => self.fail(classify_gateway_error(&e), qos, pkid, p),
+                let parsed = if proto {
+                    parse_per_device_proto(payload, GatewayAttributes::parse_protobuf, |a| {
+                        a.devices
+                    })
+                } else {
+                    parse_per_device(payload, GatewayAttributes::parse, |a| a.devices)
+                };
+                match parsed {
+                    Err(e) => self.fail(error(&e), qos, pkid, p),
                     Ok(devices) => {
                         // DTS `process(PostAttributeMsg)`: each device's key count is
                         // charged as data points, like telemetry.
@@ -902,8 +955,13 @@ impl Session {
                 }
             }
             UplinkTopic::GatewayClaim => {
-                match parse_per_device(payload, GatewayClaim::parse, |c| c.devices) {
-                    Err(e) => self.fail(classify_gateway_error(&e), qos, pkid, p),
+                let parsed = if proto {
+                    parse_per_device_proto(payload, GatewayClaim::parse_protobuf, |c| c.devices)
+                } else {
+                    parse_per_device(payload, GatewayClaim::parse, |c| c.devices)
+                };
+                match parsed {
+                    Err(e) => self.fail(error(&e), qos, pkid, p),
                     Ok(devices) => {
                         let items = devices
                             .into_iter()
@@ -913,8 +971,8 @@ impl Session {
                 }
             }
             UplinkTopic::GatewayAttributesRequest => {
-                match GatewayAttributeRequest::parse(payload) {
-                    Err(e) => self.fail(classify_gateway_error(&e), qos, pkid, p),
+                match attribute_request(payload) {
+                    Err(e) => self.fail(error(&e), qos, pkid, p),
                     Ok(req) => {
                         let child = match self.child(now, gateway, &req.device, None, p) {
                             Ok(c) => c,
@@ -938,16 +996,23 @@ impl Session {
                         } else {
                             p.get_attributes(child, &[], &keys)
                         };
-                        let mut found = client;
-                        found.extend(shared);
+                        let mut found = client.clone();
+                        found.extend(shared.clone());
                         self.puback(pkid, rc::SUCCESS);
                         let response = GatewayAttributeResponse::for_request(&req, found);
-                        self.publish(topic::GATEWAY_ATTRIBUTES_RESPONSE, &response.to_vec(), p);
+                        // The device actor never reports an error here, so there is no
+                        // response that `ProtoMqttAdaptor` would refuse to send.
+                        let body = if proto {
+                            proto_attribute_response(&response, &req, &client, &shared)
+                        } else {
+                            response.to_vec()
+                        };
+                        self.publish(topic::GATEWAY_ATTRIBUTES_RESPONSE, &body, p);
                     }
                 }
             }
-            UplinkTopic::GatewayRpc => match GatewayRpcResponse::parse(payload) {
-                Err(e) => self.fail(classify_gateway_error(&e), qos, pkid, p),
+            UplinkTopic::GatewayRpc => match rpc_response(payload) {
+                Err(e) => self.fail(error(&e), qos, pkid, p),
                 Ok(reply) => {
                     let child = match self.child(now, gateway, &reply.device, None, p) {
                         Ok(c) => c,
@@ -998,6 +1063,7 @@ impl Session {
         }
         let v5 = self.version == ProtocolVersion::V5;
         let wall_ms = p.wall_ms(now);
+        let cast = gateway_type_cast(p, gateway);
         let mut remaining = items.len();
         let mut ack_sent = false;
         // The channel is closing: outputs are lost, entries are still processed.
@@ -1047,10 +1113,10 @@ impl Session {
             match stored {
                 Stored::Telemetry(entries) => {
                     for e in entries {
-                        p.store_telemetry(child, e.ts.unwrap_or(wall_ms), &e.values);
+                        p.store_telemetry(child, e.ts.unwrap_or(wall_ms), &e.values, cast);
                     }
                 }
-                Stored::Attributes(values) => p.store_client_attributes(child, &values),
+                Stored::Attributes(values) => p.store_client_attributes(child, &values, cast),
                 Stored::Claim(c) => p.allow_claim(child, c.secret_key, c.duration_ms, now),
             }
             remaining -= 1;
@@ -1074,8 +1140,17 @@ impl Session {
 
     /// AGSH `closeDeviceSession`: on MQTT 5, `{"device":..,"reason":..}` on
     /// `v1/gateway/disconnect` (not subscribable, so QoS 1 unless a filter matches).
+    ///
+    /// Not sent to a gateway whose profile is PROTOBUF: ThingsBoard's `ProtoMqttAdaptor` sends
+    /// a `GatewayDisconnectDeviceMsg` there, whose field numbers are not modelled here.
     fn device_disconnect_notice(&mut self, device: &str, reason: u8, p: &mut Platform) {
         if self.version != ProtocolVersion::V5 || self.is_closed() {
+            return;
+        }
+        if self
+            .device()
+            .is_some_and(|gw| p.proto_schemas(gw).is_some())
+        {
             return;
         }
         let notice = DisconnectNotice {
@@ -1099,6 +1174,7 @@ impl Session {
     ) {
         let per_entry = p.config.quirks.per_device_pubacks;
         let wall_ms = p.wall_ms(now);
+        let cast = gateway_type_cast(p, gateway);
         let mut entry_failed = false;
         let mut first_failure: Option<u8> = None;
         for (name, points, stored) in items {
@@ -1126,10 +1202,10 @@ impl Session {
             match stored {
                 Stored::Telemetry(entries) => {
                     for e in entries {
-                        p.store_telemetry(child, e.ts.unwrap_or(wall_ms), &e.values);
+                        p.store_telemetry(child, e.ts.unwrap_or(wall_ms), &e.values, cast);
                     }
                 }
-                Stored::Attributes(values) => p.store_client_attributes(child, &values),
+                Stored::Attributes(values) => p.store_client_attributes(child, &values, cast),
                 Stored::Claim(c) => p.allow_claim(child, c.secret_key, c.duration_ms, now),
             }
             if per_entry {
@@ -1210,7 +1286,12 @@ impl Session {
                 rate!(points);
                 let wall = p.wall_ms(now);
                 for e in t.entries {
-                    p.store_telemetry(device, e.ts.unwrap_or(wall), &e.values);
+                    p.store_telemetry(
+                        device,
+                        e.ts.unwrap_or(wall),
+                        &e.values,
+                        p.config.type_cast_enabled,
+                    );
                 }
                 self.puback(pkid, rc::SUCCESS);
             }
@@ -1218,7 +1299,7 @@ impl Session {
                 let a = parse_or_fail!(ClientAttributes, proto::adaptor::attributes_json);
                 // DTS `process(PostAttributeMsg)`: the key count is charged as data points.
                 rate!(data_points(&a.values));
-                p.store_client_attributes(device, &a.values);
+                p.store_client_attributes(device, &a.values, p.config.type_cast_enabled);
                 self.puback(pkid, rc::SUCCESS);
             }
             UplinkTopic::DeviceAttributesRequest { family, id } => {
@@ -1542,6 +1623,71 @@ fn parse_per_device<T, I>(
     }
 }
 
+/// [`parse_per_device`] for a PROTOBUF gateway: the repeated `msg` field (number 1) of
+/// `Gateway{Telemetry,Attributes,Claim}Msg`, one device entry at a time in payload order, as
+/// AGSH `onDevice{Telemetry,Attributes,Claim}Proto` walk it. Bytes protobuf-java would not
+/// parse, an empty device name or an empty list fail the whole message (returned as the
+/// error; the caller makes it an AdaptorException). An entry whose conversion fails comes back
+/// as `None` for its device.
+fn parse_per_device_proto<T, I>(
+    payload: &[u8],
+    parse: fn(&[u8]) -> Result<T, PayloadError>,
+    devices: fn(T) -> std::collections::BTreeMap<String, I>,
+) -> Result<Vec<(String, Option<I>)>, PayloadError> {
+    use proto::wire::{put_len_delimited, Reader, WireType};
+    let malformed = |_| PayloadError::InvalidProtobuf("malformed gateway message");
+    let mut msgs = Vec::new();
+    let mut reader = Reader::new(payload);
+    while !reader.is_empty() {
+        let (field, wire) = reader.tag().map_err(malformed)?;
+        if (field, wire) == (1, WireType::Len) {
+            msgs.push(reader.len_delimited().map_err(malformed)?);
+        } else {
+            reader.skip(field, wire, 0).map_err(malformed)?;
+        }
+    }
+    if msgs.is_empty() {
+        return Err(PayloadError::NoDeviceEntries);
+    }
+    // protobuf-java parses the whole message before any entry is handled.
+    let mut parsed = Vec::with_capacity(msgs.len());
+    for msg in msgs {
+        let mut one = Vec::with_capacity(msg.len() + 6);
+        put_len_delimited(&mut one, 1, msg);
+        match parse(&one) {
+            Ok(t) => parsed.extend(devices(t).into_iter().map(|(d, i)| (d, Some(i)))),
+            Err(PayloadError::DeviceEntry { device, .. }) => parsed.push((device, None)),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(parsed)
+}
+
+/// The protobuf attribute response (`ProtoMqttAdaptor.convertToGatewayPublish`) for the
+/// attributes found in each scope. A request without keys asks for every attribute of both
+/// scopes; when that finds exactly one, it goes under its own key in the list of its scope,
+/// as the device actor fills them (the codec would key a lone value by the requested key).
+fn proto_attribute_response(
+    response: &GatewayAttributeResponse,
+    request: &GatewayAttributeRequest,
+    client: &Map<String, Value>,
+    shared: &Map<String, Value>,
+) -> Vec<u8> {
+    if request.keys.count() == 0 {
+        if let Some(key) = client.keys().chain(shared.keys()).next() {
+            let keyed = GatewayAttributeRequest {
+                client: client.contains_key(key),
+                keys: RequestedKeys::Keys(vec![key.clone()]),
+                ..request.clone()
+            };
+            if let pl::AttributeResult::Value(_) = response.result {
+                return response.to_protobuf(&keyed);
+            }
+        }
+    }
+    response.to_protobuf(request)
+}
+
 /// Gateway payload errors: syntax → AdaptorException; per-device conversion → entry failure;
 /// everything else (wrong shape, missing field, empty name, no entries) → RuntimeException.
 fn classify_gateway_error(e: &PayloadError) -> Failure {
@@ -1550,6 +1696,13 @@ fn classify_gateway_error(e: &PayloadError) -> Failure {
         PayloadError::DeviceEntry { .. } => Failure::Entry,
         _ => Failure::Shape,
     }
+}
+
+/// Whether numeric strings in a gateway's telemetry and attributes become numbers: the JSON
+/// form's `transport.json.type_cast_enabled` (`JsonConverter`); protobuf `KeyValueProto`s are
+/// stored as typed (`ProtoConverter` has no cast).
+fn gateway_type_cast(p: &Platform, gateway: DeviceId) -> bool {
+    p.config.type_cast_enabled && p.proto_schemas(gateway).is_none()
 }
 
 /// Whether a message of `family` on `device`'s session goes through ThingsBoard's protobuf

@@ -11,23 +11,7 @@ use gateway_emulator::{
     TenantLimits,
 };
 use gateway_proto::wire::{Packet, QoS};
-use serde_json::{json, Map, Value};
-
-fn map(v: Value) -> Map<String, Value> {
-    match v {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    }
-}
-
-fn rpc_outcome(h: &mut Harness) -> Option<RpcOutcome> {
-    while let Some(e) = h.emu.poll_event() {
-        if let Event::RpcCompleted { outcome, .. } = e {
-            return Some(outcome);
-        }
-    }
-    None
-}
+use serde_json::json;
 
 /// `AbstractMqttTimeseriesIntegrationTest.testPushTelemetryGateway`.
 #[test]

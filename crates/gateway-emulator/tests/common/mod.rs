@@ -6,10 +6,12 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use gateway_emulator::{Emulator, EmulatorConfig, NewDevice, Output, PeerIdentity, SessionId};
+use gateway_emulator::{
+    Emulator, EmulatorConfig, Event, NewDevice, Output, PeerIdentity, RpcOutcome, SessionId,
+};
 use gateway_proto::wire::{self, Connect, Packet, Publish, QoS, Subscribe};
 use gateway_proto::ProtocolVersion;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 pub use gateway_proto::ProtocolVersion::{V311, V5};
 
@@ -259,4 +261,22 @@ pub fn published(packet: &Packet) -> (String, Value, QoS) {
         ),
         other => panic!("expected PUBLISH, got {other:?}"),
     }
+}
+
+/// A JSON object's map (empty for anything else).
+pub fn map(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+/// The outcome of the next completed server-side RPC among the pending events.
+pub fn rpc_outcome(h: &mut Harness) -> Option<RpcOutcome> {
+    while let Some(e) = h.emu.poll_event() {
+        if let Event::RpcCompleted { outcome, .. } = e {
+            return Some(outcome);
+        }
+    }
+    None
 }

@@ -140,7 +140,8 @@
 //!   `v1/gateway/*` topic, uplink and downlink, in `transportapi` messages (`ConnectMsg`,
 //!   `DisconnectMsg`, `GatewayTelemetryMsg`, `GatewayAttributesMsg`, `GatewayClaimMsg`,
 //!   `GatewayAttributesRequestMsg`, `GatewayRpcResponseMsg`; `GatewayAttributeUpdateNotificationMsg`,
-//!   `GatewayAttributeResponseMsg`, `GatewayDeviceRpcRequestMsg`), with `gateway_proto`'s codec
+//!   `GatewayAttributeResponseMsg`, `GatewayDeviceRpcRequestMsg`, and on MQTT 5 the
+//!   per-device `GatewayDisconnectDeviceMsg` notice), with `gateway_proto`'s codec
 //!   (`to_protobuf` / `parse_protobuf`, whose docs list the server rules and normalisations).
 //!   Device creation, storage, RPC correlation, acknowledgements and rate-limit charging are
 //!   those of the JSON form. As in AGSH `on*Proto`, bytes protobuf-java would not parse, an
@@ -175,9 +176,7 @@
 //!   ThingsBoard's check that each certificate of a presented chain is signed by the next.
 //! * The profile's `enableCompatibilityWithJsonPayloadFormat` /
 //!   `useJsonPayloadFormatForDefaultDownlinkTopics`, and protobuf provisioning requests.
-//! * For a PROTOBUF gateway: the v5 per-device notice on `v1/gateway/disconnect` is not sent
-//!   (ThingsBoard's `ProtoMqttAdaptor` sends a `GatewayDisconnectDeviceMsg`, whose field
-//!   numbers are not confirmed here); a message with an empty device name after valid entries
+//! * For a PROTOBUF gateway: a message with an empty device name after valid entries
 //!   is refused whole (ThingsBoard has already handed the earlier entries on when
 //!   `checkDeviceName` throws); negative ids are refused (`AdaptorException`) where
 //!   ThingsBoard takes any `int32`.

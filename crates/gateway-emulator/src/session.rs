@@ -1139,25 +1139,22 @@ impl Session {
     }
 
     /// AGSH `closeDeviceSession`: on MQTT 5, `{"device":..,"reason":..}` on
-    /// `v1/gateway/disconnect` (not subscribable, so QoS 1 unless a filter matches).
-    ///
-    /// Not sent to a gateway whose profile is PROTOBUF: ThingsBoard's `ProtoMqttAdaptor` sends
-    /// a `GatewayDisconnectDeviceMsg` there, whose field numbers are not modelled here.
+    /// `v1/gateway/disconnect` (not subscribable, so QoS 1 unless a filter matches); a
+    /// `GatewayDisconnectDeviceMsg` to a gateway whose profile is PROTOBUF
+    /// (`ProtoMqttAdaptor.convertToGatewayDeviceDisconnectPublish`).
     fn device_disconnect_notice(&mut self, device: &str, reason: u8, p: &mut Platform) {
         if self.version != ProtocolVersion::V5 || self.is_closed() {
-            return;
-        }
-        if self
-            .device()
-            .is_some_and(|gw| p.proto_schemas(gw).is_some())
-        {
             return;
         }
         let notice = DisconnectNotice {
             device: device.to_owned(),
             reason,
         };
-        self.publish(topic::GATEWAY_DISCONNECT, &notice.to_vec(), p);
+        let body = match self.device().and_then(|gw| p.proto_schemas(gw)) {
+            Some(_) => notice.to_protobuf(),
+            None => notice.to_vec(),
+        };
+        self.publish(topic::GATEWAY_DISCONNECT, &body, p);
     }
 
     /// Multi-device gateway messages before v4.2.1 (`per_device_pubacks` quirk): one PUBACK

@@ -13,9 +13,10 @@ use std::time::Duration;
 use common::*;
 use gateway_emulator::{ClaimOutcome, NewDevice, ProtoSchemas, RpcCall, RpcOutcome, SessionId};
 use gateway_proto::payload::{
-    AttributeResult, AttributeUpdate, Claim, Connect, Disconnect, GatewayAttributeRequest,
-    GatewayAttributeResponse, GatewayAttributeUpdate, GatewayAttributes, GatewayClaim,
-    GatewayRpcRequest, GatewayRpcResponse, GatewayTelemetry, RequestedKeys, TelemetryEntry,
+    AttributeResult, AttributeUpdate, Claim, Connect, Disconnect, DisconnectNotice,
+    GatewayAttributeRequest, GatewayAttributeResponse, GatewayAttributeUpdate, GatewayAttributes,
+    GatewayClaim, GatewayRpcRequest, GatewayRpcResponse, GatewayTelemetry, RequestedKeys,
+    TelemetryEntry,
 };
 use gateway_proto::wire::{Packet, QoS};
 use gateway_proto::ProtocolVersion;
@@ -484,10 +485,10 @@ fn an_invalid_device_entry_is_a_per_device_failure() {
     assert!(h.closed(gw));
 }
 
-/// The v5 QoS 0 per-device notices of a JSON gateway are not sent to a protobuf one (their
-/// `GatewayDisconnectDeviceMsg` form is not modelled); the data is still stored.
+/// The v5 per-device notices (here the QoS 0 ones of a multi-device message) reach a
+/// protobuf gateway as `GatewayDisconnectDeviceMsg`s; the data is still stored.
 #[test]
-fn no_json_disconnect_notice_for_a_protobuf_gateway() {
+fn a_protobuf_gateway_gets_protobuf_disconnect_notices() {
     let mut h = harness();
     let gw = proto_gateway(&mut h, V5);
     let telemetry = GatewayTelemetry {
@@ -497,7 +498,23 @@ fn no_json_disconnect_notice_for_a_protobuf_gateway() {
         ]),
     };
     h.publish(gw, TELEMETRY, &telemetry.to_protobuf(), 0);
-    assert_eq!(h.take(gw), vec![]);
+    let notices: Vec<_> = h.take(gw).iter().map(publish_of).collect();
+    let notice = |device: &str| DisconnectNotice {
+        device: device.into(),
+        reason: DisconnectNotice::REASON_MALFORMED,
+    };
+    // Only the first of two entries completes with packet id -1 before the last one.
+    assert_eq!(
+        notices,
+        vec![(
+            "v1/gateway/disconnect".to_owned(),
+            notice("A").to_protobuf()
+        )]
+    );
+    assert_eq!(
+        DisconnectNotice::parse_protobuf(&notices[0].1),
+        Ok(notice("A"))
+    );
     assert_eq!(h.emu.latest_telemetry("A").unwrap()["t"].value, json!(1));
     assert_eq!(h.emu.latest_telemetry("B").unwrap()["t"].value, json!(2));
 }

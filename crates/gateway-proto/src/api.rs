@@ -1563,7 +1563,12 @@ impl Api {
                 None
             }
             InboundTopic::GatewayDisconnect if gateway => {
-                match DisconnectNotice::parse(&payload) {
+                let parsed = if self.protobuf {
+                    DisconnectNotice::parse_protobuf(&payload)
+                } else {
+                    DisconnectNotice::parse(&payload)
+                };
+                match parsed {
                     Ok(n) => {
                         if n.is_rate_limit() {
                             self.signals

@@ -237,9 +237,8 @@ pub struct Config {
     /// reads every `v1/gateway/*` topic with the gateway's profile; see
     /// [`payload::gateway_protobuf`](crate::payload::gateway_protobuf)); such messages are
     /// never split, so one larger than the packet limit is refused with
-    /// [`CommandError::TooLarge`](crate::CommandError::TooLarge), and the per-device
-    /// disconnect notice is not decoded (it arrives as
-    /// [`Warning::InvalidMessage`](crate::Warning::InvalidMessage)). Not supported with it:
+    /// [`CommandError::TooLarge`](crate::CommandError::TooLarge); the MQTT 5 per-device
+    /// disconnect notice is read as a `GatewayDisconnectDeviceMsg`. Not supported with it:
     /// [`ota`](Self::ota), whose requests and reports are JSON on v1 topics
     /// ([`ConfigError::ProtobufProfile`](crate::ConfigError::ProtobufProfile)).
     pub protobuf_profile: bool,

@@ -11,13 +11,15 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use common::{config, publishes, server_publish, Harness};
 use gateway_proto::payload::{
-    AttributeUpdate, Claim, Connect, Disconnect, GatewayAttributeRequest, GatewayAttributeResponse,
-    GatewayAttributeUpdate, GatewayAttributes, GatewayClaim, GatewayRpcRequest, GatewayRpcResponse,
-    GatewayTelemetry, Payload, RequestedKeys, TelemetryEntry,
+    AttributeUpdate, Claim, Connect, Disconnect, DisconnectNotice, GatewayAttributeRequest,
+    GatewayAttributeResponse, GatewayAttributeUpdate, GatewayAttributes, GatewayClaim,
+    GatewayRpcRequest, GatewayRpcResponse, GatewayTelemetry, Payload, RequestedKeys,
+    TelemetryEntry,
 };
 use gateway_proto::wire::{self, Packet, ProtocolVersion};
 use gateway_proto::{
-    AttributeScope, Command, CommandError, ConfigError, Event, GatewayCommand, Role, Warning,
+    AttributeScope, Command, CommandError, ConfigError, Event, GatewayCommand, ReasonCode, Role,
+    Warning,
 };
 use serde_json::{json, Map, Value};
 
@@ -282,6 +284,50 @@ fn protobuf_rpc_requests_and_attribute_updates_become_events_and_replies_go_out_
             id: 4,
             data: json!({"done": 1}),
         }
+    );
+}
+
+/// ThingsBoard's `GatewayDisconnectDeviceMsg` on `v1/gateway/disconnect` (MQTT 5): the same
+/// event as the JSON notice.
+#[test]
+fn a_protobuf_disconnect_notice_is_a_sub_device_disconnect() {
+    let mut h = proto_gateway();
+    let notice = |device: &str, reason| {
+        DisconnectNotice {
+            device: device.into(),
+            reason,
+        }
+        .to_protobuf()
+    };
+    push(&mut h, "v1/gateway/disconnect", notice("Pump", 128));
+    assert_eq!(
+        h.take_events(),
+        vec![Event::SubDeviceDisconnected {
+            device: "Pump".into(),
+            reason: ReasonCode::UnspecifiedError,
+        }]
+    );
+    push(&mut h, "v1/gateway/disconnect", notice("Noisy", 150));
+    assert_eq!(
+        h.take_events(),
+        vec![Event::SubDeviceDisconnected {
+            device: "Noisy".into(),
+            reason: ReasonCode::MessageRateTooHigh,
+        }]
+    );
+    // The JSON notice is not what a PROTOBUF gateway gets.
+    push(
+        &mut h,
+        "v1/gateway/disconnect",
+        br#"{"device":"Pump","reason":128}"#.to_vec(),
+    );
+    let events = h.take_events();
+    assert!(
+        matches!(
+            events.as_slice(),
+            [Event::Warning(Warning::InvalidMessage { topic, .. })] if topic == "v1/gateway/disconnect"
+        ),
+        "{events:?}"
     );
 }
 

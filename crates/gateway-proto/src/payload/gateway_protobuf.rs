@@ -4,7 +4,8 @@
 //!
 //! The messages are ThingsBoard's `transportapi.*Msg` (`transport.proto`) around
 //! `transport.PostTelemetryMsg`, `PostAttributeMsg`, `GetAttributeResponseMsg`,
-//! `AttributeUpdateNotificationMsg` and `ToDeviceRpcRequestMsg` (`queue.proto`). Each type gets
+//! `AttributeUpdateNotificationMsg`, `ToDeviceRpcRequestMsg` and the MQTT 5 per-device
+//! `GatewayDisconnectDeviceMsg` (`queue.proto`). Each type gets
 //! `to_protobuf` and `parse_protobuf`; decoding follows protobuf's rules (fields in any order,
 //! the last scalar wins, repeated fields append, an embedded message seen twice is merged,
 //! unknown fields and fields of an unexpected wire type are skipped) and reports malformed
@@ -77,10 +78,10 @@ use super::protobuf_wire::{
     Value,
 };
 use super::{
-    AttributeResult, AttributeUpdate, Claim, Connect, Disconnect, GatewayAttributeRequest,
-    GatewayAttributeResponse, GatewayAttributeUpdate, GatewayAttributes, GatewayClaim,
-    GatewayRpcRequest, GatewayRpcResponse, GatewayTelemetry, PayloadError, RequestedKeys,
-    TelemetryEntry,
+    AttributeResult, AttributeUpdate, Claim, Connect, Disconnect, DisconnectNotice,
+    GatewayAttributeRequest, GatewayAttributeResponse, GatewayAttributeUpdate, GatewayAttributes,
+    GatewayClaim, GatewayRpcRequest, GatewayRpcResponse, GatewayTelemetry, PayloadError,
+    RequestedKeys, TelemetryEntry,
 };
 
 // `transport.KeyValueType`.
@@ -370,6 +371,41 @@ impl Disconnect {
         })?;
         Ok(Self {
             device: device_name(device)?,
+        })
+    }
+}
+
+impl DisconnectNotice {
+    /// `transport.GatewayDisconnectDeviceMsg { string deviceName = 1; int32 reasonCode = 2; }`
+    /// (`queue.proto`), which `ProtoMqttAdaptor.convertToGatewayDeviceDisconnectPublish`
+    /// sends on `v1/gateway/disconnect`.
+    pub fn to_protobuf(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_string(&mut out, 1, &self.device);
+        put_int32(&mut out, 2, i32::from(self.reason));
+        out
+    }
+
+    /// Reads a `GatewayDisconnectDeviceMsg`; as in JSON, the name must not be empty and the
+    /// reason must be a reason code (0..=255; absent reads as 0).
+    pub fn parse_protobuf(bytes: &[u8]) -> Result<Self, PayloadError> {
+        let mut device = String::new();
+        let mut reason = 0i32;
+        for_each_field(bytes, |f, v| {
+            match (f, v) {
+                (1, Value::Len(b)) => device = utf8(b)?,
+                (2, Value::Varint(n)) => reason = int32(n),
+                _ => {}
+            }
+            Ok(())
+        })?;
+        let reason = u8::try_from(reason).map_err(|_| PayloadError::WrongType {
+            field: "reason",
+            expected: "reason code 0..=255",
+        })?;
+        Ok(Self {
+            device: device_name(device)?,
+            reason,
         })
     }
 }
@@ -923,6 +959,51 @@ mod tests {
     }
 
     #[test]
+    fn golden_disconnect_notice() {
+        let n = DisconnectNotice {
+            device: "Dev".into(),
+            reason: DisconnectNotice::REASON_RATE_LIMIT,
+        };
+        // deviceName = 1, reasonCode = 2 (int32 150 is a two-byte varint).
+        let bytes = cat(&[&ld(1, b"Dev"), b"\x10\x96\x01"]);
+        assert_eq!(n.to_protobuf(), bytes);
+        assert_eq!(DisconnectNotice::parse_protobuf(&bytes), Ok(n));
+        // Fields in any order; an absent reason is 0.
+        assert_eq!(
+            DisconnectNotice::parse_protobuf(&cat(&[b"\x10\x80\x01", &ld(1, b"D")])),
+            Ok(DisconnectNotice {
+                device: "D".into(),
+                reason: 128
+            })
+        );
+        assert_eq!(
+            DisconnectNotice::parse_protobuf(&ld(1, b"D")).map(|n| n.reason),
+            Ok(0)
+        );
+        assert_eq!(
+            DisconnectNotice::parse_protobuf(b"\x10\x96\x01"),
+            Err(PayloadError::EmptyDeviceName)
+        );
+        // A reason beyond a byte (here 256, and -1 as a ten-byte varint) is refused.
+        assert!(matches!(
+            DisconnectNotice::parse_protobuf(&cat(&[&ld(1, b"D"), b"\x10\x80\x02"])),
+            Err(PayloadError::WrongType {
+                field: "reason",
+                ..
+            })
+        ));
+        assert!(matches!(
+            DisconnectNotice::parse_protobuf(&cat(&[&ld(1, b"D"), b"\x10", &[0xff; 9], b"\x01"])),
+            Err(PayloadError::WrongType {
+                field: "reason",
+                ..
+            })
+        ));
+        // The JSON form is not a GatewayDisconnectDeviceMsg.
+        assert!(DisconnectNotice::parse_protobuf(br#"{"device":"D","reason":150}"#).is_err());
+    }
+
+    #[test]
     fn golden_downlinks() {
         let r = GatewayRpcRequest {
             device: "D".into(),
@@ -1423,6 +1504,7 @@ mod tests {
         let _ = GatewayAttributeResponse::parse_protobuf(bytes);
         let _ = GatewayAttributeUpdate::parse_protobuf(bytes);
         let _ = GatewayRpcRequest::parse_protobuf(bytes);
+        let _ = DisconnectNotice::parse_protobuf(bytes);
     }
 
     /// Where each top-level field of a well-formed message ends.
@@ -1487,6 +1569,15 @@ mod tests {
             let i = at.index(bytes.len());
             bytes[i] = byte;
             parse_all(&bytes);
+        }
+
+        #[test]
+        fn disconnect_notices_round_trip_and_match_json(device in device(), reason in any::<u8>()) {
+            let n = DisconnectNotice { device, reason };
+            let bytes = n.to_protobuf();
+            prop_assert_eq!(DisconnectNotice::parse_protobuf(&bytes), Ok(n.clone()));
+            prop_assert_eq!(DisconnectNotice::parse(&n.to_vec()), Ok(n));
+            check_truncations(&bytes, DisconnectNotice::parse_protobuf)?;
         }
 
         #[test]

@@ -226,7 +226,9 @@ impl Emulator {
     /// already open follow the change, as ThingsBoard's do on a profile update. A gateway of
     /// this profile speaks the gateway API (`v1/gateway/*`, both ways) in ThingsBoard's
     /// `transportapi.Gateway*Msg` protobuf messages instead of JSON; its children's own
-    /// profiles play no part there.
+    /// profiles play no part there. The schemas' [`JsonCompatibility`](crate::JsonCompatibility)
+    /// (see [`ProtoSchemas::with_json_compatibility`]) lets the device API's default topics
+    /// take JSON too.
     pub fn set_profile_protobuf(&mut self, profile: &str, schemas: ProtoSchemas) {
         self.platform.set_profile_protobuf(profile, Some(schemas));
     }

@@ -136,6 +136,10 @@
 //!   ThingsBoard's `{"result":"INVALID_ARGUMENTS","error":..}` reply. A JSON profile's
 //!   telemetry, attributes or RPC replies on `/p`, and undecodable bytes, fail like any
 //!   payload (`AdaptorException`). The codec is hand-written, bounded and panic-free.
+//!   The profile's JSON compatibility ([`JsonCompatibility`], ThingsBoard's
+//!   `enableCompatibilityWithJsonPayloadFormat` and `useJsonPayloadFormatForDefaultDownlinkTopics`):
+//!   on v1 and plain v2, an uplink the protobuf adaptor refuses is read as JSON, and with the
+//!   second flag the v1 downlinks are JSON; `/j`, `/p` and the gateway API are unaffected.
 //! * Protobuf on the gateway API: a gateway whose own profile is PROTOBUF speaks every
 //!   `v1/gateway/*` topic, uplink and downlink, in `transportapi` messages (`ConnectMsg`,
 //!   `DisconnectMsg`, `GatewayTelemetryMsg`, `GatewayAttributesMsg`, `GatewayClaimMsg`,
@@ -174,8 +178,7 @@
 //! * X.509 certificate-chain provisioning (device profiles with the `X509_CERTIFICATE_CHAIN`
 //!   strategy, which create a device from a CA-issued certificate's CN at handshake time), and
 //!   ThingsBoard's check that each certificate of a presented chain is signed by the next.
-//! * The profile's `enableCompatibilityWithJsonPayloadFormat` /
-//!   `useJsonPayloadFormatForDefaultDownlinkTopics`, and protobuf provisioning requests.
+//! * Protobuf provisioning requests.
 //! * For a PROTOBUF gateway: a message with an empty device name after valid entries
 //!   is refused whole (ThingsBoard has already handed the earlier entries on when
 //!   `checkDeviceName` throws); negative ids are refused (`AdaptorException`) where
@@ -213,7 +216,7 @@ pub use model::{
     DeviceInfo, Event, LimitedApi, NewDevice, OtaPackage, PeerIdentity, ProvisionProfile,
     ProvisionStrategy, RpcCall, RpcOutcome, RpcTicket, SessionId, Stats, TsValue,
 };
-pub use proto::{ProtoSchemas, SchemaError, SchemaErrorKind, SchemaRole};
+pub use proto::{JsonCompatibility, ProtoSchemas, SchemaError, SchemaErrorKind, SchemaRole};
 pub use ratelimit::{LimitConfig, TenantLimits};
 pub use server::EmulatorHandle;
 pub use session::{Output, SessionInfo};

@@ -26,7 +26,7 @@ use serde_json::{json, Map, Value};
 
 use crate::model::{ClientRpcAnswer, ClientRpcCall, DeviceId, PeerIdentity, SessionId};
 use crate::platform::{Auth, CreateError, Notice, Platform, RateCheck, Refusal, Sender};
-use crate::proto;
+use crate::proto::{self, JsonCompatibility};
 
 /// MQTT's own limit on the remaining length; outgoing packets have no other limit (§5).
 const MAX_OUTGOING: usize = 268_435_455;
@@ -275,7 +275,7 @@ impl Session {
             Notice::Attributes { device, update } => {
                 if Some(device) == own {
                     let topic = self.attr_family.attributes_topic();
-                    let body = if uses_proto(Some(self.attr_family), p, device) {
+                    let body = if downlink_uses_proto(self.attr_family, p, device) {
                         // AttributeUpdateNotificationMsg with each key's lastUpdateTs.
                         let ts = |k: &str| p.attribute_ts(device, true, k);
                         let updated = proto::transport::timed(&update.values, &ts);
@@ -306,7 +306,7 @@ impl Session {
                 if Some(device) == own {
                     let topic =
                         topic::topic_with_id(IdTopicKind::RpcRequest, self.rpc_family, id.into());
-                    if !uses_proto(Some(self.rpc_family), p, device) {
+                    if !downlink_uses_proto(self.rpc_family, p, device) {
                         let body = pl::RpcRequest::new(method, params);
                         return self.publish(&topic, &body.to_vec(), p);
                     }
@@ -1141,7 +1141,8 @@ impl Session {
     /// AGSH `closeDeviceSession`: on MQTT 5, `{"device":..,"reason":..}` on
     /// `v1/gateway/disconnect` (not subscribable, so QoS 1 unless a filter matches); a
     /// `GatewayDisconnectDeviceMsg` to a gateway whose profile is PROTOBUF
-    /// (`ProtoMqttAdaptor.convertToGatewayDeviceDisconnectPublish`).
+    /// (`ProtoMqttAdaptor.convertToGatewayDeviceDisconnectPublish`), and none when that
+    /// profile has JSON compatibility on.
     fn device_disconnect_notice(&mut self, device: &str, reason: u8, p: &mut Platform) {
         if self.version != ProtocolVersion::V5 || self.is_closed() {
             return;
@@ -1151,8 +1152,11 @@ impl Session {
             reason,
         };
         let body = match self.device().and_then(|gw| p.proto_schemas(gw)) {
-            Some(_) => notice.to_protobuf(),
             None => notice.to_vec(),
+            Some(s) if s.json_compatibility() == JsonCompatibility::Off => notice.to_protobuf(),
+            // `BackwardCompatibilityAdaptor.convertToGatewayDeviceDisconnectPublish` sends
+            // nothing.
+            Some(_) => return,
         };
         self.publish(topic::GATEWAY_DISCONNECT, &body, p);
     }
@@ -1239,18 +1243,26 @@ impl Session {
             // §6.2: unknown topic → PUBACK 0x90 (plain on v3), session kept.
             return self.puback(pkid, rc::TOPIC_NAME_INVALID);
         };
-        // The adaptor: `/p` protobuf, `/j` JSON, v1 and plain v2 the profile's (§1.1).
+        // The adaptor: `/p` protobuf, `/j` JSON, v1 and plain v2 the profile's (§1.1); with
+        // the profile's JSON compatibility, protobuf and then JSON on v1 and plain v2.
         let proto = uses_proto(kind_family(&kind), p, device);
+        let json_fallback = proto
+            && kind_family(&kind) != Some(TopicFamily::V2Proto)
+            && p.proto_schemas(device)
+                .is_some_and(|s| s.json_compatibility() != JsonCompatibility::Off);
         let adaptor_error = |_| ();
         macro_rules! parse_or_fail {
             ($ty:ty, $proto_json:expr) => {{
-                let parsed = if proto {
+                let mut parsed = if proto {
                     $proto_json(p.proto_schemas(device), payload)
                         .map_err(adaptor_error)
                         .and_then(|json: Vec<u8>| <$ty>::parse(&json).map_err(|_| ()))
                 } else {
                     <$ty>::parse(payload).map_err(|_| ())
                 };
+                if parsed.is_err() && json_fallback {
+                    parsed = <$ty>::parse(payload).map_err(|_| ());
+                }
                 match parsed {
                     Ok(v) => v,
                     Err(()) => return self.fail(Failure::Adaptor, qos, pkid, p),
@@ -1300,18 +1312,23 @@ impl Session {
                 self.puback(pkid, rc::SUCCESS);
             }
             UplinkTopic::DeviceAttributesRequest { family, id } => {
-                let (client_keys, shared_keys) = if proto {
-                    let req = or_fail!(proto::transport::AttributesRequest::decode(payload));
-                    (req.client_keys, req.shared_keys)
-                } else {
-                    let req = or_fail!(DeviceAttributeRequest::parse(payload));
-                    (req.client_keys().to_vec(), req.shared_keys().to_vec())
+                let from_proto =
+                    proto.then(|| proto::transport::AttributesRequest::decode(payload));
+                let (client_keys, shared_keys) = match from_proto {
+                    Some(Ok(req)) => (req.client_keys, req.shared_keys),
+                    Some(Err(_)) if !json_fallback => {
+                        return self.fail(Failure::Adaptor, qos, pkid, p)
+                    }
+                    _ => {
+                        let req = or_fail!(DeviceAttributeRequest::parse(payload));
+                        (req.client_keys().to_vec(), req.shared_keys().to_vec())
+                    }
                 };
                 rate!(0);
                 self.puback(pkid, rc::SUCCESS);
                 let (client, shared) = p.get_attributes(device, &client_keys, &shared_keys);
                 let topic = topic::topic_with_id(IdTopicKind::AttributeResponse, family, id);
-                if uses_proto(Some(family), p, device) {
+                if downlink_uses_proto(family, p, device) {
                     // ProtoMqttAdaptor: only request ids ≥ 0 (an int) are answered.
                     let Ok(request_id) = i32::try_from(id) else {
                         return;
@@ -1331,41 +1348,46 @@ impl Session {
                 }
             }
             UplinkTopic::DeviceRpcResponse { id, .. } => {
-                let data = if proto {
-                    // Decoded with the profile's RPC-response schema, passed on as JSON.
-                    or_fail!(proto::adaptor::rpc_response(
-                        p.proto_schemas(device),
-                        payload
-                    ))
-                } else {
+                // Decoded with the profile's RPC-response schema, passed on as JSON.
+                let from_proto =
+                    proto.then(|| proto::adaptor::rpc_response(p.proto_schemas(device), payload));
+                let data = match from_proto {
+                    Some(Ok(data)) => data,
+                    Some(Err(_)) if !json_fallback => {
+                        return self.fail(Failure::Adaptor, qos, pkid, p)
+                    }
                     // Stored verbatim, not validated as JSON (§3.6).
-                    serde_json::from_slice(payload).unwrap_or_else(|_| {
+                    _ => serde_json::from_slice(payload).unwrap_or_else(|_| {
                         Value::String(String::from_utf8_lossy(payload).into_owned())
-                    })
+                    }),
                 };
                 rate!(0);
                 p.rpc_reply(device, id, data);
                 self.puback(pkid, rc::SUCCESS);
             }
             UplinkTopic::DeviceRpcRequest { family, id } => {
-                let request = if proto {
-                    // `transportapi.RpcRequest`: a missing method is just "".
-                    let r = or_fail!(ProtoRpcRequest::parse(payload));
-                    let params = if r.params.is_empty() {
-                        Value::Null
-                    } else {
-                        serde_json::from_str(&r.params).unwrap_or(Value::String(r.params))
-                    };
-                    pl::RpcRequest::new(r.method, params)
-                } else {
-                    match pl::RpcRequest::parse(payload) {
+                // `transportapi.RpcRequest`: a missing method is just "".
+                let from_proto = proto.then(|| ProtoRpcRequest::parse(payload));
+                let request = match from_proto {
+                    Some(Ok(r)) => {
+                        let params = if r.params.is_empty() {
+                            Value::Null
+                        } else {
+                            serde_json::from_str(&r.params).unwrap_or(Value::String(r.params))
+                        };
+                        pl::RpcRequest::new(r.method, params)
+                    }
+                    Some(Err(_)) if !json_fallback => {
+                        return self.fail(Failure::Adaptor, qos, pkid, p)
+                    }
+                    _ => match pl::RpcRequest::parse(payload) {
                         Ok(r) => r,
                         // §3.6: a missing method is an uncaught NPE → DISCONNECT 0x8B.
                         Err(PayloadError::MissingField("method")) => {
                             return self.disconnect(rc::SERVER_SHUTTING_DOWN, p)
                         }
                         Err(_) => return self.fail(Failure::Adaptor, qos, pkid, p),
-                    }
+                    },
                 };
                 // MTH answers `getSessionLimits` itself, before any `transportService`
                 // call: it takes no token.
@@ -1376,16 +1398,20 @@ impl Session {
                 self.client_rpc(now, device, &device_name, gateway, family, id, request, p);
             }
             UplinkTopic::DeviceClaim => {
-                let (secret, duration) = if proto {
-                    let c = or_fail!(proto::transport::ClaimDevice::decode(payload));
+                let from_proto = proto.then(|| proto::transport::ClaimDevice::decode(payload));
+                let (secret, duration) = match from_proto {
                     // An empty secret is ThingsBoard's default secret, as when JSON omits it.
-                    (
+                    Some(Ok(c)) => (
                         Some(c.secret_key).filter(|s| !s.is_empty()),
                         Some(c.duration_ms),
-                    )
-                } else {
-                    let c = or_fail!(pl::Claim::parse(payload));
-                    (c.secret_key, c.duration_ms)
+                    ),
+                    Some(Err(_)) if !json_fallback => {
+                        return self.fail(Failure::Adaptor, qos, pkid, p)
+                    }
+                    _ => {
+                        let c = or_fail!(pl::Claim::parse(payload));
+                        (c.secret_key, c.duration_ms)
+                    }
                 };
                 rate!(0);
                 p.allow_claim(device, secret, duration, now);
@@ -1472,7 +1498,7 @@ impl Session {
         let topic = topic::topic_with_id(IdTopicKind::RpcResponse, family, id);
         let proto = self
             .device()
-            .is_some_and(|d| uses_proto(Some(family), p, d));
+            .is_some_and(|d| downlink_uses_proto(family, p, d));
         if !proto {
             let body = match reply {
                 Ok(text) => text.into_bytes(),
@@ -1710,6 +1736,18 @@ fn uses_proto(family: Option<TopicFamily>, p: &Platform, device: DeviceId) -> bo
         Some(TopicFamily::V2Proto) => true,
         Some(TopicFamily::V2Json) => false,
         _ => p.proto_schemas(device).is_some(),
+    }
+}
+
+/// Whether a downlink on `family` is protobuf (`DeviceSessionCtx.getAdaptor`): as for
+/// uplinks, except that a PROTOBUF profile with `useJsonPayloadFormatForDefaultDownlinkTopics`
+/// sends JSON on the v1 topics.
+fn downlink_uses_proto(family: TopicFamily, p: &Platform, device: DeviceId) -> bool {
+    match family {
+        TopicFamily::V1 => p
+            .proto_schemas(device)
+            .is_some_and(|s| s.json_compatibility() != JsonCompatibility::UplinksAndV1Downlinks),
+        family => uses_proto(Some(family), p, device),
     }
 }
 

@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gateway_emulator::{
-    ClaimOutcome, ClientRpcAnswer, Event as EmuEvent, NewDevice, ProtoSchemas, RpcCall, RpcOutcome,
-    SchemaRole,
+    ClaimOutcome, ClientRpcAnswer, Event as EmuEvent, JsonCompatibility, NewDevice, ProtoSchemas,
+    RpcCall, RpcOutcome, SchemaRole,
 };
 use gateway_proto::limits::LimitsReport;
 use gateway_proto::raw::RawDownlink;
 use gateway_proto::topic::TopicFamily;
+use gateway_proto::wire::QoS;
 use gateway_proto::{Command, Config, Credentials, Event, ProtocolVersion, RequestId, Role};
 use proptest::prelude::*;
 use prost::Message;
@@ -837,4 +838,282 @@ fn a_protobuf_profile_on_v1_topics_speaks_protobuf_both_ways() {
     };
     let msg = AttributeUpdateNotificationMsg::decode(bytes.clone()).unwrap();
     assert_eq!(kvs(&msg.shared_updated)["mode"].0, json!("eco"));
+}
+
+// ---- enableCompatibilityWithJsonPayloadFormat / useJsonPayloadFormatForDefaultDownlinkTopics ---
+
+fn compat_harness(json: JsonCompatibility) -> Harness {
+    let mut h = Harness::new();
+    h.emu
+        .create_device(NewDevice::device("Sensor", "SENSOR").with_type(PROFILE))
+        .unwrap();
+    h.emu.set_profile_protobuf(
+        PROFILE,
+        ProtoSchemas::thingsboard_defaults().with_json_compatibility(json),
+    );
+    h
+}
+
+/// The one PUBLISH among `packets`: its topic and payload.
+fn the_publish(packets: &[gateway_proto::wire::Packet]) -> (String, Bytes) {
+    let publishes: Vec<_> = packets
+        .iter()
+        .filter_map(|p| match p {
+            gateway_proto::wire::Packet::Publish(p) => Some((p.topic.clone(), p.payload.clone())),
+            _ => None,
+        })
+        .collect();
+    let [one] = publishes.as_slice() else {
+        panic!("{packets:?}")
+    };
+    one.clone()
+}
+
+/// `BackwardCompatibilityAdaptor`: on v1 and plain v2 an uplink the protobuf adaptor refuses is
+/// read as JSON; `/p` and `/j` keep one format; bytes neither can read still fail.
+#[test]
+fn json_compatibility_reads_json_after_protobuf_on_the_default_topics_only() {
+    let mut h = compat_harness(JsonCompatibility::Uplinks);
+    let dev = h.connect(V5, "SENSOR");
+    h.publish(dev, "v1/devices/me/telemetry", &reading(1.0), 1);
+    h.publish(dev, "v1/devices/me/telemetry", br#"{"temperature":2.0}"#, 2);
+    h.publish(dev, "v2/t", br#"{"ts":5,"values":{"temperature":3.0}}"#, 3);
+    h.publish(dev, "v2/t/p", br#"{"temperature":4.0}"#, 4);
+    h.publish(dev, "v1/devices/me/telemetry", &[0x0F], 5);
+    h.publish(
+        dev,
+        "v1/devices/me/attributes",
+        br#"{"firmwareVersion":"j1","x":1}"#,
+        6,
+    );
+    assert_eq!(
+        h.take(dev),
+        vec![
+            puback(1, 0),
+            puback(2, 0),
+            puback(3, 0),
+            puback(4, 0x99),
+            puback(5, 0x99),
+            puback(6, 0)
+        ]
+    );
+    let points: Vec<Value> = h.emu.telemetry("Sensor").unwrap()["temperature"]
+        .iter()
+        .map(|p| p.value.clone())
+        .collect();
+    assert_eq!(points.len(), 3, "{points:?}");
+    assert!(points.contains(&json!(2.0)) && points.contains(&json!(3.0)));
+    assert_eq!(h.emu.client_attributes("Sensor").unwrap()["x"], json!(1));
+
+    // A JSON claim, and a JSON attribute request whose answer stays protobuf (downlinks
+    // follow the profile while only the first flag is on).
+    h.publish(
+        dev,
+        "v1/devices/me/claim",
+        br#"{"secretKey":"s9","durationMs":60000}"#,
+        7,
+    );
+    assert_eq!(h.take(dev), vec![puback(7, 0)]);
+    assert_eq!(
+        h.emu.claim_device("Sensor", "s9", h.now).unwrap(),
+        ClaimOutcome::Success
+    );
+    h.emu
+        .set_shared_attributes("Sensor", values(json!({"mode": "eco"})))
+        .unwrap();
+    h.take(dev);
+    h.publish(
+        dev,
+        "v1/devices/me/attributes/request/3",
+        br#"{"sharedKeys":"mode"}"#,
+        8,
+    );
+    let packets = h.take(dev);
+    assert_eq!(packets.first(), Some(&puback(8, 0)));
+    let (topic, payload) = the_publish(&packets);
+    assert_eq!(topic, "v1/devices/me/attributes/response/3");
+    let msg = GetAttributeResponseMsg::decode(payload).unwrap();
+    assert_eq!(kvs(&msg.shared_attribute_list)["mode"].0, json!("eco"));
+
+    // Without the flag the same JSON fails (the profile's protobuf adaptor alone).
+    let mut h = compat_harness(JsonCompatibility::Off);
+    let dev = h.connect(V5, "SENSOR");
+    h.publish(dev, "v1/devices/me/telemetry", br#"{"temperature":2.0}"#, 1);
+    h.publish(dev, "v1/devices/me/claim", br#"{"secretKey":"s9"}"#, 2);
+    assert_eq!(h.take(dev), vec![puback(1, 0x99), puback(2, 0x99)]);
+}
+
+/// With `useJsonPayloadFormatForDefaultDownlinkTopics` the v1 downlinks are JSON; plain v2
+/// and `/p` stay protobuf. With the first flag alone v1 stays protobuf.
+#[test]
+fn json_downlinks_on_v1_topics_only_with_the_second_flag() {
+    for json_v1 in [true, false] {
+        let mut h = compat_harness(if json_v1 {
+            JsonCompatibility::UplinksAndV1Downlinks
+        } else {
+            JsonCompatibility::Uplinks
+        });
+        let dev = h.connect(V5, "SENSOR");
+        h.subscribe(dev, &[("v1/devices/me/attributes", QoS::AtLeastOnce)]);
+        h.emu
+            .set_shared_attributes("Sensor", values(json!({"mode": "eco"})))
+            .unwrap();
+        let (topic, payload) = the_publish(&h.take(dev));
+        assert_eq!(topic, "v1/devices/me/attributes");
+        if json_v1 {
+            assert_eq!(
+                serde_json::from_slice::<Value>(&payload).unwrap(),
+                json!({"mode": "eco"})
+            );
+        } else {
+            let msg = AttributeUpdateNotificationMsg::decode(payload).unwrap();
+            assert_eq!(kvs(&msg.shared_updated)["mode"].0, json!("eco"));
+        }
+        // Answers follow the topic the request came on.
+        h.publish(
+            dev,
+            "v1/devices/me/attributes/request/1",
+            br#"{"sharedKeys":"mode"}"#,
+            2,
+        );
+        let (topic, payload) = the_publish(&h.take(dev));
+        assert_eq!(topic, "v1/devices/me/attributes/response/1");
+        if json_v1 {
+            assert_eq!(
+                serde_json::from_slice::<Value>(&payload).unwrap(),
+                json!({"shared": {"mode": "eco"}})
+            );
+        } else {
+            assert!(GetAttributeResponseMsg::decode(payload).is_ok());
+        }
+        h.publish(dev, "v2/a/req/4", br#"{"sharedKeys":"mode"}"#, 3);
+        let (topic, payload) = the_publish(&h.take(dev));
+        assert_eq!(topic, "v2/a/res/4");
+        let msg = GetAttributeResponseMsg::decode(payload).unwrap();
+        assert_eq!(kvs(&msg.shared_attribute_list)["mode"].0, json!("eco"));
+        // Server RPC when subscribed on v1, then on plain v2.
+        h.subscribe(dev, &[("v1/devices/me/rpc/request/+", QoS::AtLeastOnce)]);
+        h.emu
+            .send_rpc("Sensor", RpcCall::one_way("setMode", json!("eco")), h.now)
+            .unwrap();
+        let (topic, payload) = the_publish(&h.take(dev));
+        assert!(topic.starts_with("v1/devices/me/rpc/request/"), "{topic}");
+        if json_v1 {
+            assert_eq!(
+                serde_json::from_slice::<Value>(&payload).unwrap(),
+                json!({"method": "setMode", "params": "eco"})
+            );
+        } else {
+            let msg = RpcRequestMsg::decode(payload).unwrap();
+            assert_eq!(msg.method.as_deref(), Some("setMode"));
+        }
+        h.subscribe(dev, &[("v2/r/req/+", QoS::AtLeastOnce)]);
+        h.emu
+            .send_rpc("Sensor", RpcCall::one_way("setMode", json!("off")), h.now)
+            .unwrap();
+        let (topic, payload) = the_publish(&h.take(dev));
+        assert!(topic.starts_with("v2/r/req/"), "{topic}");
+        let msg = RpcRequestMsg::decode(payload).unwrap();
+        assert_eq!(msg.params.as_deref(), Some("off"));
+    }
+}
+
+/// The migration the flags are for: a device still on the JSON client, with its profile
+/// switched to PROTOBUF with both flags, keeps working on the v1 topics with typed commands.
+#[test]
+fn a_json_client_keeps_working_against_a_protobuf_profile_with_both_flags() {
+    let mut c = proto_config();
+    c.device_topics = TopicFamily::V1;
+    c.subscribe_api = true;
+    let mut l = Link::new(c, |emu| {
+        emu.create_device(NewDevice::device("Sensor", "SENSOR").with_type(PROFILE))
+            .unwrap();
+        emu.set_profile_protobuf(
+            PROFILE,
+            ProtoSchemas::thingsboard_defaults()
+                .with_json_compatibility(JsonCompatibility::UplinksAndV1Downlinks),
+        );
+    });
+    l.take_events();
+    let t = l.command(Command::telemetry(values(json!({"temperature": 7.5}))));
+    let a = l.command(Command::attributes(values(json!({"serial": "S-1"}))));
+    l.settle();
+    let events = l.take_events();
+    assert!(events.contains(&Event::Delivered(t)), "{events:?}");
+    assert!(events.contains(&Event::Delivered(a)), "{events:?}");
+    assert_eq!(
+        l.emu.latest_telemetry("Sensor").unwrap()["temperature"].value,
+        json!(7.5)
+    );
+    l.emu
+        .set_shared_attributes("Sensor", values(json!({"mode": "eco"})))
+        .unwrap();
+    l.settle();
+    let events = l.take_events();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::AttributeUpdate { device: None, values, .. } if values.get("mode") == Some(&json!("eco"))
+        )),
+        "{events:?}"
+    );
+    let ticket = l
+        .emu
+        .send_rpc("Sensor", RpcCall::two_way("getTemp", json!({})), l.now)
+        .unwrap();
+    l.settle();
+    let events = l.take_events();
+    let Some(Event::RpcRequest { id, method, .. }) = events
+        .iter()
+        .find(|e| matches!(e, Event::RpcRequest { .. }))
+        .cloned()
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(method, "getTemp");
+    l.command(Command::rpc_reply(id, json!({"t": 7.5})));
+    l.settle();
+    assert!(l.emu_events.iter().any(|e| matches!(
+        e,
+        EmuEvent::RpcCompleted { ticket: t, outcome: RpcOutcome::Reply(v), .. }
+            if *t == ticket && *v == json!({"t": 7.5})
+    )));
+}
+
+/// The flags do not reach the gateway API: a PROTOBUF gateway with them on still refuses JSON
+/// gateway messages, and gets no per-device disconnect notice
+/// (`BackwardCompatibilityAdaptor` has none).
+#[test]
+fn json_compatibility_does_not_apply_to_the_gateway_api() {
+    let mut h = Harness::new();
+    h.emu.set_profile_protobuf(
+        "default",
+        ProtoSchemas::thingsboard_defaults().with_json_compatibility(JsonCompatibility::Uplinks),
+    );
+    let gw = h.gateway(V5);
+    h.publish(
+        gw,
+        "v1/gateway/telemetry",
+        br#"{"A":[{"ts":1,"values":{"t":1}}]}"#,
+        1,
+    );
+    assert_eq!(h.take(gw), vec![puback(1, 0x99)]);
+    assert!(h.emu.device("A").is_none());
+    // Two devices at QoS 0: a plain PROTOBUF gateway would get one notice (see
+    // gateway_protobuf.rs); this one gets none.
+    let mut telemetry = gateway_proto::payload::GatewayTelemetry {
+        devices: BTreeMap::new(),
+    };
+    for d in ["A", "B"] {
+        telemetry.devices.insert(
+            d.to_owned(),
+            vec![gateway_proto::payload::TelemetryEntry::at(
+                1,
+                values(json!({"t": 1})),
+            )],
+        );
+    }
+    h.publish(gw, "v1/gateway/telemetry", &telemetry.to_protobuf(), 0);
+    assert_eq!(h.take(gw), vec![]);
+    assert!(h.emu.device("A").is_some() && h.emu.device("B").is_some());
 }

@@ -238,7 +238,11 @@ pub struct Config {
     /// [`payload::gateway_protobuf`](crate::payload::gateway_protobuf)); such messages are
     /// never split, so one larger than the packet limit is refused with
     /// [`CommandError::TooLarge`](crate::CommandError::TooLarge); the MQTT 5 per-device
-    /// disconnect notice is read as a `GatewayDisconnectDeviceMsg`. Not supported with it:
+    /// disconnect notice is read as a `GatewayDisconnectDeviceMsg`. A device whose PROTOBUF
+    /// profile has both of ThingsBoard's JSON compatibility flags
+    /// (`enableCompatibilityWithJsonPayloadFormat`, `useJsonPayloadFormatForDefaultDownlinkTopics`)
+    /// can leave this off and keep JSON on [`TopicFamily::V1`]: the server then reads JSON
+    /// uplinks and sends JSON downlinks there (plain v2 downlinks stay protobuf). Not supported with it:
     /// [`ota`](Self::ota), whose requests and reports are JSON on v1 topics
     /// ([`ConfigError::ProtobufProfile`](crate::ConfigError::ProtobufProfile)).
     pub protobuf_profile: bool,

@@ -9,7 +9,7 @@
 //! * [`transport`]: the fixed messages (`AttributesRequest`, `RpcRequest`, `ClaimDevice`;
 //!   `GetAttributeResponseMsg`, `AttributeUpdateNotificationMsg`, `ToServerRpcResponseMsg`).
 //! * [`adaptor`]: `ProtoMqttAdaptor`'s conversions with a profile's schemas.
-//! * [`profile`]: [`ProtoSchemas`], a profile's four schemas.
+//! * [`profile`]: [`ProtoSchemas`], a profile's four schemas and its JSON compatibility.
 
 pub(crate) mod adaptor;
 pub(crate) mod dynamic;
@@ -19,5 +19,5 @@ pub(crate) mod schema;
 pub(crate) mod transport;
 pub(crate) mod wire;
 
-pub use profile::{ProtoSchemas, SchemaError, SchemaRole};
+pub use profile::{JsonCompatibility, ProtoSchemas, SchemaError, SchemaRole};
 pub use schema::SchemaErrorKind;

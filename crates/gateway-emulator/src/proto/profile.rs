@@ -62,11 +62,41 @@ struct Parsed {
 
 /// The protobuf payload configuration of a device profile (ThingsBoard's
 /// `ProtoTransportPayloadConfiguration`): four `.proto` schemas, each used through its last
-/// top-level message. Give it to [`crate::Emulator::set_profile_protobuf`].
+/// top-level message, and the JSON compatibility flags ([`JsonCompatibility`], off unless
+/// set with [`with_json_compatibility`](Self::with_json_compatibility)). Give it to
+/// [`crate::Emulator::set_profile_protobuf`].
 ///
 /// Cloning is cheap (the parsed schemas are shared).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProtoSchemas(Arc<Parsed>);
+pub struct ProtoSchemas {
+    parsed: Arc<Parsed>,
+    json: JsonCompatibility,
+}
+
+/// A PROTOBUF profile's `enableCompatibilityWithJsonPayloadFormat` and
+/// `useJsonPayloadFormatForDefaultDownlinkTopics` (the second only counts with the first),
+/// for fleets moving from JSON to protobuf. They apply to the device API's default topics
+/// (v1 and plain v2), never to `/j` and `/p` topics nor to the gateway API, whose uplinks
+/// follow the gateway profile alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum JsonCompatibility {
+    /// Both flags off (ThingsBoard's default).
+    #[default]
+    Off,
+    /// `enableCompatibilityWithJsonPayloadFormat`: an uplink that the protobuf adaptor
+    /// refuses is read as JSON (`BackwardCompatibilityAdaptor`: protobuf first, JSON only
+    /// after an `AdaptorException`, so bytes that parse as protobuf never reach JSON).
+    /// Downlinks stay protobuf. A gateway gets no per-device disconnect notice
+    /// (the adaptor has no such message).
+    Uplinks,
+    /// Both flags: as [`Uplinks`](Self::Uplinks), and the downlinks of the v1 topics are
+    /// JSON (`DeviceSessionCtx.getAdaptor(V1)`): attribute updates when subscribed on
+    /// `v1/devices/me/attributes`, answers to attribute requests and client RPCs made on v1,
+    /// RPC requests when subscribed on `v1/devices/me/rpc/request/+`. Plain v2 downlinks stay
+    /// protobuf.
+    UplinksAndV1Downlinks,
+}
 
 impl ProtoSchemas {
     /// ThingsBoard's default telemetry schema (the device profile UI's `defaultTelemetrySchema`).
@@ -151,7 +181,7 @@ message RpcResponseMsg {
         };
         let parse =
             |role, text: &str| Schema::parse(text).map_err(|kind| SchemaError { role, kind });
-        Ok(Self(Arc::new(Parsed {
+        Ok(Self::from_parsed(Parsed {
             telemetry: parse(SchemaRole::Telemetry, telemetry)?,
             attributes: parse(SchemaRole::Attributes, attributes)?,
             rpc_request: parse(SchemaRole::RpcRequest, rpc_request)?,
@@ -162,12 +192,31 @@ message RpcResponseMsg {
                 rpc_request.to_owned(),
                 rpc_response.to_owned(),
             ],
-        })))
+        }))
+    }
+
+    fn from_parsed(parsed: Parsed) -> Self {
+        Self {
+            parsed: Arc::new(parsed),
+            json: JsonCompatibility::Off,
+        }
+    }
+
+    /// The same schemas with the profile's JSON compatibility flags set.
+    #[must_use]
+    pub fn with_json_compatibility(mut self, json: JsonCompatibility) -> Self {
+        self.json = json;
+        self
+    }
+
+    /// The profile's JSON compatibility flags.
+    pub fn json_compatibility(&self) -> JsonCompatibility {
+        self.json
     }
 
     /// The text of one schema.
     pub fn text(&self, role: SchemaRole) -> &str {
-        let [t, a, req, res] = &self.0.texts;
+        let [t, a, req, res] = &self.parsed.texts;
         match role {
             SchemaRole::Telemetry => t,
             SchemaRole::Attributes => a,
@@ -178,10 +227,10 @@ message RpcResponseMsg {
 
     pub(crate) fn schema(&self, role: SchemaRole) -> &Schema {
         match role {
-            SchemaRole::Telemetry => &self.0.telemetry,
-            SchemaRole::Attributes => &self.0.attributes,
-            SchemaRole::RpcRequest => &self.0.rpc_request,
-            SchemaRole::RpcResponse => &self.0.rpc_response,
+            SchemaRole::Telemetry => &self.parsed.telemetry,
+            SchemaRole::Attributes => &self.parsed.attributes,
+            SchemaRole::RpcRequest => &self.parsed.rpc_request,
+            SchemaRole::RpcResponse => &self.parsed.rpc_response,
         }
     }
 }

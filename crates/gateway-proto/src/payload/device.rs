@@ -492,7 +492,9 @@ impl CredentialsType {
 
 /// Provisioning request on `/provision/request` (in a session whose username or client id is
 /// `provision`). Key and secret are required; everything else is optional and omitted when
-/// `None`.
+/// `None`. The protobuf form (`ProvisionDeviceRequestMsg`) is
+/// [`to_protobuf`](Self::to_protobuf) / [`parse_protobuf`](Self::parse_protobuf), see
+/// [`provision_protobuf`](super::provision_protobuf).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ProvisionRequest {
     /// Name of the device to create (the server generates one if absent).
@@ -672,7 +674,9 @@ impl CredentialsValue {
 }
 
 /// Provisioning response on `/provision/response`. The server closes the connection 60 s
-/// after sending it.
+/// after sending it. It answers in the request's format: the protobuf form
+/// (`ProvisionDeviceResponseMsg`) is [`to_protobuf`](Self::to_protobuf) /
+/// [`parse_protobuf`](Self::parse_protobuf), see [`provision_protobuf`](super::provision_protobuf).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProvisionResponse {
     /// `{"credentialsValue":..,"credentialsType":..,"status":"SUCCESS"}`.

@@ -121,6 +121,17 @@
 //! * Device API: telemetry, attributes, attribute requests (`clientKeys`/`sharedKeys` strings),
 //!   RPC both ways on v1 and v2 topics, client RPC `{"error":"timeout"}`, `getSessionLimits`,
 //!   claims, provisioning (create-new and pre-provisioned, all credential types), OTA chunks.
+//! * Provisioning in JSON or protobuf, as `processProvisionSessionMsg`: a request is read as
+//!   JSON first and, only when it is not JSON at all (a syntax error, or a value that is not
+//!   an object), as a protobuf `ProvisionDeviceRequestMsg` (`gateway_proto`'s
+//!   `ProvisionRequest::parse_protobuf`). That makes the session's provision payload type
+//!   PROTOBUF for good: the answer is a `ProvisionDeviceResponseMsg` (status only for
+//!   `NOT_FOUND` / `FAILURE`; MQTT_BASIC credentials as the JSON form's object text), for that
+//!   request and any later one on the session. PUBACK, answer and the close 60 s later as for
+//!   JSON. A JSON object without key or secret is not retried as protobuf (PUBACK 0x83 +
+//!   DISCONNECT, as before); bytes that are neither JSON nor protobuf are an
+//!   `AdaptorException` (v5 PUBACK 0x99, or DISCONNECT 0x99 at QoS 0; v3.1.1 close: a
+//!   provision session has no profile, so no `sendAckOnValidationException`).
 //! * Protobuf device API ([`Emulator::set_profile_protobuf`] with [`ProtoSchemas`], ThingsBoard's
 //!   defaults or your own four `.proto` schemas, checked like a profile save): the `v2/.../p`
 //!   topics, and the v1 and plain v2 topics of a PROTOBUF profile (`/j` stays JSON).
@@ -178,7 +189,11 @@
 //! * X.509 certificate-chain provisioning (device profiles with the `X509_CERTIFICATE_CHAIN`
 //!   strategy, which create a device from a CA-issued certificate's CN at handshake time), and
 //!   ThingsBoard's check that each certificate of a presented chain is signed by the next.
-//! * Protobuf provisioning requests.
+//! * Provisioning edge cases: the JSON step uses serde_json, stricter than Gson's lenient
+//!   parser, so JSON that only Gson accepts (unquoted names, single quotes) takes the
+//!   protobuf path here; a protobuf request with `credentialsType` `LWM2M_CREDENTIALS` or an
+//!   unknown number is refused as undecodable (0x99), where ThingsBoard parses it and
+//!   fails later in a way not modelled.
 //! * For a PROTOBUF gateway: a message with an empty device name after valid entries
 //!   is refused whole (ThingsBoard has already handed the earlier entries on when
 //!   `checkDeviceName` throws); negative ids are refused (`AdaptorException`) where

@@ -147,6 +147,9 @@ pub(crate) struct Session {
     client_rpcs: VecDeque<PendingClientRpc>,
     ota_sizes: HashMap<u64, u64>,
     provision_close_at: Option<Instant>,
+    /// The session's provision payload type is PROTOBUF: set by the first request read as
+    /// protobuf, never reset (MTH `setProvisionPayloadType`).
+    provision_protobuf: bool,
     out: VecDeque<Output>,
 }
 
@@ -167,6 +170,7 @@ impl Session {
             client_rpcs: VecDeque::new(),
             ota_sizes: HashMap::new(),
             provision_close_at: None,
+            provision_protobuf: false,
             out: VecDeque::new(),
         }
     }
@@ -739,7 +743,7 @@ impl Session {
             return;
         }
         match self.state {
-            State::Provision => self.on_provision_publish(now, &name, pkid, &payload, p),
+            State::Provision => self.on_provision_publish(now, &name, qos, pkid, &payload, p),
             State::Device { device, gateway } => {
                 if name.starts_with("v1/gateway") {
                     // §2: a non-gateway's gateway publish is dropped silently, no PUBACK.
@@ -1577,10 +1581,17 @@ impl Session {
         self.publish(&topic, &bytes, p);
     }
 
+    /// MTH `processProvisionSessionMsg` (§3.6): JSON first; only when the payload is not
+    /// JSON at all (a syntax error, or a JSON value that is not an object: Gson's
+    /// `JsonParseException`) protobuf (`ProvisionDeviceRequestMsg`). That makes the session's
+    /// provision payload type PROTOBUF for good, and `DeviceProvisionCallback` answers in
+    /// that type: a protobuf request gets a protobuf answer, and so does a JSON request sent
+    /// after one on the same session.
     fn on_provision_publish(
         &mut self,
         now: Instant,
         name: &str,
+        qos: QoS,
         pkid: u16,
         payload: &[u8],
         p: &mut Platform,
@@ -1590,13 +1601,43 @@ impl Session {
             self.puback(pkid, rc::TOPIC_NAME_INVALID);
             return self.disconnect(rc::TOPIC_NAME_INVALID, p);
         }
-        let Ok(request) = ProvisionRequest::parse(payload) else {
-            self.puback(pkid, rc::IMPLEMENTATION_SPECIFIC);
-            return self.disconnect(rc::IMPLEMENTATION_SPECIFIC, p);
+        let request = match ProvisionRequest::parse(payload) {
+            Ok(request) => request,
+            Err(PayloadError::InvalidJson { .. } | PayloadError::WrongShape { .. }) => {
+                match ProvisionRequest::parse_protobuf(payload) {
+                    Ok(request) => {
+                        self.provision_protobuf = true;
+                        request
+                    }
+                    // AdaptorException(InvalidProtocolBufferException) →
+                    // `sendResponseForAdaptorErrorOrCloseContext`. A provision session has no
+                    // device profile, so no `sendAckOnValidationException`.
+                    Err(_) => {
+                        if self.version != ProtocolVersion::V5 {
+                            return self.close(p);
+                        }
+                        if qos == QoS::AtMostOnce {
+                            return self.disconnect(rc::PAYLOAD_FORMAT_INVALID, p);
+                        }
+                        return self.puback(pkid, rc::PAYLOAD_FORMAT_INVALID);
+                    }
+                }
+            }
+            // A JSON object without key or secret (or with a bad value): a plain
+            // RuntimeException, not a parse error, so no protobuf retry.
+            Err(_) => {
+                self.puback(pkid, rc::IMPLEMENTATION_SPECIFIC);
+                return self.disconnect(rc::IMPLEMENTATION_SPECIFIC, p);
+            }
         };
         let response = p.provision(&request);
         self.puback(pkid, rc::SUCCESS);
-        self.publish(topic::PROVISION_RESPONSE, &response.to_vec(), p);
+        let body = if self.provision_protobuf {
+            response.to_protobuf()
+        } else {
+            response.to_vec()
+        };
+        self.publish(topic::PROVISION_RESPONSE, &body, p);
         self.provision_close_at = Some(now + p.config.provision_close_delay);
     }
 }

@@ -227,6 +227,97 @@ fn provisioning_with_a_bad_secret_is_not_found_and_creates_nothing() {
     assert_eq!(link.emu.sessions().len(), 0);
 }
 
+fn protobuf_provisioning_config(request: ProvisionRequest) -> Config {
+    let mut c = provisioning_config(request);
+    c.protobuf_profile = true;
+    c
+}
+
+#[test]
+fn provisioning_over_protobuf_end_to_end() {
+    // A server-generated token, then a chosen one, MQTT basic credentials and a gateway.
+    let request = ProvisionRequest::new("PROV_KEY", "PROV_SECRET").with_device_name("Proto 1");
+    let mut link = Link::new(protobuf_provisioning_config(request), |emu| {
+        emu.add_provision_profile(profile(ProvisionStrategy::AllowCreateNew));
+    });
+    let Ok(credentials @ ProvisionedCredentials::AccessToken(_)) = link.provisioned() else {
+        panic!("{:?}", link.events);
+    };
+    assert_eq!(link.conn.state(), State::Closed);
+    assert!(link.emu.sessions().is_empty());
+    assert_eq!(link.emu.device("Proto 1").unwrap().device_type, "sensor");
+    connect_and_send(&mut link, credentials.to_config(), "Proto 1");
+
+    let request = ProvisionRequest::new("PROV_KEY", "PROV_SECRET")
+        .with_device_name("Proto 2")
+        .with_access_token("PROTO_TOKEN");
+    link.start(protobuf_provisioning_config(request));
+    assert_eq!(
+        link.provisioned(),
+        Ok(ProvisionedCredentials::AccessToken("PROTO_TOKEN".into()))
+    );
+
+    let request = ProvisionRequest::new("PROV_KEY", "PROV_SECRET")
+        .with_device_name("Proto 3")
+        .with_basic("cid-3", "user-3", "pass-3")
+        .as_gateway();
+    link.start(protobuf_provisioning_config(request));
+    let credentials = link.provisioned().unwrap();
+    assert_eq!(
+        credentials,
+        ProvisionedCredentials::Basic {
+            client_id: Some("cid-3".into()),
+            username: Some("user-3".into()),
+            password: Some("pass-3".into()),
+        }
+    );
+    assert!(link.emu.device("Proto 3").unwrap().gateway);
+    connect_and_send(&mut link, credentials.to_config(), "Proto 3");
+
+    // Failures: the protobuf answer is a status only, so the messages are empty (a JSON
+    // answer would carry ThingsBoard's text, see the JSON tests above).
+    let request = ProvisionRequest::new("PROV_KEY", "PROV_SECRET").with_device_name("Proto 1");
+    link.start(protobuf_provisioning_config(request));
+    assert_eq!(
+        link.provisioned(),
+        Err(ProvisionError::Failure {
+            message: String::new()
+        })
+    );
+    let request = ProvisionRequest::new("PROV_KEY", "WRONG").with_device_name("Never");
+    link.start(protobuf_provisioning_config(request));
+    assert_eq!(
+        link.provisioned(),
+        Err(ProvisionError::NotFound {
+            message: String::new()
+        })
+    );
+    assert!(link.emu.device("Never").is_none());
+    link.advance(Duration::from_secs(600));
+    assert!(link.emu.sessions().is_empty());
+}
+
+#[test]
+fn provisioning_a_pre_provisioned_device_over_protobuf() {
+    let request = ProvisionRequest::new("PROV_KEY", "PROV_SECRET").with_device_name("Pre");
+    let mut link = Link::new(protobuf_provisioning_config(request.clone()), |emu| {
+        emu.add_provision_profile(profile(ProvisionStrategy::CheckPreProvisioned));
+        emu.create_device(NewDevice::device("Pre", "PRE_TOKEN").with_type("sensor"))
+            .unwrap();
+    });
+    assert_eq!(
+        link.provisioned(),
+        Ok(ProvisionedCredentials::AccessToken("PRE_TOKEN".into()))
+    );
+    link.start(protobuf_provisioning_config(request));
+    assert_eq!(
+        link.provisioned(),
+        Err(ProvisionError::Failure {
+            message: String::new()
+        })
+    );
+}
+
 // ----- OTA ---------------------------------------------------------------------------------
 
 fn firmware_image(len: usize) -> Bytes {

@@ -7,7 +7,7 @@ use crate::codec::{ProtocolVersion, QoS};
 use crate::error::ConfigError;
 use crate::limits::LimitsConfig;
 use crate::ota::{OtaConfig, MAX_OTA_CHUNK_SIZE, OTA_CHUNK_OVERHEAD};
-use crate::payload::{Payload, ProvisionRequest};
+use crate::payload::ProvisionRequest;
 use crate::topic::{self, IdTopicKind, TopicFamily};
 
 /// The username and client id ThingsBoard reserves for provisioning-only sessions.
@@ -245,6 +245,11 @@ pub struct Config {
     /// uplinks and sends JSON downlinks there (plain v2 downlinks stay protobuf). Not supported with it:
     /// [`ota`](Self::ota), whose requests and reports are JSON on v1 topics
     /// ([`ConfigError::ProtobufProfile`](crate::ConfigError::ProtobufProfile)).
+    ///
+    /// On a provisioning connection ([`Config::provisioning`]), which has no device profile,
+    /// it chooses the provisioning format instead: the request goes out as a protobuf
+    /// `ProvisionDeviceRequestMsg`, which ThingsBoard answers in protobuf (see
+    /// [`crate::provision`]).
     pub protobuf_profile: bool,
     /// Session limits, pacing, splitting and push-back (see [`limits`](crate::limits)).
     pub limits: LimitsConfig,
@@ -316,7 +321,8 @@ impl Config {
 
     /// A provisioning-only connection: it sends `request` once, reports
     /// [`Event::Provisioned`](crate::Event::Provisioned) and closes itself (see
-    /// [`crate::provision`]). It refuses every command and never reconnects.
+    /// [`crate::provision`]). It refuses every command and never reconnects. The request is
+    /// JSON; set [`protobuf_profile`](Self::protobuf_profile) to provision in protobuf.
     pub fn provisioning(request: ProvisionRequest) -> Self {
         let mut config = Self::new(Credentials::Provision(Box::new(request)));
         config.role = Role::Device;
@@ -431,7 +437,8 @@ impl Config {
                     ));
                 }
                 // Topic, packet id and (MQTT 5) properties length on top of the payload.
-                let len = request.to_vec().len() + topic::PROVISION_REQUEST.len() + 5;
+                let payload = crate::provision::request_payload(request, self.protobuf_profile);
+                let len = payload.len() + topic::PROVISION_REQUEST.len() + 5;
                 if len > self.max_outgoing_packet {
                     return Err(ConfigError::InvalidProvisionRequest(
                         "provision request exceeds max_outgoing_packet",

@@ -21,8 +21,7 @@ use crate::ota::OtaKind;
 use crate::outbound::{Acked, ControlTag, Outbound, Ready};
 use crate::output::{Output, OutputQueue};
 use crate::pacing::{charge_of_publish, Charge, Scope};
-use crate::payload::{Payload, ProvisionResponse};
-use crate::provision::{ProvisionError, ProvisionedCredentials};
+use crate::provision::{self, ProvisionError, ProvisionedCredentials};
 use crate::reason::{ConnectRefusal, ReasonCode};
 use crate::split::{Groups, PartDone, Settled};
 use crate::stats::Stats;
@@ -155,7 +154,7 @@ impl Connection {
             stats: Stats::default(),
         };
         if let Credentials::Provision(request) = &conn.config.credentials {
-            let payload = request.to_bytes();
+            let payload = provision::request_payload(request, conn.config.protobuf_profile).into();
             let id = conn
                 .accept_publish(
                     now,
@@ -619,10 +618,8 @@ impl Connection {
         self.stats.messages_received += 1;
         if self.config.is_provisioning() {
             if publish.topic == topic::PROVISION_RESPONSE {
-                let result = match ProvisionResponse::parse(&publish.payload) {
-                    Ok(response) => ProvisionedCredentials::from_response(response),
-                    Err(e) => Err(ProvisionError::InvalidResponse(e)),
-                };
+                let result =
+                    provision::read_response(&publish.payload, self.config.protobuf_profile);
                 self.finish_provisioning(
                     now,
                     result,

@@ -199,7 +199,10 @@
 //! A device that has only its device profile's provision key and secret asks ThingsBoard for
 //! credentials on a provisioning-only connection ([`Config::provisioning`]). It is driven like
 //! any other connection, refuses commands, reports [`Event::Provisioned`] and closes itself;
-//! it never reconnects (see [`provision`]).
+//! it never reconnects (see [`provision`]). The request is JSON; with
+//! [`Config::protobuf_profile`] set on the provisioning configuration it is a protobuf
+//! `ProvisionDeviceRequestMsg` instead, and ThingsBoard answers in protobuf
+//! ([`payload::provision_protobuf`]).
 //!
 //! ```
 //! use std::time::Instant;

@@ -6,6 +6,26 @@
 //! (plus the optional credentials it wants) on `/provision/request`, and the answer comes on
 //! `/provision/response`. ThingsBoard closes the session 60 s after answering.
 //!
+//! ThingsBoard also takes the request as a protobuf `ProvisionDeviceRequestMsg` and then
+//! answers with a protobuf `ProvisionDeviceResponseMsg` (it tries JSON first, protobuf when
+//! the payload is not JSON; the device profile plays no part). Set
+//! [`Config::protobuf_profile`] on the provisioning configuration to provision that way: the
+//! request goes out in protobuf ([`ProvisionRequest::to_protobuf`]) and the answer is read as
+//! protobuf, or as JSON if it is not protobuf (a JSON answer starts with `{`, which no
+//! protobuf message does). A protobuf answer has no `errorMsg`, so
+//! [`ProvisionError::NotFound`] and [`ProvisionError::Failure`] then carry an empty message.
+//! The result is the same [`Event::Provisioned`](crate::Event::Provisioned) either way. See
+//! [`payload::provision_protobuf`](crate::payload::provision_protobuf) for the mapping.
+//!
+//! ```
+//! use gateway_proto::payload::ProvisionRequest;
+//! use gateway_proto::Config;
+//!
+//! let mut config = Config::provisioning(ProvisionRequest::new("KEY", "SECRET"));
+//! config.protobuf_profile = true; // request and answer in protobuf
+//! assert_eq!(config.validate(), Ok(()));
+//! ```
+//!
 //! Build one with [`Config::provisioning`]; the [`Connection`](crate::Connection) then
 //! subscribes to `/provision/response` only, sends the request once, reports
 //! [`Event::Provisioned`](crate::Event::Provisioned) and closes itself: after the answer,
@@ -17,7 +37,9 @@ use std::fmt;
 
 use crate::config::{Config, Credentials};
 use crate::event::DisconnectReason;
-use crate::payload::{CredentialsValue, PayloadError, ProvisionResponse};
+use crate::payload::{
+    CredentialsValue, Payload, PayloadError, ProvisionRequest, ProvisionResponse,
+};
 use crate::reason::ReasonCode;
 
 /// The credentials ThingsBoard issued. `Debug` never prints secrets.
@@ -120,19 +142,49 @@ impl ProvisionedCredentials {
     }
 }
 
+/// The request's payload: protobuf when `protobuf` ([`Config::protobuf_profile`]), else JSON.
+pub(crate) fn request_payload(request: &ProvisionRequest, protobuf: bool) -> Vec<u8> {
+    if protobuf {
+        request.to_protobuf()
+    } else {
+        request.to_vec()
+    }
+}
+
+/// Reads the answer on `/provision/response`. A protobuf request's answer is read as
+/// protobuf and, failing that, as JSON (the error reported is the protobuf one); a JSON
+/// request's answer as JSON only.
+pub(crate) fn read_response(
+    payload: &[u8],
+    protobuf: bool,
+) -> Result<ProvisionedCredentials, ProvisionError> {
+    let response = if protobuf {
+        ProvisionResponse::parse_protobuf(payload)
+            .or_else(|e| ProvisionResponse::parse(payload).map_err(|_| e))
+    } else {
+        ProvisionResponse::parse(payload)
+    };
+    match response {
+        Ok(response) => ProvisionedCredentials::from_response(response),
+        Err(e) => Err(ProvisionError::InvalidResponse(e)),
+    }
+}
+
 /// Why provisioning gave no credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ProvisionError {
     /// `NOT_FOUND`: wrong provision key or secret, or provisioning disabled on the profile.
     NotFound {
-        /// The server's `errorMsg` (e.g. "Provision data was not found!").
+        /// The server's `errorMsg` (e.g. "Provision data was not found!"); empty for a
+        /// protobuf answer, which has none.
         message: String,
     },
     /// `FAILURE`: e.g. the device exists already, or the pre-provisioned device is missing
     /// or was provisioned before.
     Failure {
-        /// The server's `errorMsg` (e.g. "Failed to provision device!").
+        /// The server's `errorMsg` (e.g. "Failed to provision device!"); empty for a
+        /// protobuf answer, which has none.
         message: String,
     },
     /// The server refused the request's publish (MQTT 5 PUBACK failure code; 0x83 when key

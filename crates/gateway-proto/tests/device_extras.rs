@@ -30,6 +30,8 @@ const V3: ProtocolVersion = ProtocolVersion::V311;
 struct Sent {
     topic: String,
     payload: String,
+    /// The payload's bytes (protobuf is not text).
+    raw: Bytes,
     pkid: u16,
 }
 
@@ -44,6 +46,7 @@ fn publishes_of(packets: Vec<Packet>) -> Vec<Sent> {
             Packet::Publish(p) => Some(Sent {
                 topic: p.topic,
                 payload: String::from_utf8_lossy(&p.payload).into_owned(),
+                raw: p.payload,
                 pkid: p.pkid,
             }),
             _ => None,
@@ -84,6 +87,22 @@ fn provisioning(version: ProtocolVersion, request: ProvisionRequest) -> Harness 
     c.protocol = version;
     c.reconnect.jitter_percent = 0;
     Harness::new(c)
+}
+
+/// The same, provisioning over protobuf ([`Config::protobuf_profile`]).
+fn provisioning_protobuf(version: ProtocolVersion, request: ProvisionRequest) -> Harness {
+    let mut c = Config::provisioning(request);
+    c.protocol = version;
+    c.reconnect.jitter_percent = 0;
+    c.protobuf_profile = true;
+    Harness::new(c)
+}
+
+/// A length-delimited protobuf field, assembled by hand (lengths < 128).
+fn pb_len(field: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![(field << 3) | 2, u8::try_from(body.len()).unwrap()];
+    out.extend_from_slice(body);
+    out
 }
 
 /// Opens the transport, checks the CONNECT and the SUBSCRIBE, accepts both and returns the
@@ -253,6 +272,126 @@ fn provisioning_failures_are_typed() {
 }
 
 #[test]
+fn provisioning_over_protobuf_sends_protobuf_and_reads_the_protobuf_answer() {
+    for version in [V5, V3] {
+        let mut req = request();
+        req.credentials_type = Some(CredentialsType::AccessToken);
+        req.token = Some("WANTED".into());
+        let mut h = provisioning_protobuf(version, req.clone());
+        let sent = provision_session(&mut h);
+        // ProvisionDeviceRequestMsg: deviceName = 1, credentials message = 3 {key = 1,
+        // secret = 2}, credentialsDataProto = 4 {validateDeviceTokenRequestMsg = 1
+        // {token = 1}}; ACCESS_TOKEN is enum 0 and left out.
+        let mut expected = pb_len(1, b"Sensor 9");
+        expected.extend(pb_len(
+            3,
+            &[pb_len(1, b"KEY"), pb_len(2, b"SECRET")].concat(),
+        ));
+        expected.extend(pb_len(4, &pb_len(1, &pb_len(1, b"WANTED"))));
+        assert_eq!(sent.raw.as_ref(), expected.as_slice());
+        assert_eq!(sent.raw.as_ref(), req.to_protobuf().as_slice());
+        puback(&mut h, sent.pkid, 0);
+        assert!(h.take_events().is_empty());
+        // ProvisionDeviceResponseMsg: status = 1 SUCCESS, credentialsValue = 3.
+        let mut answer = vec![0x08, 1];
+        answer.extend(pb_len(3, b"WANTED"));
+        push(&mut h, "/provision/response", answer);
+        let packets = h.client_packets();
+        assert!(
+            matches!(
+                packets.as_slice(),
+                [Packet::PubAck(_), Packet::Disconnect(_)]
+            ),
+            "{packets:?}"
+        );
+        assert_eq!(
+            provisioned(&mut h),
+            Ok(ProvisionedCredentials::AccessToken("WANTED".into()))
+        );
+        assert_finished(&mut h);
+    }
+}
+
+#[test]
+fn provisioning_over_protobuf_answers_of_every_kind() {
+    let with_value = |head: &[u8], value: &[u8]| [head.to_vec(), pb_len(3, value)].concat();
+    let cases: Vec<(Vec<u8>, Result<ProvisionedCredentials, ProvisionError>)> = vec![
+        (
+            vec![0x08, 2],
+            Err(ProvisionError::NotFound {
+                message: String::new(),
+            }),
+        ),
+        (
+            vec![0x08, 3],
+            Err(ProvisionError::Failure {
+                message: String::new(),
+            }),
+        ),
+        (
+            // MQTT_BASIC (2): the value is the JSON form's object, as text.
+            with_value(
+                &[0x08, 1, 0x10, 2],
+                br#"{"clientId":"c1","userName":"u1","password":"p1"}"#,
+            ),
+            Ok(ProvisionedCredentials::Basic {
+                client_id: Some("c1".into()),
+                username: Some("u1".into()),
+                password: Some("p1".into()),
+            }),
+        ),
+        (
+            with_value(&[0x08, 1, 0x10, 1], b"MIIB"),
+            Ok(ProvisionedCredentials::X509 {
+                certificate: "MIIB".into(),
+            }),
+        ),
+        (
+            // Defensively, a JSON answer is still understood.
+            br#"{"errorMsg":"Provision data was not found!","status":"NOT_FOUND"}"#.to_vec(),
+            Err(ProvisionError::NotFound {
+                message: "Provision data was not found!".into(),
+            }),
+        ),
+        (
+            br#"{"credentialsValue":"T","credentialsType":"ACCESS_TOKEN","status":"SUCCESS"}"#
+                .to_vec(),
+            Ok(ProvisionedCredentials::AccessToken("T".into())),
+        ),
+    ];
+    for (answer, expected) in cases {
+        let mut h = provisioning_protobuf(V5, request());
+        let sent = provision_session(&mut h);
+        puback(&mut h, sent.pkid, 0);
+        push(&mut h, "/provision/response", answer.clone());
+        assert_eq!(provisioned(&mut h), expected, "{answer:02x?}");
+        assert_finished(&mut h);
+    }
+    // Neither protobuf nor JSON: the protobuf error, typed.
+    let mut h = provisioning_protobuf(V5, request());
+    provision_session(&mut h);
+    push(&mut h, "/provision/response", &b"\x0a\x05ab"[..]);
+    assert!(matches!(
+        provisioned(&mut h),
+        Err(ProvisionError::InvalidResponse(
+            gateway_proto::payload::PayloadError::InvalidProtobuf(_)
+        ))
+    ));
+    assert_finished(&mut h);
+    // A JSON provisioning connection does not read protobuf: ThingsBoard answers a JSON
+    // request in JSON.
+    let mut h = provisioning(V5, request());
+    provision_session(&mut h);
+    push(&mut h, "/provision/response", &[0x08, 2][..]);
+    assert!(matches!(
+        provisioned(&mut h),
+        Err(ProvisionError::InvalidResponse(
+            gateway_proto::payload::PayloadError::InvalidJson { .. }
+        ))
+    ));
+}
+
+#[test]
 fn provisioning_times_out_and_never_reconnects_after_a_loss() {
     // No answer: the timeout, counted from CONNACK.
     let mut h = provisioning(V5, request());
@@ -350,6 +489,17 @@ fn provisioning_config_is_checked() {
         Config::provisioning(r).validate(),
         Err(ConfigError::InvalidProvisionRequest(_))
     ));
+    // The size check is on the payload that goes out: a name that fits in protobuf but not
+    // in JSON (which adds the key names).
+    let mut r = request();
+    r.device_name = Some("x".repeat(65_480));
+    let mut c = Config::provisioning(r);
+    assert!(matches!(
+        c.validate(),
+        Err(ConfigError::InvalidProvisionRequest(_))
+    ));
+    c.protobuf_profile = true;
+    assert_eq!(c.validate(), Ok(()));
     // Secrets stay out of Debug.
     let s = format!("{:?}", Config::provisioning(request()));
     assert!(!s.contains("SECRET"), "{s}");
@@ -1189,8 +1339,13 @@ proptest! {
             Just(br#"{"status":"SUCCESS","credentialsType":"MQTT_BASIC","credentialsValue":7}"#.to_vec()),
             Just(br#"{"status":"NOT_FOUND"}"#.to_vec()),
         ],
+        protobuf in any::<bool>(),
     ) {
-        let mut h = provisioning(V5, request());
+        let mut h = if protobuf {
+            provisioning_protobuf(V5, request())
+        } else {
+            provisioning(V5, request())
+        };
         provision_session(&mut h);
         push(&mut h, "/provision/response", payload);
         let events = h.take_events();

@@ -492,7 +492,9 @@ impl CredentialsType {
 
 /// Provisioning request on `/provision/request` (in a session whose username or client id is
 /// `provision`). Key and secret are required; everything else is optional and omitted when
-/// `None`.
+/// `None`. The protobuf form (`ProvisionDeviceRequestMsg`) is
+/// [`to_protobuf`](Self::to_protobuf) / [`parse_protobuf`](Self::parse_protobuf), see
+/// [`provision_protobuf`](super::provision_protobuf).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ProvisionRequest {
     /// Name of the device to create (the server generates one if absent).
@@ -634,8 +636,47 @@ pub enum CredentialsValue {
     },
 }
 
+impl CredentialsValue {
+    /// The MQTT_BASIC object `{"clientId":..,"userName":..,"password":..}` (absent fields left
+    /// out); writes nothing for [`CredentialsValue::Text`]. The JSON response carries it as an
+    /// object, the protobuf response as its text.
+    pub(crate) fn write_basic<S: JsonSink + ?Sized>(&self, out: &mut S) {
+        let Self::MqttBasic {
+            client_id,
+            user_name,
+            password,
+        } = self
+        else {
+            return;
+        };
+        let mut c = ObjWriter::open(out);
+        let fields = [
+            ("clientId", client_id),
+            ("userName", user_name),
+            ("password", password),
+        ];
+        for (key, value) in fields {
+            if let Some(v) = value {
+                c.field(key, v);
+            }
+        }
+        c.close();
+    }
+
+    /// Reads the MQTT_BASIC object (each field optional, `null` read as absent).
+    pub(crate) fn basic_from_map(mut c: Map<String, Value>) -> Result<Self, PayloadError> {
+        Ok(Self::MqttBasic {
+            client_id: opt_str(&mut c, "clientId")?,
+            user_name: opt_str(&mut c, "userName")?,
+            password: opt_str(&mut c, "password")?,
+        })
+    }
+}
+
 /// Provisioning response on `/provision/response`. The server closes the connection 60 s
-/// after sending it.
+/// after sending it. It answers in the request's format: the protobuf form
+/// (`ProvisionDeviceResponseMsg`) is [`to_protobuf`](Self::to_protobuf) /
+/// [`parse_protobuf`](Self::parse_protobuf), see [`provision_protobuf`](super::provision_protobuf).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProvisionResponse {
     /// `{"credentialsValue":..,"credentialsType":..,"status":"SUCCESS"}`.
@@ -667,23 +708,8 @@ impl Payload for ProvisionResponse {
             } => {
                 match credentials {
                     CredentialsValue::Text(t) => o.field("credentialsValue", t),
-                    CredentialsValue::MqttBasic {
-                        client_id,
-                        user_name,
-                        password,
-                    } => {
-                        let mut c = ObjWriter::open(o.key("credentialsValue"));
-                        let fields = [
-                            ("clientId", client_id),
-                            ("userName", user_name),
-                            ("password", password),
-                        ];
-                        for (key, value) in fields {
-                            if let Some(v) = value {
-                                c.field(key, v);
-                            }
-                        }
-                        c.close();
+                    CredentialsValue::MqttBasic { .. } => {
+                        credentials.write_basic(o.key("credentialsValue"));
                     }
                 }
                 o.field("credentialsType", credentials_type.as_str());
@@ -713,11 +739,7 @@ impl Payload for ProvisionResponse {
                 )?;
                 let credentials = match take(&mut obj, "credentialsValue")? {
                     Value::String(s) => CredentialsValue::Text(s),
-                    Value::Object(mut c) => CredentialsValue::MqttBasic {
-                        client_id: opt_str(&mut c, "clientId")?,
-                        user_name: opt_str(&mut c, "userName")?,
-                        password: opt_str(&mut c, "password")?,
-                    },
+                    Value::Object(c) => CredentialsValue::basic_from_map(c)?,
                     _ => {
                         return Err(PayloadError::WrongType {
                             field: "credentialsValue",

@@ -19,6 +19,7 @@ pub mod gateway;
 pub mod gateway_protobuf;
 pub mod protobuf;
 mod protobuf_wire;
+pub mod provision_protobuf;
 mod writer;
 
 pub use device::{

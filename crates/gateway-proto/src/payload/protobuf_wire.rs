@@ -1,8 +1,9 @@
 //! The protobuf wire format, just enough for ThingsBoard's fixed messages: varints, fixed-width
 //! numbers and length-delimited fields, written in field order with proto3 defaults left out.
 //!
-//! Shared by [`protobuf`](super::protobuf) (device API) and
-//! [`gateway_protobuf`](super::gateway_protobuf) (gateway API). Reading never panics: malformed
+//! Shared by [`protobuf`](super::protobuf) (device API),
+//! [`gateway_protobuf`](super::gateway_protobuf) (gateway API) and
+//! [`provision_protobuf`](super::provision_protobuf) (provisioning). Reading never panics: malformed
 //! bytes are a [`PayloadError::InvalidProtobuf`].
 
 use super::PayloadError;

@@ -6,7 +6,8 @@
 //! 1. Every payload parser of `gateway_proto::payload` gets the payload. A parser that accepts
 //!    it must accept its own re-encoding, and encoding is a fixed point after one parse. Any
 //!    JSON value is written by the crate's writer exactly as serde_json writes it. The gateway
-//!    protobuf parsers get the payload too: an accepted message re-encodes to a fixed point.
+//!    and provisioning protobuf parsers get the payload too: an accepted message re-encodes to
+//!    a fixed point.
 //! 2. A connected gateway `Connection` (MQTT 5) with requests awaiting answers (two gateway
 //!    attribute requests, a device attribute request and a client RPC, wire ids 0–3) receives
 //!    the payload as a QoS 1 PUBLISH on the selected inbound API topic (id topics carry the id
@@ -101,8 +102,12 @@ macro_rules! proto_round_trip {
     };
 }
 
-/// Every gateway protobuf parser (`payload::gateway_protobuf`), on one payload.
+/// Every protobuf parser of the gateway API and provisioning (`payload::gateway_protobuf`,
+/// `payload::provision_protobuf`), on one payload.
 fn parse_all_protobuf(bytes: &[u8]) {
+    proto_round_trip!(DisconnectNotice, bytes);
+    proto_round_trip!(ProvisionRequest, bytes);
+    proto_round_trip!(ProvisionResponse, bytes);
     proto_round_trip!(Connect, bytes);
     proto_round_trip!(Disconnect, bytes);
     proto_round_trip!(GatewayTelemetry, bytes);

@@ -229,7 +229,7 @@ pub use error::{ControlError, StartError, TlsError};
 pub use model::{
     ClaimOutcome, ClientRpcAnswer, ClientRpcCall, ClientRpcHandler, Credentials, DeviceId,
     DeviceInfo, Event, LimitedApi, NewDevice, OtaPackage, PeerIdentity, ProvisionProfile,
-    ProvisionStrategy, RpcCall, RpcOutcome, RpcTicket, SessionId, Stats, TsValue,
+    ProvisionStrategy, RpcCall, RpcOutcome, RpcTicket, SessionId, Stats, TsValue, X509ChainProfile,
 };
 pub use proto::{JsonCompatibility, ProtoSchemas, SchemaError, SchemaErrorKind, SchemaRole};
 pub use ratelimit::{LimitConfig, TenantLimits};

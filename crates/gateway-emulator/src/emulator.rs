@@ -14,7 +14,7 @@ use crate::config::EmulatorConfig;
 use crate::error::ControlError;
 use crate::model::{
     ClaimOutcome, ClientRpcHandler, DeviceInfo, Event, NewDevice, OtaPackage, PeerIdentity,
-    ProvisionProfile, RpcCall, RpcTicket, SessionId, Stats, TsValue,
+    ProvisionProfile, RpcCall, RpcTicket, SessionId, Stats, TsValue, X509ChainProfile,
 };
 use crate::platform::{Notice, Platform};
 use crate::proto::ProtoSchemas;
@@ -70,6 +70,13 @@ impl Emulator {
     ) -> Result<SessionId, ControlError> {
         if self.sessions.len() >= self.platform.config.bounds.max_sessions {
             return Err(ControlError::TooManySessions);
+        }
+        if peer.tls && peer.client_cert.is_some() {
+            // ThingsBoard's trust manager hands every presented chain to
+            // `validateOrCreateDeviceX509Certificate` during the handshake, which may provision
+            // a device through an X.509 chain profile; its outcome is only logged.
+            self.platform.observe(now);
+            let _ = self.platform.validate_or_create_x509(&peer.chain());
         }
         let id = SessionId(self.next_session);
         self.next_session += 1;
@@ -333,6 +340,18 @@ impl Emulator {
     /// Adds (or replaces, by key) a provisioning profile.
     pub fn add_provision_profile(&mut self, profile: ProvisionProfile) {
         self.platform.add_provision_profile(profile);
+    }
+
+    /// Adds an `X509_CERTIFICATE_CHAIN` device profile (or replaces the one of the same device
+    /// type). From then on a TLS client presenting a chain that contains the profile's
+    /// certificate gets its device found, re-keyed or created when the session opens, before
+    /// its CONNECT; see [`X509ChainProfile`] for the rules. Fails when the PEM holds no
+    /// certificate, the regex does not compile, or another profile has the same certificate.
+    pub fn add_x509_chain_profile(
+        &mut self,
+        profile: X509ChainProfile,
+    ) -> Result<(), ControlError> {
+        self.platform.add_x509_chain_profile(profile)
     }
 
     /// Assigns a firmware (`firmware` = true) or software package and sets its shared attributes.

@@ -26,6 +26,13 @@ pub enum ControlError {
     Shutdown,
     /// The RPC outcome did not arrive (the emulator stopped before answering).
     NoOutcome,
+    /// An X.509 chain profile's certificate PEM holds no certificate.
+    InvalidCertificate,
+    /// An X.509 chain profile's `certificateRegExPattern` does not compile (the message).
+    InvalidRegex(String),
+    /// Another device profile already has this certificate ("Device profile with such
+    /// certificate already exists!"); the name of that profile.
+    ProfileCertificateInUse(String),
 }
 
 impl fmt::Display for ControlError {
@@ -41,6 +48,11 @@ impl fmt::Display for ControlError {
             Self::UnknownSession(id) => write!(f, "unknown session {id}"),
             Self::Shutdown => f.write_str("the emulator was shut down"),
             Self::NoOutcome => f.write_str("the RPC outcome never arrived"),
+            Self::InvalidCertificate => f.write_str("no certificate in the PEM"),
+            Self::InvalidRegex(e) => write!(f, "invalid certificate regex: {e}"),
+            Self::ProfileCertificateInUse(profile) => {
+                write!(f, "device profile {profile:?} already has this certificate")
+            }
         }
     }
 }

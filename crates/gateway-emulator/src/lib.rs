@@ -77,7 +77,21 @@
 //! ```
 //!
 //! On the sans-IO [`Emulator`], [`Emulator::open_session_with_peer`] takes the same facts from
-//! any transport: a [`PeerIdentity`] with the client certificate's DER.
+//! any transport: a [`PeerIdentity`] with the client certificate's DER (and, with
+//! [`PeerIdentity::tls_chain`], the rest of the chain the client sent).
+//!
+//! Device profiles with the `X509_CERTIFICATE_CHAIN` provisioning strategy
+//! ([`Emulator::add_x509_chain_profile`] / [`EmulatorHandle::add_x509_chain_profile`] with an
+//! [`X509ChainProfile`]: the profile's CA certificate, a CN regex, whether new devices may be
+//! created) provision devices from the chain a TLS client presents, as ThingsBoard 3.5+ does.
+//! As there, it happens during the handshake, i.e. when the session opens
+//! (`MqttSslHandlerProvider`'s trust manager → `validateOrCreateDeviceX509Certificate` →
+//! `provisionDeviceViaX509Chain`): the chain is walked leaf first, a known certificate ends
+//! it, a certificate equal to a chain profile's provisions the leaf (device name = group 1 of
+//! the regex in the leaf's CN; an existing device of the profile is re-keyed to the leaf, a
+//! missing one created if allowed), and any failure is only logged. The CONNECT then
+//! authenticates by the leaf as usual, so whatever was not provisioned is refused with
+//! CONNACK 5 / 0x87. See [`X509ChainProfile`] for the rules.
 //!
 //! ## Checked by a client nobody here wrote
 //!
@@ -101,6 +115,14 @@
 //!   session per device, the older one evicted (v5 DISCONNECT 0x8E).
 //! * TLS ([`TlsConfig`]): client certificates requested but optional; a failed or stalled
 //!   (10 s) handshake ends only that connection.
+//! * X.509 certificate-chain provisioning ([`X509ChainProfile`]): the chain walk at session
+//!   open (credential first, then profile certificate, per certificate, leaf first), the
+//!   leaf's subject CN read like BouncyCastle (`getRDNs(CN)[0].getFirst()`, RFC 4514
+//!   escaping, [`x509::common_name`]), `Matcher.find()` + group 1, re-keying of an existing
+//!   X.509 device of the profile, creation only when allowed (generated name for an empty
+//!   group, failure on a name of another profile or at the device limit), and NOT_AUTHORIZED
+//!   at CONNECT for everything not provisioned (also an expired leaf, which is still
+//!   provisioned at the handshake).
 //! * Wire forms: PUBACK and DISCONNECT as Netty writes them (`40 02 id` for success, `40 04 id
 //!   rc 00` for a v5 failure, `E0 00` for a normal v5 DISCONNECT); QoS 2 PUBLISH answered with
 //!   PUBACK, QoS 2 subscriptions granted QoS 1, PUBREC/PUBREL/PUBCOMP ignored.
@@ -186,9 +208,14 @@
 //!
 //! ## What is not (yet)
 //!
-//! * X.509 certificate-chain provisioning (device profiles with the `X509_CERTIFICATE_CHAIN`
-//!   strategy, which create a device from a CA-issued certificate's CN at handshake time), and
-//!   ThingsBoard's check that each certificate of a presented chain is signed by the next.
+//! * ThingsBoard's TLS-level check that each certificate of a presented chain is signed by
+//!   the next (a broken link fails its handshake); [`ClientAuth::AnyCertificate`] accepts any
+//!   chain. X.509 chain profiles therefore match a chain by its certificates alone.
+//! * X.509 chain provisioning: the `certificateRegExPattern` runs on Rust's `regex` engine (no
+//!   look-around or back-references, Unicode classes) instead of `java.util.regex`; a
+//!   re-keyed device's open sessions are not closed (credential updates are not modelled);
+//!   no well-known-root-CA check on the profile certificate; a provisioning request
+//!   (`/provision`) naming such a profile's key gets NOT_FOUND, not ThingsBoard's failure.
 //! * Provisioning edge cases: the JSON step uses serde_json, stricter than Gson's lenient
 //!   parser, so JSON that only Gson accepts (unquoted names, single quotes) takes the
 //!   protobuf path here; a protobuf request with `credentialsType` `LWM2M_CREDENTIALS` or an
@@ -229,7 +256,7 @@ pub use error::{ControlError, StartError, TlsError};
 pub use model::{
     ClaimOutcome, ClientRpcAnswer, ClientRpcCall, ClientRpcHandler, Credentials, DeviceId,
     DeviceInfo, Event, LimitedApi, NewDevice, OtaPackage, PeerIdentity, ProvisionProfile,
-    ProvisionStrategy, RpcCall, RpcOutcome, RpcTicket, SessionId, Stats, TsValue,
+    ProvisionStrategy, RpcCall, RpcOutcome, RpcTicket, SessionId, Stats, TsValue, X509ChainProfile,
 };
 pub use proto::{JsonCompatibility, ProtoSchemas, SchemaError, SchemaErrorKind, SchemaRole};
 pub use ratelimit::{LimitConfig, TenantLimits};

@@ -88,6 +88,10 @@ pub struct PeerIdentity {
     pub tls: bool,
     /// The client's leaf certificate, DER, if it presented one (only over TLS).
     pub client_cert: Option<Vec<u8>>,
+    /// The certificates the client sent after its leaf, DER, in the order sent (normally
+    /// intermediates up to a CA). ThingsBoard walks this chain for X.509 certificate-chain
+    /// provisioning ([`X509ChainProfile`]); empty when only a leaf (or nothing) was presented.
+    pub intermediates: Vec<Vec<u8>>,
 }
 
 impl PeerIdentity {
@@ -101,7 +105,29 @@ impl PeerIdentity {
         Self {
             tls: true,
             client_cert,
+            intermediates: Vec::new(),
         }
+    }
+
+    /// A TLS connection whose client presented `chain` (DER, leaf first, then the rest in the
+    /// order sent, as a TLS stack reports the peer's certificates). An empty chain is a TLS
+    /// client without a certificate.
+    pub fn tls_chain(chain: Vec<Vec<u8>>) -> Self {
+        let mut certs = chain.into_iter();
+        Self {
+            tls: true,
+            client_cert: certs.next(),
+            intermediates: certs.collect(),
+        }
+    }
+
+    /// The presented chain, leaf first (empty without a client certificate).
+    pub fn chain(&self) -> Vec<&[u8]> {
+        self.client_cert
+            .iter()
+            .chain(self.intermediates.iter())
+            .map(Vec::as_slice)
+            .collect()
     }
 }
 
@@ -359,6 +385,74 @@ pub struct ProvisionProfile {
     pub secret: String,
     /// Strategy.
     pub strategy: ProvisionStrategy,
+}
+
+/// A device profile with ThingsBoard's `X509_CERTIFICATE_CHAIN` provisioning strategy
+/// (`X509CertificateChainProvisionConfiguration`), added with
+/// [`crate::Emulator::add_x509_chain_profile`].
+///
+/// When a TLS client presents a certificate chain, ThingsBoard's trust manager
+/// (`MqttSslHandlerProvider.ThingsboardMqttX509TrustManager.checkClientTrusted`) hands the
+/// whole chain to `DefaultTransportApiService.validateOrCreateDeviceX509Certificate`, during
+/// the handshake. For each certificate, leaf first: a device whose X.509 credential it is ends
+/// the walk; otherwise, if it is the certificate of a profile like this one (matched by
+/// equality: the profile's `provisionDeviceKey` is the SHA3 of its certificate, the same hash
+/// as a credential id), `DeviceProvisionServiceImpl.provisionDeviceViaX509Chain` runs for the
+/// leaf and ends the walk:
+///
+/// * the leaf's subject CN ([`crate::x509::common_name`]) is matched with
+///   [`certificate_regex`](Self::certificate_regex) by `Matcher.find()` (leftmost match,
+///   unanchored) and the device name is **capturing group 1**; no CN, no match or no group 1
+///   fails;
+/// * a device of that name in this profile (`device_type`) keeps its identity: if its
+///   credentials are X.509 they are replaced by the leaf (certificate rotation), otherwise
+///   nothing changes (and the CONNECT below is refused);
+/// * otherwise, if [`allow_create_new`](Self::allow_create_new), the device is created in this
+///   profile with the leaf as its `X509_CERTIFICATE` credential (an empty or absent group 1
+///   gives a generated 20-character name; a name taken by a device of another profile, or the
+///   device limit, fails); otherwise it fails.
+///
+/// A failure is only logged by ThingsBoard: the handshake goes on, and the MQTT CONNECT then
+/// authenticates by the leaf alone (`MqttTransportHandler.processX509CertConnect`), so a leaf
+/// that was neither known nor provisioned is refused with NOT_AUTHORIZED (CONNACK 5 on
+/// MQTT 3.1.1, 0x87 + DISCONNECT 0x87 on MQTT 5), exactly like an unknown certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct X509ChainProfile {
+    /// Device type (profile name) of the devices it provisions.
+    pub device_type: String,
+    /// The profile's certificate (normally the CA that issues device certificates), PEM; with
+    /// several certificates only the first counts, as in ThingsBoard.
+    pub certificate_pem: String,
+    /// `certificateRegExPattern`: the device name is its first capturing group in the leaf's
+    /// CN. Rust `regex` syntax (no look-around or back-references, unlike `java.util.regex`).
+    pub certificate_regex: String,
+    /// `allowCreateNewDevicesByX509Certificate`.
+    pub allow_create_new: bool,
+}
+
+impl X509ChainProfile {
+    /// A profile for `device_type` keyed by `certificate_pem`, taking the device name from
+    /// group 1 of `certificate_regex` in the leaf's CN, with creation of new devices allowed
+    /// (the emulator's default; see [`X509ChainProfile::with_create_new`]).
+    pub fn new(
+        device_type: impl Into<String>,
+        certificate_pem: impl Into<String>,
+        certificate_regex: impl Into<String>,
+    ) -> Self {
+        Self {
+            device_type: device_type.into(),
+            certificate_pem: certificate_pem.into(),
+            certificate_regex: certificate_regex.into(),
+            allow_create_new: true,
+        }
+    }
+
+    /// Sets `allowCreateNewDevicesByX509Certificate`.
+    pub fn with_create_new(mut self, allow: bool) -> Self {
+        self.allow_create_new = allow;
+        self
+    }
 }
 
 /// An OTA package assigned to a device.

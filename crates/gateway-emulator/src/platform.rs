@@ -21,7 +21,7 @@ use crate::error::ControlError;
 use crate::model::{
     ClaimOutcome, ClientRpcAnswer, ClientRpcCall, ClientRpcHandler, Credentials, DeviceId,
     DeviceInfo, Event, LimitedApi, NewDevice, OtaPackage, ProvisionProfile, ProvisionStrategy,
-    RpcCall, RpcOutcome, RpcTicket, SessionId, Stats, TsValue,
+    RpcCall, RpcOutcome, RpcTicket, SessionId, Stats, TsValue, X509ChainProfile,
 };
 use crate::proto::ProtoSchemas;
 use crate::ratelimit::{EntityLimits, TenantLimits};
@@ -102,6 +102,31 @@ struct PendingRpc {
 struct ClaimRecord {
     secret: String,
     expires_ms: i64,
+}
+
+/// An `X509_CERTIFICATE_CHAIN` profile as stored: its certificate's text (the
+/// `provisionDeviceKey` is that text's SHA3, so comparing texts is comparing keys) and the
+/// compiled `certificateRegExPattern`.
+#[derive(Debug, Clone)]
+struct ChainProfile {
+    device_type: String,
+    certificate: String,
+    regex: regex::Regex,
+    allow_create_new: bool,
+}
+
+/// What the handshake-time chain walk (`validateOrCreateDeviceX509Certificate`) found. Like
+/// ThingsBoard's trust manager, the emulator only logs it: the CONNECT decides by the leaf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChainOutcome {
+    /// A certificate of the chain is this device's X.509 credential.
+    Known(DeviceId),
+    /// A chain profile provisioned (created, or found and possibly re-keyed) this device.
+    Provisioned(DeviceId),
+    /// A chain profile matched but provisioning failed.
+    Failed,
+    /// No certificate of the chain is a credential or a chain profile's certificate.
+    NotFound,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -193,6 +218,8 @@ pub struct Platform {
     gateway_buckets: HashMap<DeviceId, EntityLimits>,
     gateway_device_buckets: HashMap<DeviceId, EntityLimits>,
     provision_profiles: Vec<ProvisionProfile>,
+    /// `X509_CERTIFICATE_CHAIN` device profiles, keyed by their certificate.
+    x509_chain_profiles: Vec<ChainProfile>,
     client_rpc_handler: Option<ClientRpcHandler>,
     auth_unavailable: bool,
     /// `sendAckOnValidationException` of the device profiles that set it, by profile name.
@@ -237,6 +264,7 @@ impl Platform {
             gateway_buckets: HashMap::new(),
             gateway_device_buckets: HashMap::new(),
             provision_profiles: Vec::new(),
+            x509_chain_profiles: Vec::new(),
             client_rpc_handler: None,
             auth_unavailable: false,
             profile_ack_on_validation: HashMap::new(),
@@ -1205,6 +1233,148 @@ impl Platform {
     pub(crate) fn add_provision_profile(&mut self, profile: ProvisionProfile) {
         self.provision_profiles.retain(|p| p.key != profile.key);
         self.provision_profiles.push(profile);
+    }
+
+    /// Adds (or, for the same device type, replaces) an `X509_CERTIFICATE_CHAIN` profile.
+    pub(crate) fn add_x509_chain_profile(
+        &mut self,
+        profile: X509ChainProfile,
+    ) -> Result<(), ControlError> {
+        let certificate = crate::x509::first_certificate_value(&profile.certificate_pem)
+            .ok_or(ControlError::InvalidCertificate)?;
+        let regex = regex::Regex::new(&profile.certificate_regex)
+            .map_err(|e| ControlError::InvalidRegex(e.to_string()))?;
+        // `provisionDeviceKey` is unique: the same certificate cannot key two profiles.
+        if let Some(other) = self
+            .x509_chain_profiles
+            .iter()
+            .find(|p| p.certificate == certificate && p.device_type != profile.device_type)
+        {
+            return Err(ControlError::ProfileCertificateInUse(
+                other.device_type.clone(),
+            ));
+        }
+        self.x509_chain_profiles
+            .retain(|p| p.device_type != profile.device_type);
+        self.x509_chain_profiles.push(ChainProfile {
+            device_type: profile.device_type,
+            certificate,
+            regex,
+            allow_create_new: profile.allow_create_new,
+        });
+        Ok(())
+    }
+
+    /// DTAS `validateOrCreateDeviceX509Certificate`, run by ThingsBoard's trust manager during
+    /// the TLS handshake for every chain a client presents (`chain`: DER, leaf first). Walks
+    /// the chain leaf first: a certificate that is a device's X.509 credential ends the walk;
+    /// one that is a chain profile's certificate runs `provisionDeviceViaX509Chain` for the
+    /// leaf and ends it too. With the backend unavailable (fault injection) the request fails
+    /// and nothing happens, as ThingsBoard only logs it.
+    pub(crate) fn validate_or_create_x509(&mut self, chain: &[&[u8]]) -> ChainOutcome {
+        if self.auth_unavailable {
+            return ChainOutcome::NotFound;
+        }
+        let values: Vec<String> = chain
+            .iter()
+            .map(|der| crate::x509::credentials_value_from_der(der))
+            .collect();
+        let Some(leaf) = values.first() else {
+            return ChainOutcome::NotFound;
+        };
+        for value in &values {
+            if let Some(d) = self.devices.values().find(|d| {
+                matches!(&d.credentials, Some(Credentials::X509 { certificate }) if certificate == value)
+            }) {
+                return ChainOutcome::Known(d.id);
+            }
+            if let Some(profile) = self
+                .x509_chain_profiles
+                .iter()
+                .find(|p| p.certificate == *value)
+                .cloned()
+            {
+                let leaf_der = chain.first().copied().unwrap_or_default();
+                return match self.provision_via_x509_chain(&profile, leaf, leaf_der) {
+                    Some(id) => ChainOutcome::Provisioned(id),
+                    None => ChainOutcome::Failed,
+                };
+            }
+        }
+        ChainOutcome::NotFound
+    }
+
+    /// `DeviceProvisionServiceImpl.provisionDeviceViaX509Chain` for the leaf (`leaf`: its
+    /// credentials value, `leaf_der`: its DER). `None` is a `ProvisionFailedException`.
+    fn provision_via_x509_chain(
+        &mut self,
+        profile: &ChainProfile,
+        leaf: &str,
+        leaf_der: &[u8],
+    ) -> Option<DeviceId> {
+        // `parseCommonName` throwing gives a null CN, and matching null throws: failure.
+        let cn = crate::x509::common_name(leaf_der)?;
+        // `matcher.find()` then `group(1)`: no match or no group 1 in the pattern fails; a
+        // group 1 that took no part in the match is null, i.e. no name.
+        if profile.regex.captures_len() < 2 {
+            return None;
+        }
+        let captures = profile.regex.captures(&cn)?;
+        let name = captures
+            .get(1)
+            .map(|m| m.as_str().to_owned())
+            .unwrap_or_default();
+        let existing = self.by_name.get(&name).copied().filter(|id| {
+            self.devices
+                .get(id)
+                .is_some_and(|d| d.device_type == profile.device_type)
+        });
+        if let Some(id) = existing {
+            // The device keeps its identity; X.509 credentials are replaced by the leaf
+            // (`updateDeviceCredentials`), any other credentials stay as they are.
+            let leaf_credentials = Credentials::X509 {
+                certificate: leaf.to_owned(),
+            };
+            if let Some(d) = self.devices.get_mut(&id) {
+                if matches!(d.credentials, Some(Credentials::X509 { .. })) {
+                    d.credentials = Some(leaf_credentials);
+                }
+            }
+            return Some(id);
+        }
+        if !profile.allow_create_new {
+            return None;
+        }
+        // `processCreateDevice`: an empty name gets a random 20-character one; saving fails
+        // when the name is taken (by a device of another profile) or at the device limit.
+        let name = if name.is_empty() {
+            self.generated("")
+        } else {
+            name
+        };
+        let credentials = Credentials::X509 {
+            certificate: leaf.to_owned(),
+        };
+        if self.by_name.contains_key(&name)
+            || self.at_device_limit()
+            || self.credentials_taken(&credentials)
+        {
+            return None;
+        }
+        let id = self.insert_device(
+            NewDevice {
+                name,
+                device_type: profile.device_type.clone(),
+                credentials: Some(credentials),
+                gateway: false,
+                overwrite_activity_time: false,
+            },
+            None,
+        );
+        if let Some(d) = self.devices.get_mut(&id) {
+            d.provisioned = true;
+        }
+        Some(id)
     }
 
     fn generated(&mut self, prefix: &str) -> String {

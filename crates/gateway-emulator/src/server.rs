@@ -28,7 +28,7 @@ use crate::emulator::Emulator;
 use crate::error::{ControlError, StartError};
 use crate::model::{
     ClaimOutcome, ClientRpcHandler, DeviceInfo, Event, NewDevice, OtaPackage, PeerIdentity,
-    ProvisionProfile, RpcCall, RpcOutcome, RpcTicket, SessionId, TsValue,
+    ProvisionProfile, RpcCall, RpcOutcome, RpcTicket, SessionId, TsValue, X509ChainProfile,
 };
 use crate::proto::ProtoSchemas;
 use crate::ratelimit::TenantLimits;
@@ -298,6 +298,12 @@ impl EmulatorHandle {
         self.with(|e, _| e.add_provision_profile(profile));
     }
 
+    /// Adds an `X509_CERTIFICATE_CHAIN` device profile; see
+    /// [`Emulator::add_x509_chain_profile`](crate::Emulator::add_x509_chain_profile).
+    pub fn add_x509_chain_profile(&self, profile: X509ChainProfile) -> Result<(), ControlError> {
+        self.with(|e, _| e.add_x509_chain_profile(profile))
+    }
+
     /// Assigns an OTA package.
     pub fn assign_ota(
         &self,
@@ -457,14 +463,16 @@ async fn serve_tls(shared: Arc<Shared>, acceptor: TlsAcceptor, stream: tokio::ne
         Ok(Ok(stream)) => stream,
         Ok(Err(_)) | Err(_) => return,
     };
-    let client_cert = stream
+    // The whole chain as the client sent it, leaf first: ThingsBoard's trust manager walks it
+    // for X.509 chain provisioning; the CONNECT then uses the leaf.
+    let chain: Vec<Vec<u8>> = stream
         .get_ref()
         .1
         .peer_certificates()
-        .and_then(|chain| chain.first())
-        .map(|leaf| leaf.as_ref().to_vec());
+        .map(|chain| chain.iter().map(|c| c.as_ref().to_vec()).collect())
+        .unwrap_or_default();
     let (rd, wr) = tokio::io::split(stream);
-    serve(shared, rd, wr, PeerIdentity::tls(client_cert)).await;
+    serve(shared, rd, wr, PeerIdentity::tls_chain(chain)).await;
 }
 
 async fn serve<R, W>(shared: Arc<Shared>, mut rd: R, mut wr: W, peer: PeerIdentity)

@@ -6,6 +6,8 @@
 //! chain against a CA: it only checks that each certificate of the chain is signed by the next,
 //! then (since the X.509-chain provisioning rework) looks the chain up and merely logs an unknown
 //! one; the device is chosen at CONNECT by the leaf certificate's hash (see [`crate::x509`]).
+//! The runner hands the whole presented chain to the session ([`crate::PeerIdentity`]), which
+//! runs that lookup (X.509 chain provisioning, [`crate::X509ChainProfile`]).
 //! [`ClientAuth::AnyCertificate`] reproduces that (without the chain-link check);
 //! [`ClientAuth::VerifiedBy`] verifies client certificates against a CA like a broker
 //! configured with a CA file would; [`ClientAuth::Off`] never asks.

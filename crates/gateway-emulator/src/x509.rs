@@ -82,6 +82,148 @@ pub fn validity(der: &[u8]) -> Option<(i64, i64)> {
     Some((not_before, not_after))
 }
 
+/// The text of the first certificate in `pem` as ThingsBoard keys an `X509_CERTIFICATE_CHAIN`
+/// device profile by it (`DeviceProfileServiceImpl.formatDeviceProfileCertificate`: the
+/// profile's `provisionDeviceKey` is the SHA3 of the first certificate of the uploaded PEM,
+/// trimmed like a credential). Bare base64 without PEM markers is taken whole. `None` if
+/// nothing is left.
+pub fn first_certificate_value(pem: &str) -> Option<String> {
+    let block = match pem.find(BEGIN) {
+        Some(start) => {
+            let body = pem.get(start + BEGIN.len()..)?;
+            match body.find(END) {
+                Some(end) => body.get(..end)?,
+                None => body,
+            }
+        }
+        None => pem,
+    };
+    let value = credentials_value_from_pem(block);
+    (!value.trim().is_empty()).then_some(value)
+}
+
+/// The subject common name of a certificate (DER) as ThingsBoard reads it for X.509
+/// certificate-chain provisioning (`SslUtil.parseCommonName`): BouncyCastle's
+/// `X500Name.getRDNs(BCStyle.CN)[0].getFirst()` (the first RDN holding a CN attribute, then the
+/// *first* attribute of that RDN, which in a multi-valued RDN may be another type), printed by
+/// `IETFUtils.valueToString` (RFC 4514-style escaping; a value that is not a string type, or
+/// is a UniversalString, as `#` and the hex of its DER).
+///
+/// `None` when the DER is not a certificate this bounded reader understands or the subject
+/// has no CN: ThingsBoard then has a null CN and the provisioning fails. Never panics.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (cert, _) = read_tlv(der, 0x30)?;
+    let (mut tbs, _) = read_tlv(cert, 0x30)?;
+    if tbs.first() == Some(&0xA0) {
+        tbs = read_tlv(tbs, 0xA0)?.1;
+    }
+    tbs = read_tlv(tbs, 0x02)?.1; // serialNumber
+    tbs = read_tlv(tbs, 0x30)?.1; // signature AlgorithmIdentifier
+    tbs = read_tlv(tbs, 0x30)?.1; // issuer Name
+    tbs = read_tlv(tbs, 0x30)?.1; // validity
+    let (mut subject, _) = read_tlv(tbs, 0x30)?;
+    while !subject.is_empty() {
+        let (rdn, rest) = read_tlv(subject, 0x31)?;
+        subject = rest;
+        let mut first_value: Option<(u8, &[u8], &[u8])> = None;
+        let mut has_cn = false;
+        let mut attrs = rdn;
+        while !attrs.is_empty() {
+            let (ava, rest) = read_tlv(attrs, 0x30)?;
+            attrs = rest;
+            let (oid, value) = read_tlv(ava, 0x06)?;
+            let (tag, contents, whole) = read_any(value)?;
+            if first_value.is_none() {
+                first_value = Some((tag, contents, whole));
+            }
+            has_cn |= oid == OID_COMMON_NAME;
+        }
+        if has_cn {
+            let (tag, contents, whole) = first_value?;
+            return Some(value_to_string(tag, contents, whole));
+        }
+    }
+    None
+}
+
+/// `2.5.4.3` (id-at-commonName), the contents of its OBJECT IDENTIFIER.
+const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
+
+/// BouncyCastle `IETFUtils.valueToString` for one attribute value.
+fn value_to_string(tag: u8, contents: &[u8], whole: &[u8]) -> String {
+    let text = match tag {
+        // UTF8String
+        0x0C => String::from_utf8(contents.to_vec()).ok(),
+        // PrintableString, IA5String, VisibleString, NumericString, TeletexString: one char
+        // per byte.
+        0x12 | 0x13 | 0x14 | 0x16 | 0x1A => Some(contents.iter().map(|&b| char::from(b)).collect()),
+        // BMPString: UTF-16BE.
+        0x1E if contents.len().is_multiple_of(2) => {
+            let units = contents
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]));
+            Some(
+                char::decode_utf16(units)
+                    .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
+                    .collect(),
+            )
+        }
+        _ => None,
+    };
+    let mut out: Vec<char> = Vec::new();
+    let mut start = 0;
+    match text {
+        Some(v) => {
+            if v.starts_with('#') {
+                out.push('\\');
+                start = 2; // the escaped '#' is not escaped again
+            }
+            out.extend(v.chars());
+        }
+        None => {
+            out.push('#');
+            for b in whole {
+                out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+                out.push(char::from(b"0123456789abcdef"[usize::from(b & 0x0F)]));
+            }
+        }
+    }
+    let mut escaped: Vec<char> = Vec::with_capacity(out.len() + 4);
+    for (i, c) in out.into_iter().enumerate() {
+        if i >= start && matches!(c, ',' | '"' | '\\' | '+' | '=' | '<' | '>' | ';') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    // Leading and trailing spaces are escaped one by one.
+    let lead = escaped.iter().take_while(|&&c| c == ' ').count();
+    let trail = if lead == escaped.len() {
+        0
+    } else {
+        escaped.iter().rev().take_while(|&&c| c == ' ').count()
+    };
+    let mut result = String::with_capacity(escaped.len() + lead + trail);
+    let len = escaped.len();
+    for (i, c) in escaped.into_iter().enumerate() {
+        if c == ' ' && (i < lead || i >= len - trail) {
+            result.push('\\');
+        }
+        result.push(c);
+    }
+    result
+}
+
+/// Reads one DER element of any single-byte tag; returns (tag, contents, the whole element).
+fn read_any(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let tag = *input.first()?;
+    if tag & 0x1F == 0x1F {
+        return None; // multi-byte tags do not occur in the structures read here
+    }
+    let (contents, rest) = read_tlv(input, tag)?;
+    let whole = input.get(..input.len() - rest.len())?;
+    Some((tag, contents, whole))
+}
+
 /// Reads one DER element with tag `tag`; returns (contents, rest).
 fn read_tlv(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
     let (&t, rest) = input.split_first()?;

@@ -13,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 use common::{connack, disconnect, puback, V311, V5};
 use gateway_emulator::{
     ClientAuth, EmulatorConfig, EmulatorHandle, NewDevice, StartError, TlsConfig, TlsError,
+    X509ChainProfile,
 };
 use gateway_proto::wire::{self, Connect, Packet, Publish, QoS};
 use gateway_proto::ProtocolVersion;
@@ -480,4 +481,70 @@ async fn unusable_tls_settings_are_typed_errors() {
             other => panic!("{what}: expected a TLS error, got {other:?}"),
         }
     }
+}
+
+/// A client presenting its leaf plus the CA (the chain a device uses with ThingsBoard's
+/// X.509 chain provisioning).
+fn chain_client_config(pki: &TestPki, cert: &ClientCert) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.ca_pem().as_bytes()).unwrap())
+        .unwrap();
+    let chain = pki
+        .chain_der(cert)
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
+    let config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                chain,
+                PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap();
+    Arc::new(config)
+}
+
+#[tokio::test]
+async fn x509_chain_provisioning_end_to_end() {
+    let pki = TestPki::generate().unwrap();
+    let emu = start(&pki, ClientAuth::AnyCertificate).await;
+    emu.add_x509_chain_profile(X509ChainProfile::new(
+        "meters",
+        pki.ca_pem(),
+        r"^meter-(\d+)$",
+    ))
+    .unwrap();
+    let cert = pki.client("meter-314").unwrap();
+    for (version, pkid) in [(V5, 1), (V311, 2)] {
+        let mut c = tls_connect(
+            emu.tls_addr().unwrap(),
+            chain_client_config(&pki, &cert),
+            version,
+        )
+        .await
+        .unwrap();
+        c.connect(None).await.unwrap();
+        assert_eq!(c.recv().await, Some(connack(0)), "{version:?}");
+        c.publish("v1/devices/me/telemetry", json!({"n": pkid}), pkid)
+            .await
+            .unwrap();
+        assert_eq!(c.recv().await, Some(puback(pkid, 0)));
+    }
+    let device = emu.device("314").expect("created from the CN");
+    assert_eq!(device.device_type, "meters");
+    assert_eq!(emu.latest_telemetry("314").unwrap()["n"].value, json!(2));
+
+    // A leaf whose CN the regex does not match: the handshake succeeds, CONNECT is refused.
+    let odd = pki.client("sensor-1").unwrap();
+    let mut c = tls_connect(emu.tls_addr().unwrap(), chain_client_config(&pki, &odd), V5)
+        .await
+        .unwrap();
+    c.connect(None).await.unwrap();
+    assert_eq!(c.recv().await, Some(connack(0x87)));
+    assert_eq!(c.recv().await, Some(disconnect(0x87)));
+    emu.shutdown();
 }

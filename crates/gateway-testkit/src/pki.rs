@@ -229,6 +229,12 @@ impl TestPki {
         })
     }
 
+    /// The chain a client holding `leaf` (issued by this CA) presents for X.509
+    /// certificate-chain provisioning: the leaf's DER, then this CA's DER.
+    pub fn chain_der(&self, leaf: &CertifiedKey) -> Vec<Vec<u8>> {
+        vec![leaf.cert_der.clone(), self.ca_der().to_vec()]
+    }
+
     fn issue(&self, params: CertificateParams) -> Result<ClientCert, PkiError> {
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.ca)?;
@@ -388,6 +394,14 @@ mod tests {
         // Writing again replaces the files.
         pki.write_to(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn chain_der_is_leaf_then_ca() {
+        let pki = TestPki::generate().unwrap();
+        let leaf = pki.client("dev").unwrap();
+        let chain = pki.chain_der(&leaf);
+        assert_eq!(chain, vec![leaf.cert_der.clone(), pki.ca_der().to_vec()]);
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! ```text
 //! bench-e2e run [--count N] [--rounds R] [--sdk-count N] [--python PATH] [--no-sdk]
 //!               [--inflight N] [--no-emulator] [--coalesce-us N] [--batch N]
+//!               [--glibc-tcache N]
 //!     Starts mosquitto and a counting subscriber, runs interleaved rounds of every publisher
 //!     (each a separate process of this binary, or the Python SDK script), prints the table.
+//!     `--glibc-tcache N` adds our batched publisher and rumqttc at QoS 1 again, both with
+//!     `GLIBC_TUNABLES=glibc.malloc.tcache_count=N` (the allocator's share, BENCHMARKS.md).
 //! bench-e2e ours    --port P --qos 0|1 --count N [--inflight N] [--token T]
 //!                   [--coalesce-us N] [--batch N]
 //! bench-e2e rumqttc --port P --qos 0|1 --count N [--inflight N]

@@ -31,6 +31,10 @@ enum Client {
     Sdk,
     /// Our adapter publishing into the emulator instead of mosquitto.
     OursToEmulator,
+    /// [`Client::OursBatched`] with glibc's per-thread cache enlarged (`--glibc-tcache`).
+    OursBatchedTcache,
+    /// [`Client::Rumqttc`] with the same allocator setting.
+    RumqttcTcache,
 }
 
 impl Client {
@@ -42,6 +46,8 @@ impl Client {
             Client::Rumqttc => "rumqttc 0.25.1",
             Client::Sdk => "Python SDK tb-mqtt-client 1.13.14",
             Client::OursToEmulator => "ours → emulator (ingest)",
+            Client::OursBatchedTcache => "ours, send_batch 256 + coalescing, large tcache",
+            Client::RumqttcTcache => "rumqttc 0.25.1, large tcache",
         }
     }
 }
@@ -158,6 +164,8 @@ struct Setup {
     coalesce_us: u64,
     /// `--batch` for [`Client::OursBatched`].
     batch: usize,
+    /// `glibc.malloc.tcache_count` for the `*Tcache` variants (0: they do not run).
+    tcache: u64,
 }
 
 impl Setup {
@@ -173,13 +181,20 @@ impl Setup {
             self.inflight.to_string(),
         ];
         let mut cmd = match client {
-            Client::Ours | Client::OursCoalesced | Client::OursBatched | Client::OursToEmulator => {
+            Client::Ours
+            | Client::OursCoalesced
+            | Client::OursBatched
+            | Client::OursBatchedTcache
+            | Client::OursToEmulator => {
                 let mut c = Command::new(&self.exe);
                 c.arg("ours");
-                if matches!(client, Client::OursCoalesced | Client::OursBatched) {
+                if matches!(
+                    client,
+                    Client::OursCoalesced | Client::OursBatched | Client::OursBatchedTcache
+                ) {
                     c.args(["--coalesce-us", &self.coalesce_us.to_string()]);
                 }
-                if client == Client::OursBatched {
+                if matches!(client, Client::OursBatched | Client::OursBatchedTcache) {
                     c.args(["--batch", &self.batch.to_string()]);
                 }
                 if client == Client::OursToEmulator {
@@ -187,7 +202,7 @@ impl Setup {
                 }
                 c
             }
-            Client::Rumqttc => {
+            Client::Rumqttc | Client::RumqttcTcache => {
                 let mut c = Command::new(&self.exe);
                 c.arg("rumqttc");
                 c
@@ -198,6 +213,14 @@ impl Setup {
                 c
             }
         };
+        if matches!(client, Client::OursBatchedTcache | Client::RumqttcTcache) {
+            // glibc's per-thread cache keeps 7 chunks per size by default; a publisher that
+            // builds many messages before they are freed overflows it (BENCHMARKS.md).
+            cmd.env(
+                "GLIBC_TUNABLES",
+                format!("glibc.malloc.tcache_count={}", self.tcache),
+            );
+        }
         cmd.args(common)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -328,6 +351,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
         inflight,
         coalesce_us: args.get("coalesce-us", 1000)?,
         batch: args.get("batch", 256)?,
+        tcache: args.get("glibc-tcache", 0)?,
     };
     let broker = Mosquitto::start(BrokerConfig::new().max_queued_messages(0))
         .map_err(|e| format!("mosquitto: {e}"))?;
@@ -344,6 +368,13 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
         (Client::OursCoalesced, 1),
         (Client::OursBatched, 1),
     ];
+    if setup.tcache > 0 {
+        eprintln!(
+            "with --glibc-tcache: two more QoS 1 variants under GLIBC_TUNABLES=glibc.malloc.tcache_count={}",
+            setup.tcache
+        );
+        plan.extend([(Client::OursBatchedTcache, 1), (Client::RumqttcTcache, 1)]);
+    }
     if setup.python.is_some() {
         plan.push((Client::Sdk, 1));
     }
@@ -410,6 +441,8 @@ fn print_tables(runs: &[Vec<Run>]) {
         (Client::OursCoalesced, 1),
         (Client::OursBatched, 1),
         (Client::Rumqttc, 1),
+        (Client::OursBatchedTcache, 1),
+        (Client::RumqttcTcache, 1),
         (Client::Sdk, 1),
         (Client::Ours, 0),
         (Client::OursBatched, 0),
@@ -495,6 +528,11 @@ fn print_tables(runs: &[Vec<Run>]) {
     ratio("QoS 1 user CPU/msg: rumqttc / ours batched", "–", &|r| {
         Some(user(Client::Rumqttc, 1)(r)? / user(Client::OursBatched, 1)(r)?)
     });
+    ratio(
+        "QoS 1 CPU/msg: rumqttc / ours batched, both with a large tcache",
+        "≥ 4×",
+        &|r| Some(cpu(Client::RumqttcTcache, 1)(r)? / cpu(Client::OursBatchedTcache, 1)(r)?),
+    );
     ratio("QoS 0 msg/s: ours / rumqttc", "≥ 1.2×", &|r| {
         Some(rate(Client::Ours, 0)(r)? / rate(Client::Rumqttc, 0)(r)?)
     });

@@ -19,12 +19,14 @@ use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
-    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
 };
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, SignatureVerificationAlgorithm, UnixTime};
 
 use crate::error::TlsError;
+use crate::x509::{self, LinkError};
 
 /// Which client certificates the TLS listener asks for and accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,12 +159,16 @@ impl ClientCertVerifier for AnyClientCertificate {
         &[]
     }
 
+    /// ThingsBoard's `validateCertificateChain`: with more than one certificate, each must be
+    /// signed by the next one's public key; a single certificate is not checked. No trust
+    /// anchor, no validity, no CA flag.
     fn verify_client_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
+        verify_chain_links(end_entity, intermediates, self.algorithms.all)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -186,5 +192,58 @@ impl ClientCertVerifier for AnyClientCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+/// Checks every link of the presented chain (leaf, then the intermediates in the order sent):
+/// certificate `i` must be signed by certificate `i + 1`'s key. A broken link is a rustls
+/// certificate error, which fails the handshake with an alert.
+fn verify_chain_links(
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    algorithms: &[&dyn SignatureVerificationAlgorithm],
+) -> Result<(), rustls::Error> {
+    let mut child: &[u8] = end_entity.as_ref();
+    for issuer in intermediates {
+        x509::verify_issued_by(child, issuer.as_ref(), algorithms).map_err(|e| {
+            rustls::Error::InvalidCertificate(match e {
+                LinkError::Malformed => CertificateError::BadEncoding,
+                LinkError::UnsupportedAlgorithm => unsupported(child, issuer, algorithms),
+                _ => CertificateError::BadSignature,
+            })
+        })?;
+        child = issuer.as_ref();
+    }
+    Ok(())
+}
+
+/// The rustls error for a link no supported algorithm can verify, with webpki's context.
+fn unsupported(
+    child: &[u8],
+    issuer: &[u8],
+    algorithms: &[&dyn SignatureVerificationAlgorithm],
+) -> CertificateError {
+    let signature_algorithm_id = x509::certificate_parts(child)
+        .map(|p| p.signature_algorithm.to_vec())
+        .unwrap_or_default();
+    let public_key_algorithm_id = x509::certificate_parts(issuer)
+        .map(|p| p.public_key_algorithm.to_vec())
+        .unwrap_or_default();
+    if algorithms
+        .iter()
+        .any(|alg| alg.signature_alg_id().as_ref() == signature_algorithm_id.as_slice())
+    {
+        CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext {
+            signature_algorithm_id,
+            public_key_algorithm_id,
+        }
+    } else {
+        CertificateError::UnsupportedSignatureAlgorithmContext {
+            signature_algorithm_id,
+            supported_algorithms: algorithms
+                .iter()
+                .map(|alg| alg.signature_alg_id())
+                .collect(),
+        }
     }
 }

@@ -19,8 +19,8 @@ use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
-    SignatureScheme,
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
+    ServerConfig, SignatureScheme,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, SignatureVerificationAlgorithm, UnixTime};
@@ -196,54 +196,45 @@ impl ClientCertVerifier for AnyClientCertificate {
 }
 
 /// Checks every link of the presented chain (leaf, then the intermediates in the order sent):
-/// certificate `i` must be signed by certificate `i + 1`'s key. A broken link is a rustls
-/// certificate error, which fails the handshake with an alert.
+/// certificate `i` must be signed by certificate `i + 1`'s key. A broken link fails the
+/// handshake. JSSE answers a `CertificateException` from the trust manager with a fatal
+/// `certificate_unknown` alert (`CertificateMessage`: `fatal(Alert.CERTIFICATE_UNKNOWN, ce)`),
+/// which is the alert rustls sends for [`CertificateError::Other`].
 fn verify_chain_links(
     end_entity: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
     algorithms: &[&dyn SignatureVerificationAlgorithm],
 ) -> Result<(), rustls::Error> {
     let mut child: &[u8] = end_entity.as_ref();
-    for issuer in intermediates {
-        x509::verify_issued_by(child, issuer.as_ref(), algorithms).map_err(|e| {
-            rustls::Error::InvalidCertificate(match e {
-                LinkError::Malformed => CertificateError::BadEncoding,
-                LinkError::UnsupportedAlgorithm => unsupported(child, issuer, algorithms),
-                _ => CertificateError::BadSignature,
-            })
+    for (position, issuer) in intermediates.iter().enumerate() {
+        x509::verify_issued_by(child, issuer.as_ref(), algorithms).map_err(|reason| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
+                BrokenChain { position, reason },
+            ))))
         })?;
         child = issuer.as_ref();
     }
     Ok(())
 }
 
-/// The rustls error for a link no supported algorithm can verify, with webpki's context.
-fn unsupported(
-    child: &[u8],
-    issuer: &[u8],
-    algorithms: &[&dyn SignatureVerificationAlgorithm],
-) -> CertificateError {
-    let signature_algorithm_id = x509::certificate_parts(child)
-        .map(|p| p.signature_algorithm.to_vec())
-        .unwrap_or_default();
-    let public_key_algorithm_id = x509::certificate_parts(issuer)
-        .map(|p| p.public_key_algorithm.to_vec())
-        .unwrap_or_default();
-    if algorithms
-        .iter()
-        .any(|alg| alg.signature_alg_id().as_ref() == signature_algorithm_id.as_slice())
-    {
-        CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext {
-            signature_algorithm_id,
-            public_key_algorithm_id,
-        }
-    } else {
-        CertificateError::UnsupportedSignatureAlgorithmContext {
-            signature_algorithm_id,
-            supported_algorithms: algorithms
-                .iter()
-                .map(|alg| alg.signature_alg_id())
-                .collect(),
-        }
+/// ThingsBoard's "Invalid Chain of X509 Certificates": certificate `position` (0 = the leaf)
+/// is not signed by the certificate after it.
+#[derive(Debug)]
+struct BrokenChain {
+    position: usize,
+    reason: LinkError,
+}
+
+impl std::fmt::Display for BrokenChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "invalid chain of X509 certificates: certificate {} is not signed by certificate {}: {}",
+            self.position,
+            self.position + 1,
+            self.reason
+        )
     }
 }
+
+impl std::error::Error for BrokenChain {}

@@ -3,12 +3,18 @@
 //! rustls with the *ring* provider. ThingsBoard's listener (`MqttSslHandlerProvider`) asks every
 //! client for a certificate but does not require one (`setWantClientAuth(true)`), so access-token
 //! and MQTT-basic clients work over TLS unchanged. Its trust manager does not check the client's
-//! chain against a CA: it only checks that each certificate of the chain is signed by the next,
-//! then (since the X.509-chain provisioning rework) looks the chain up and merely logs an unknown
-//! one; the device is chosen at CONNECT by the leaf certificate's hash (see [`crate::x509`]).
-//! The runner hands the whole presented chain to the session ([`crate::PeerIdentity`]), which
-//! runs that lookup (X.509 chain provisioning, [`crate::X509ChainProfile`]).
-//! [`ClientAuth::AnyCertificate`] reproduces that (without the chain-link check);
+//! chain against a CA. `ThingsboardMqttX509TrustManager.checkClientTrusted` first runs
+//! `validateCertificateChain`: when the chain has more than one certificate, each must verify
+//! with the next one's public key (`chain[i].verify(chain[i + 1].getPublicKey())`), and any
+//! failure throws a `CertificateException`, which fails the handshake (JSSE: fatal
+//! `certificate_unknown` alert). A single certificate is not checked, nor are validity, names
+//! or CA flags. Then it looks the chain up (`validateOrCreateDeviceX509Certificate`) and merely
+//! logs an unknown one; the device is chosen at CONNECT by the leaf certificate's hash (see
+//! [`crate::x509`]). The runner hands the whole presented chain to the session
+//! ([`crate::PeerIdentity`]), which runs that lookup (X.509 chain provisioning,
+//! [`crate::X509ChainProfile`]).
+//! [`ClientAuth::AnyCertificate`] reproduces that, the link check included
+//! ([`crate::x509::verify_issued_by`] with the *ring* provider's signature algorithms);
 //! [`ClientAuth::VerifiedBy`] verifies client certificates against a CA like a broker
 //! configured with a CA file would; [`ClientAuth::Off`] never asks.
 
@@ -34,10 +40,12 @@ use crate::x509::{self, LinkError};
 pub enum ClientAuth {
     /// No client certificate is requested: clients authenticate by their CONNECT only.
     Off,
-    /// ThingsBoard's behaviour: a certificate is requested but optional, and any certificate
-    /// is accepted at the TLS level (the client must still prove it holds the key); at CONNECT
-    /// a known certificate authenticates its device and an unknown one is refused (CONNACK 5 /
-    /// 0x87).
+    /// ThingsBoard's behaviour: a certificate is requested but optional, and no CA is
+    /// consulted. A presented chain of two or more certificates must link (each signed by the
+    /// next one's key) or the handshake fails with a `certificate_unknown` alert; otherwise
+    /// any certificate is accepted at the TLS level, expired or self-signed alike (the client
+    /// must still prove it holds the key). At CONNECT a known certificate authenticates its
+    /// device and an unknown one is refused (CONNACK 5 / 0x87).
     AnyCertificate,
     /// A certificate is requested but optional; one that is presented must chain to this CA
     /// (PEM, one or more certificates) and be within its validity, or the handshake fails.
@@ -139,8 +147,9 @@ impl TlsConfig {
     }
 }
 
-/// Requests a client certificate, accepts any (optional), and checks only the handshake
-/// signature, i.e. that the client holds the certificate's private key.
+/// Requests a client certificate (optional), checks the links of a presented chain
+/// (ThingsBoard's `validateCertificateChain`) and the handshake signature, i.e. that the client
+/// holds the certificate's private key; nothing else.
 #[derive(Debug)]
 struct AnyClientCertificate {
     algorithms: WebPkiSupportedAlgorithms,

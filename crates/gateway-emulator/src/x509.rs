@@ -15,6 +15,11 @@
 //! [`validity`] reads a certificate's validity period: ThingsBoard calls `checkValidity()` on
 //! the client certificate before the lookup (unless
 //! `transport.mqtt.ssl.skip_validity_check_for_client_cert`).
+//!
+//! [`verify_issued_by`] is the chain-link check of ThingsBoard's MQTT trust manager
+//! (`validateCertificateChain`: `chain[i].verify(chain[i + 1].getPublicKey())`), built on
+//! [`certificate_parts`] and a `rustls_pki_types::SignatureVerificationAlgorithm` list; the TLS
+//! listener runs it on every presented chain of two or more certificates.
 
 use sha3::{Digest, Sha3_256};
 

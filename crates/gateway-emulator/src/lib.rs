@@ -55,8 +55,9 @@
 //! 0x87 + DISCONNECT 0x87 on MQTT 5). Devices get X.509 credentials with [`NewDevice::x509`]
 //! (or [`Credentials::x509_pem`]), or by provisioning with `credentialsType`
 //! `X509_CERTIFICATE`. [`ClientAuth`] chooses how client certificates are checked during the
-//! handshake: ThingsBoard accepts any ([`ClientAuth::AnyCertificate`], the default), or they
-//! can be required to chain to a CA ([`ClientAuth::VerifiedBy`]). The test PKI of the
+//! handshake: ThingsBoard trusts no CA but checks that each certificate of a presented chain
+//! is signed by the next ([`ClientAuth::AnyCertificate`], the default), or they can be
+//! required to chain to a CA ([`ClientAuth::VerifiedBy`]). The test PKI of the
 //! `gateway-testkit` crate makes the certificates.
 //!
 //! ```no_run
@@ -113,8 +114,13 @@
 //!   code, or 0x89 / 0x83 after a backend error); Session Present echoing `!cleanSession`;
 //!   `provision` user name or client id → provision-only session, even with a certificate; one
 //!   session per device, the older one evicted (v5 DISCONNECT 0x8E).
-//! * TLS ([`TlsConfig`]): client certificates requested but optional; a failed or stalled
-//!   (10 s) handshake ends only that connection.
+//! * TLS ([`TlsConfig`]): client certificates requested but optional; no trust store, but
+//!   ThingsBoard's chain-link check (`MqttSslHandlerProvider`'s trust manager,
+//!   `validateCertificateChain`): in a chain of two or more certificates each must be signed by
+//!   the next one's public key, or the handshake fails with a `certificate_unknown` alert and
+//!   no session opens (so nothing is provisioned); a single certificate, names, validity and
+//!   CA flags are not checked there ([`x509::verify_issued_by`]); a failed or stalled (10 s)
+//!   handshake ends only that connection.
 //! * X.509 certificate-chain provisioning ([`X509ChainProfile`]): the chain walk at session
 //!   open (credential first, then profile certificate, per certificate, leaf first), the
 //!   leaf's subject CN read like BouncyCastle (`getRDNs(CN)[0].getFirst()`, RFC 4514
@@ -208,9 +214,12 @@
 //!
 //! ## What is not (yet)
 //!
-//! * ThingsBoard's TLS-level check that each certificate of a presented chain is signed by
-//!   the next (a broken link fails its handshake); [`ClientAuth::AnyCertificate`] accepts any
-//!   chain. X.509 chain profiles therefore match a chain by its certificates alone.
+//! * The TLS-level chain-link check verifies with rustls' *ring* algorithms only (ECDSA P-256
+//!   and P-384 with SHA-256/384, Ed25519, RSA 2048–8192 bits PKCS#1 v1.5 or PSS with
+//!   SHA-256/384/512): a link Java would verify with another algorithm (SHA-1 or MD5 with
+//!   RSA, RSA under 2048 bits, DSA, P-521, Ed448, brainpool curves) fails the handshake here.
+//!   JSSE's own algorithm constraints on the chain (`jdk.certpath.disabledAlgorithms`) are not
+//!   modelled.
 //! * X.509 chain provisioning: the `certificateRegExPattern` runs on Rust's `regex` engine (no
 //!   look-around or back-references, Unicode classes) instead of `java.util.regex`; a
 //!   re-keyed device's open sessions are not closed (credential updates are not modelled);

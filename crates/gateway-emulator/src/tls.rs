@@ -3,12 +3,18 @@
 //! rustls with the *ring* provider. ThingsBoard's listener (`MqttSslHandlerProvider`) asks every
 //! client for a certificate but does not require one (`setWantClientAuth(true)`), so access-token
 //! and MQTT-basic clients work over TLS unchanged. Its trust manager does not check the client's
-//! chain against a CA: it only checks that each certificate of the chain is signed by the next,
-//! then (since the X.509-chain provisioning rework) looks the chain up and merely logs an unknown
-//! one; the device is chosen at CONNECT by the leaf certificate's hash (see [`crate::x509`]).
-//! The runner hands the whole presented chain to the session ([`crate::PeerIdentity`]), which
-//! runs that lookup (X.509 chain provisioning, [`crate::X509ChainProfile`]).
-//! [`ClientAuth::AnyCertificate`] reproduces that (without the chain-link check);
+//! chain against a CA. `ThingsboardMqttX509TrustManager.checkClientTrusted` first runs
+//! `validateCertificateChain`: when the chain has more than one certificate, each must verify
+//! with the next one's public key (`chain[i].verify(chain[i + 1].getPublicKey())`), and any
+//! failure throws a `CertificateException`, which fails the handshake (JSSE: fatal
+//! `certificate_unknown` alert). A single certificate is not checked, nor are validity, names
+//! or CA flags. Then it looks the chain up (`validateOrCreateDeviceX509Certificate`) and merely
+//! logs an unknown one; the device is chosen at CONNECT by the leaf certificate's hash (see
+//! [`crate::x509`]). The runner hands the whole presented chain to the session
+//! ([`crate::PeerIdentity`]), which runs that lookup (X.509 chain provisioning,
+//! [`crate::X509ChainProfile`]).
+//! [`ClientAuth::AnyCertificate`] reproduces that, the link check included
+//! ([`crate::x509::verify_issued_by`] with the *ring* provider's signature algorithms);
 //! [`ClientAuth::VerifiedBy`] verifies client certificates against a CA like a broker
 //! configured with a CA file would; [`ClientAuth::Off`] never asks.
 
@@ -19,12 +25,14 @@ use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
-    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
+    ServerConfig, SignatureScheme,
 };
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, SignatureVerificationAlgorithm, UnixTime};
 
 use crate::error::TlsError;
+use crate::x509::{self, LinkError};
 
 /// Which client certificates the TLS listener asks for and accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,10 +40,12 @@ use crate::error::TlsError;
 pub enum ClientAuth {
     /// No client certificate is requested: clients authenticate by their CONNECT only.
     Off,
-    /// ThingsBoard's behaviour: a certificate is requested but optional, and any certificate
-    /// is accepted at the TLS level (the client must still prove it holds the key); at CONNECT
-    /// a known certificate authenticates its device and an unknown one is refused (CONNACK 5 /
-    /// 0x87).
+    /// ThingsBoard's behaviour: a certificate is requested but optional, and no CA is
+    /// consulted. A presented chain of two or more certificates must link (each signed by the
+    /// next one's key) or the handshake fails with a `certificate_unknown` alert; otherwise
+    /// any certificate is accepted at the TLS level, expired or self-signed alike (the client
+    /// must still prove it holds the key). At CONNECT a known certificate authenticates its
+    /// device and an unknown one is refused (CONNACK 5 / 0x87).
     AnyCertificate,
     /// A certificate is requested but optional; one that is presented must chain to this CA
     /// (PEM, one or more certificates) and be within its validity, or the handshake fails.
@@ -137,8 +147,9 @@ impl TlsConfig {
     }
 }
 
-/// Requests a client certificate, accepts any (optional), and checks only the handshake
-/// signature, i.e. that the client holds the certificate's private key.
+/// Requests a client certificate (optional), checks the links of a presented chain
+/// (ThingsBoard's `validateCertificateChain`) and the handshake signature, i.e. that the client
+/// holds the certificate's private key; nothing else.
 #[derive(Debug)]
 struct AnyClientCertificate {
     algorithms: WebPkiSupportedAlgorithms,
@@ -157,12 +168,16 @@ impl ClientCertVerifier for AnyClientCertificate {
         &[]
     }
 
+    /// ThingsBoard's `validateCertificateChain`: with more than one certificate, each must be
+    /// signed by the next one's public key; a single certificate is not checked. No trust
+    /// anchor, no validity, no CA flag.
     fn verify_client_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
+        verify_chain_links(end_entity, intermediates, self.algorithms.all)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -188,3 +203,47 @@ impl ClientCertVerifier for AnyClientCertificate {
         self.algorithms.supported_schemes()
     }
 }
+
+/// Checks every link of the presented chain (leaf, then the intermediates in the order sent):
+/// certificate `i` must be signed by certificate `i + 1`'s key. A broken link fails the
+/// handshake. JSSE answers a `CertificateException` from the trust manager with a fatal
+/// `certificate_unknown` alert (`CertificateMessage`: `fatal(Alert.CERTIFICATE_UNKNOWN, ce)`),
+/// which is the alert rustls sends for [`CertificateError::Other`].
+fn verify_chain_links(
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    algorithms: &[&dyn SignatureVerificationAlgorithm],
+) -> Result<(), rustls::Error> {
+    let mut child: &[u8] = end_entity.as_ref();
+    for (position, issuer) in intermediates.iter().enumerate() {
+        x509::verify_issued_by(child, issuer.as_ref(), algorithms).map_err(|reason| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
+                BrokenChain { position, reason },
+            ))))
+        })?;
+        child = issuer.as_ref();
+    }
+    Ok(())
+}
+
+/// ThingsBoard's "Invalid Chain of X509 Certificates": certificate `position` (0 = the leaf)
+/// is not signed by the certificate after it.
+#[derive(Debug)]
+struct BrokenChain {
+    position: usize,
+    reason: LinkError,
+}
+
+impl std::fmt::Display for BrokenChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "invalid chain of X509 certificates: certificate {} is not signed by certificate {}: {}",
+            self.position,
+            self.position + 1,
+            self.reason
+        )
+    }
+}
+
+impl std::error::Error for BrokenChain {}

@@ -15,6 +15,11 @@
 //! [`validity`] reads a certificate's validity period: ThingsBoard calls `checkValidity()` on
 //! the client certificate before the lookup (unless
 //! `transport.mqtt.ssl.skip_validity_check_for_client_cert`).
+//!
+//! [`verify_issued_by`] is the chain-link check of ThingsBoard's MQTT trust manager
+//! (`validateCertificateChain`: `chain[i].verify(chain[i + 1].getPublicKey())`), built on
+//! [`certificate_parts`] and a `rustls_pki_types::SignatureVerificationAlgorithm` list; the TLS
+//! listener runs it on every presented chain of two or more certificates.
 
 use sha3::{Digest, Sha3_256};
 
@@ -144,6 +149,126 @@ pub fn common_name(der: &[u8]) -> Option<String> {
         }
     }
     None
+}
+
+/// The pieces of a certificate (DER) that the chain-link check needs, borrowed from the DER.
+///
+/// The field layout is RFC 5280's `Certificate ::= SEQUENCE { tbsCertificate,
+/// signatureAlgorithm, signatureValue }`; the algorithm identifiers are the *contents* of their
+/// `AlgorithmIdentifier` SEQUENCE (without its tag and length), the form
+/// `rustls_pki_types::AlgorithmIdentifier` and webpki compare byte for byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertificateParts<'a> {
+    /// The whole `tbsCertificate` element (tag, length and contents): the signed message.
+    pub tbs_certificate: &'a [u8],
+    /// The outer `signatureAlgorithm`, contents of the AlgorithmIdentifier.
+    pub signature_algorithm: &'a [u8],
+    /// The `signatureValue` BIT STRING's bits (the leading unused-bits octet, which must be
+    /// 0, removed).
+    pub signature: &'a [u8],
+    /// The `subjectPublicKeyInfo.algorithm`, contents of the AlgorithmIdentifier (for EC keys
+    /// this includes the named curve, for RSA the NULL parameters).
+    pub public_key_algorithm: &'a [u8],
+    /// The `subjectPublicKey` BIT STRING's bits (unused-bits octet removed).
+    pub public_key: &'a [u8],
+}
+
+/// Splits a certificate (DER) into [`CertificateParts`], or `None` if this bounded reader does
+/// not understand it: not one SEQUENCE of exactly tbsCertificate, signatureAlgorithm and
+/// signatureValue, a TBSCertificate that ends before its subjectPublicKeyInfo, or a BIT STRING
+/// with unused bits. Bytes after the outer SEQUENCE are ignored (as a `CertificateFactory`
+/// reading one certificate from a stream would). Never panics.
+pub fn certificate_parts(der: &[u8]) -> Option<CertificateParts<'_>> {
+    let (cert, _) = read_tlv(der, 0x30)?;
+    let (tbs_contents, after_tbs) = read_tlv(cert, 0x30)?;
+    let tbs_certificate = cert.get(..cert.len() - after_tbs.len())?;
+    let (signature_algorithm, rest) = read_tlv(after_tbs, 0x30)?;
+    let (signature, rest) = read_bit_string(rest)?;
+    if !rest.is_empty() {
+        return None;
+    }
+    let mut tbs = tbs_contents;
+    if tbs.first() == Some(&0xA0) {
+        tbs = read_tlv(tbs, 0xA0)?.1; // version
+    }
+    tbs = read_tlv(tbs, 0x02)?.1; // serialNumber
+    tbs = read_tlv(tbs, 0x30)?.1; // signature AlgorithmIdentifier
+    tbs = read_tlv(tbs, 0x30)?.1; // issuer Name
+    tbs = read_tlv(tbs, 0x30)?.1; // validity
+    tbs = read_tlv(tbs, 0x30)?.1; // subject Name
+    let (spki, _) = read_tlv(tbs, 0x30)?;
+    let (public_key_algorithm, rest) = read_tlv(spki, 0x30)?;
+    let (public_key, rest) = read_bit_string(rest)?;
+    if !rest.is_empty() {
+        return None;
+    }
+    Some(CertificateParts {
+        tbs_certificate,
+        signature_algorithm,
+        signature,
+        public_key_algorithm,
+        public_key,
+    })
+}
+
+/// Why a certificate is not signed by the next one in a chain ([`verify_issued_by`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// One of the two certificates is not DER this reader understands.
+    Malformed,
+    /// No supported algorithm has the child's signature algorithm together with the issuer's
+    /// public key algorithm (Java: `NoSuchAlgorithmException` / `InvalidKeyException`).
+    UnsupportedAlgorithm,
+    /// The signature does not verify with the issuer's public key (Java:
+    /// `SignatureException`).
+    BadSignature,
+}
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Malformed => "malformed certificate",
+            Self::UnsupportedAlgorithm => "unsupported signature or public key algorithm",
+            Self::BadSignature => "signature does not verify with the next certificate's key",
+        })
+    }
+}
+
+impl std::error::Error for LinkError {}
+
+/// Checks that certificate `child` (DER) is signed by the key of certificate `issuer` (DER):
+/// Java's `child.verify(issuer.getPublicKey())`, the link ThingsBoard's MQTT trust manager
+/// checks between adjacent certificates of a presented chain. Only the signature: names,
+/// validity, CA flags and key usage are not looked at.
+///
+/// The verification algorithm is picked the way webpki picks it: the first of `algorithms`
+/// whose `signature_alg_id` equals the child's signatureAlgorithm and whose
+/// `public_key_alg_id` equals the issuer's subjectPublicKeyInfo algorithm. Never panics.
+pub fn verify_issued_by(
+    child: &[u8],
+    issuer: &[u8],
+    algorithms: &[&dyn rustls_pki_types::SignatureVerificationAlgorithm],
+) -> Result<(), LinkError> {
+    let child = certificate_parts(child).ok_or(LinkError::Malformed)?;
+    let issuer = certificate_parts(issuer).ok_or(LinkError::Malformed)?;
+    let algorithm = algorithms
+        .iter()
+        .find(|alg| {
+            alg.signature_alg_id().as_ref() == child.signature_algorithm
+                && alg.public_key_alg_id().as_ref() == issuer.public_key_algorithm
+        })
+        .ok_or(LinkError::UnsupportedAlgorithm)?;
+    algorithm
+        .verify_signature(issuer.public_key, child.tbs_certificate, child.signature)
+        .map_err(|_| LinkError::BadSignature)
+}
+
+/// Reads a BIT STRING whose unused-bits octet is 0; returns (its bits, rest).
+fn read_bit_string(input: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (contents, rest) = read_tlv(input, 0x03)?;
+    let (&unused, bits) = contents.split_first()?;
+    (unused == 0).then_some((bits, rest))
 }
 
 /// `2.5.4.3` (id-at-commonName), the contents of its OBJECT IDENTIFIER.
@@ -368,5 +493,187 @@ mod tests {
         assert_eq!(validity(b""), None);
         assert_eq!(validity(&cert[..cert.len() - 1]), None);
         assert_eq!(validity(&[0x30, 0x84, 0xFF, 0xFF, 0xFF, 0xFF]), None);
+    }
+
+    // ---- chain links ----
+
+    use gateway_testkit::pki::TestPki;
+    use proptest::prelude::*;
+
+    fn algorithms() -> &'static [&'static dyn rustls_pki_types::SignatureVerificationAlgorithm] {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .all
+    }
+
+    /// The DER contents of `ecdsa-with-SHA256` (1.2.840.10045.4.3.2), no parameters.
+    const ECDSA_WITH_SHA256: &[u8] = &[0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x04, 0x03, 0x02];
+
+    #[test]
+    fn splits_an_rcgen_certificate_into_its_signed_parts() {
+        let pki = TestPki::generate().unwrap();
+        let leaf = pki.client("parts").unwrap();
+        let der = &leaf.cert_der;
+        let parts = certificate_parts(der).unwrap();
+        // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }: the
+        // TBSCertificate element starts right after the outer header and is a SEQUENCE.
+        let header = der.len() - read_tlv(der, 0x30).unwrap().0.len();
+        assert_eq!(parts.tbs_certificate.first(), Some(&0x30));
+        assert_eq!(
+            der.get(header..header + parts.tbs_certificate.len()),
+            Some(parts.tbs_certificate)
+        );
+        assert_eq!(parts.signature_algorithm, ECDSA_WITH_SHA256);
+        assert_eq!(
+            parts.signature_algorithm,
+            rustls_pki_types::alg_id::ECDSA_SHA256.as_ref()
+        );
+        // id-ecPublicKey with the prime256v1 curve, an uncompressed point of 65 octets.
+        assert_eq!(
+            parts.public_key_algorithm,
+            rustls_pki_types::alg_id::ECDSA_P256.as_ref()
+        );
+        assert_eq!(parts.public_key.len(), 65);
+        assert_eq!(parts.public_key.first(), Some(&0x04));
+        // The signature is the certificate's last bytes: a DER ECDSA-Sig-Value SEQUENCE.
+        assert!(der.ends_with(parts.signature));
+        assert_eq!(parts.signature.first(), Some(&0x30));
+        // The TBSCertificate's own signature field repeats the outer algorithm.
+        assert!(parts
+            .tbs_certificate
+            .windows(ECDSA_WITH_SHA256.len())
+            .any(|w| w == ECDSA_WITH_SHA256));
+        // The CA's subjectPublicKeyInfo is the key that signed the leaf.
+        let ca = certificate_parts(pki.ca_der()).unwrap();
+        assert_eq!(ca.public_key_algorithm, parts.public_key_algorithm);
+        assert_ne!(ca.public_key, parts.public_key);
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_certificate() {
+        let pki = TestPki::generate().unwrap();
+        let der = pki.client("short").unwrap().cert_der;
+        assert_eq!(certificate_parts(b""), None);
+        assert_eq!(certificate_parts(&der[..der.len() - 1]), None);
+        // Trailing bytes after the certificate are ignored; inside it they are not.
+        let mut trailing = der.clone();
+        trailing.push(0);
+        assert!(certificate_parts(&trailing).is_some());
+        // Unused bits in the signature BIT STRING.
+        let parts = certificate_parts(&der).unwrap();
+        let unused_at = der.len() - parts.signature.len() - 1;
+        let mut unused = der.clone();
+        unused[unused_at] = 1;
+        assert_eq!(certificate_parts(&unused), None);
+    }
+
+    #[test]
+    fn verifies_a_link_only_against_the_issuers_key() {
+        let pki = TestPki::generate().unwrap();
+        let other = TestPki::generate_named("Other CA").unwrap();
+        let leaf = pki.client("link").unwrap().cert_der;
+        let algs = algorithms();
+        assert_eq!(verify_issued_by(&leaf, pki.ca_der(), algs), Ok(()));
+        // A self-signed CA verifies against itself.
+        assert_eq!(verify_issued_by(pki.ca_der(), pki.ca_der(), algs), Ok(()));
+        assert_eq!(
+            verify_issued_by(&leaf, other.ca_der(), algs),
+            Err(LinkError::BadSignature)
+        );
+        // Signed by the CA, not by itself.
+        assert_eq!(
+            verify_issued_by(&leaf, &leaf, algs),
+            Err(LinkError::BadSignature)
+        );
+        assert_eq!(
+            verify_issued_by(&leaf, b"junk", algs),
+            Err(LinkError::Malformed)
+        );
+        assert_eq!(
+            verify_issued_by(b"junk", pki.ca_der(), algs),
+            Err(LinkError::Malformed)
+        );
+        assert_eq!(
+            verify_issued_by(&leaf, pki.ca_der(), &[]),
+            Err(LinkError::UnsupportedAlgorithm)
+        );
+    }
+
+    #[test]
+    fn a_changed_signature_or_signed_byte_breaks_the_link() {
+        let pki = TestPki::generate().unwrap();
+        let leaf = pki.client("tamper").unwrap().cert_der;
+        let parts = certificate_parts(&leaf).unwrap();
+        // The last byte of the signature (an INTEGER's low byte of s).
+        let mut bad_signature = leaf.clone();
+        if let Some(b) = bad_signature.last_mut() {
+            *b ^= 0x01;
+        }
+        assert_eq!(
+            verify_issued_by(&bad_signature, pki.ca_der(), algorithms()),
+            Err(LinkError::BadSignature)
+        );
+        // The last byte of the TBSCertificate (inside the extensions).
+        let header = leaf.len() - read_tlv(&leaf, 0x30).unwrap().0.len();
+        let mut bad_tbs = leaf.clone();
+        bad_tbs[header + parts.tbs_certificate.len() - 1] ^= 0x01;
+        assert_eq!(
+            verify_issued_by(&bad_tbs, pki.ca_der(), algorithms()),
+            Err(LinkError::BadSignature)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic_the_parser_or_the_verifier(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let _ = certificate_parts(&bytes);
+            let _ = verify_issued_by(&bytes, &bytes, algorithms());
+        }
+    }
+
+    /// One certificate pair, generated once: mutations of real DER reach deeper than random
+    /// bytes.
+    fn real_pair() -> &'static (Vec<u8>, Vec<u8>) {
+        static PAIR: std::sync::OnceLock<(Vec<u8>, Vec<u8>)> = std::sync::OnceLock::new();
+        PAIR.get_or_init(|| {
+            let pki = TestPki::generate().unwrap();
+            let leaf = pki.client("mutant").unwrap().cert_der;
+            (leaf, pki.ca_der().to_vec())
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn mutated_certificates_never_panic_and_never_verify(
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            cut in any::<prop::sample::Index>(),
+            mutate_issuer in any::<bool>(),
+        ) {
+            let (leaf, ca) = real_pair();
+            let mut target = if mutate_issuer { ca.clone() } else { leaf.clone() };
+            for (at, byte) in &edits {
+                let i = at.index(target.len());
+                target[i] = *byte;
+            }
+            let changed = if mutate_issuer { &target != ca } else { &target != leaf };
+            let truncated = &target[..cut.index(target.len() + 1)];
+            let _ = certificate_parts(truncated);
+            let (child, issuer) = if mutate_issuer {
+                (leaf.as_slice(), truncated)
+            } else {
+                (truncated, ca.as_slice())
+            };
+            let result = verify_issued_by(child, issuer, algorithms());
+            let whole = truncated.len() == target.len();
+            if !changed && whole {
+                prop_assert_eq!(result, Ok(()));
+            } else if !mutate_issuer && changed {
+                // A changed leaf never verifies (a change in the unsigned outer header or
+                // in a length is a parse failure or a different message).
+                prop_assert!(result.is_err(), "changed leaf verified: {:?}", edits);
+            }
+        }
     }
 }

@@ -12,15 +12,15 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use common::{connack, disconnect, puback, V311, V5};
 use gateway_emulator::{
-    ClientAuth, EmulatorConfig, EmulatorHandle, NewDevice, StartError, TlsConfig, TlsError,
+    x509, ClientAuth, EmulatorConfig, EmulatorHandle, NewDevice, StartError, TlsConfig, TlsError,
     X509ChainProfile,
 };
 use gateway_proto::wire::{self, Connect, Packet, Publish, QoS};
 use gateway_proto::ProtocolVersion;
-use gateway_testkit::pki::{ClientCert, TestPki};
+use gateway_testkit::pki::{CaKey, ClientCert, TestPki};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::{AlertDescription, ClientConfig, RootCertStore};
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -483,29 +483,30 @@ async fn unusable_tls_settings_are_typed_errors() {
     }
 }
 
-/// A client presenting its leaf plus the CA (the chain a device uses with ThingsBoard's
-/// X.509 chain provisioning).
-fn chain_client_config(pki: &TestPki, cert: &ClientCert) -> Arc<ClientConfig> {
+/// A client presenting `chain` (DER, leaf first) with the leaf's key `key_pem`, trusting the
+/// server's CA `ca_pem`.
+fn presenting(ca_pem: &str, chain: Vec<Vec<u8>>, key_pem: &str) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots
-        .add(CertificateDer::from_pem_slice(pki.ca_pem().as_bytes()).unwrap())
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
         .unwrap();
-    let chain = pki
-        .chain_der(cert)
-        .into_iter()
-        .map(CertificateDer::from)
-        .collect();
     let config =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(roots)
             .with_client_auth_cert(
-                chain,
-                PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap(),
+                chain.into_iter().map(CertificateDer::from).collect(),
+                PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap(),
             )
             .unwrap();
     Arc::new(config)
+}
+
+/// A client presenting its leaf plus the CA (the chain a device uses with ThingsBoard's
+/// X.509 chain provisioning).
+fn chain_client_config(pki: &TestPki, cert: &ClientCert) -> Arc<ClientConfig> {
+    presenting(pki.ca_pem(), pki.chain_der(cert), &cert.key_pem)
 }
 
 #[tokio::test]
@@ -546,5 +547,201 @@ async fn x509_chain_provisioning_end_to_end() {
     c.connect(None).await.unwrap();
     assert_eq!(c.recv().await, Some(connack(0x87)));
     assert_eq!(c.recv().await, Some(disconnect(0x87)));
+    emu.shutdown();
+}
+
+const CA_KEYS: [CaKey; 4] = [
+    CaKey::EcdsaP256,
+    CaKey::EcdsaP384,
+    CaKey::Ed25519,
+    CaKey::Rsa2048,
+];
+
+/// The alert a client receives when the server fails its handshake: on `connect` (TLS 1.2)
+/// or, since a TLS 1.3 client finishes before the server has checked its certificate, on the
+/// first read after sending a CONNECT. `None` if the connection carried an MQTT answer.
+async fn handshake_alert(addr: SocketAddr, config: Arc<ClientConfig>) -> Option<AlertDescription> {
+    fn alert(e: &io::Error) -> Option<AlertDescription> {
+        match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+            rustls::Error::AlertReceived(a) => Some(*a),
+            _ => None,
+        }
+    }
+    let mut c = match tls_connect(addr, config, V311).await {
+        Err(e) => return alert(&e),
+        Ok(c) => c,
+    };
+    let _ = c.connect(Some(TOKEN)).await;
+    let mut chunk = [0u8; 64];
+    match timeout(Duration::from_secs(5), c.stream.read(&mut chunk))
+        .await
+        .expect("the server answered in time")
+    {
+        Err(e) => alert(&e),
+        Ok(_) => None,
+    }
+}
+
+/// ThingsBoard's trust manager sends every multi-certificate chain through
+/// `validateCertificateChain`: each certificate signed by the next one's key. A chain whose
+/// links verify completes the handshake (no trust anchor involved: the CA need not be known
+/// to the server) and the leaf authenticates at CONNECT, for every CA key type.
+#[tokio::test]
+async fn a_chain_whose_links_verify_is_accepted_for_every_ca_key_type() {
+    let server = TestPki::generate().unwrap();
+    let emu = start(&server, ClientAuth::AnyCertificate).await;
+    let addr = emu.tls_addr().unwrap();
+    for (i, key) in CA_KEYS.into_iter().enumerate() {
+        let pki = TestPki::generate_with("Device CA", key).unwrap();
+        let leaf = pki.client(&format!("linked-{i}")).unwrap();
+        emu.create_device(NewDevice::x509(format!("Linked {i}"), &leaf.cert_pem))
+            .unwrap();
+        // Leaf + CA, and leaf + CA + CA (a self-signed root verifies against itself).
+        let mut long = pki.chain_der(&leaf);
+        long.push(pki.ca_der().to_vec());
+        for chain in [pki.chain_der(&leaf), long] {
+            let n = chain.len();
+            let mut c = tls_connect(addr, presenting(server.ca_pem(), chain, &leaf.key_pem), V5)
+                .await
+                .unwrap();
+            c.connect(None).await.unwrap();
+            assert_eq!(
+                c.recv().await,
+                Some(connack(0)),
+                "{key:?}, {n} certificates"
+            );
+            let s = emu.sessions();
+            assert_eq!(s.len(), 1);
+            assert_eq!(s[0].device, Some(format!("Linked {i}")), "{key:?}");
+        }
+    }
+    emu.shutdown();
+}
+
+/// A leaf presented with a CA that did not sign it, a leaf whose signature was altered, or a
+/// chain whose second link is broken: the handshake fails with `certificate_unknown` (JSSE's
+/// alert for a trust-manager `CertificateException`), no session is opened, nothing is created
+/// (even with a chain profile that would provision the leaf) and a registered leaf does not
+/// authenticate. For every CA key type (RSA's foreign CA is ECDSA: all RSA test CAs share one
+/// key).
+#[tokio::test]
+async fn a_broken_link_fails_the_handshake_and_nothing_is_created_or_authenticated() {
+    let server = TestPki::generate().unwrap();
+    let emu = start(&server, ClientAuth::AnyCertificate).await;
+    let addr = emu.tls_addr().unwrap();
+    for (i, key) in CA_KEYS.into_iter().enumerate() {
+        let pki = TestPki::generate_with("Device CA", key).unwrap();
+        let foreign = match key {
+            CaKey::Rsa2048 => TestPki::generate_named("Foreign CA").unwrap(),
+            _ => TestPki::generate_with("Foreign CA", key).unwrap(),
+        };
+        // Without the link check, this profile would provision `chain-<i>` from the CN.
+        emu.add_x509_chain_profile(X509ChainProfile::new(
+            format!("foreign-{i}"),
+            foreign.ca_pem(),
+            r"^(chain-\d+)$",
+        ))
+        .unwrap();
+        let known = pki.client(&format!("known-{i}")).unwrap();
+        emu.create_device(NewDevice::x509(format!("Known {i}"), &known.cert_pem))
+            .unwrap();
+        let fresh = pki.client(&format!("chain-{i}")).unwrap();
+        // A flipped bit in the last byte of the leaf's signature; registered as it is sent.
+        let mut mutated = known.cert_der.clone();
+        *mutated.last_mut().unwrap() ^= 0x01;
+        emu.create_device(NewDevice::x509(
+            format!("Mutated {i}"),
+            &x509::credentials_value_from_der(&mutated),
+        ))
+        .unwrap();
+
+        let cases: [(&str, Vec<Vec<u8>>, &str); 4] = [
+            (
+                "known leaf with a foreign CA",
+                vec![known.cert_der.clone(), foreign.ca_der().to_vec()],
+                &known.key_pem,
+            ),
+            (
+                "provisionable leaf with the profile's (foreign) CA",
+                vec![fresh.cert_der.clone(), foreign.ca_der().to_vec()],
+                &fresh.key_pem,
+            ),
+            (
+                "altered signature",
+                vec![mutated.clone(), pki.ca_der().to_vec()],
+                &known.key_pem,
+            ),
+            (
+                "second link broken",
+                vec![
+                    known.cert_der.clone(),
+                    pki.ca_der().to_vec(),
+                    foreign.ca_der().to_vec(),
+                ],
+                &known.key_pem,
+            ),
+        ];
+        for (what, chain, key_pem) in cases {
+            assert_eq!(
+                handshake_alert(addr, presenting(server.ca_pem(), chain, key_pem)).await,
+                Some(AlertDescription::CertificateUnknown),
+                "{key:?}: {what}"
+            );
+        }
+        assert!(emu.sessions().is_empty(), "{key:?}: no session");
+        assert!(
+            emu.device(&format!("chain-{i}")).is_none(),
+            "{key:?}: nothing provisioned"
+        );
+
+        // The same altered leaf alone is no chain: accepted at the TLS level, and it
+        // authenticates its device at CONNECT.
+        let mut c = tls_connect(
+            addr,
+            presenting(server.ca_pem(), vec![mutated], &known.key_pem),
+            V311,
+        )
+        .await
+        .unwrap();
+        c.connect(None).await.unwrap();
+        assert_eq!(c.recv().await, Some(connack(0)), "{key:?}");
+        assert_eq!(
+            emu.sessions()[0].device,
+            Some(format!("Mutated {i}")),
+            "{key:?}"
+        );
+        for s in emu.sessions() {
+            emu.drop_session(s.id).unwrap();
+        }
+    }
+    // The listener still serves everyone else.
+    token_round_trip(&emu, &server, 5).await;
+    emu.shutdown();
+}
+
+/// A single certificate is never link-checked: a self-signed one and a CA-issued leaf without
+/// its CA both complete the handshake and are decided at CONNECT (known: accepted; unknown:
+/// refused), as before the check.
+#[tokio::test]
+async fn a_single_certificate_is_not_link_checked() {
+    let server = TestPki::generate().unwrap();
+    let emu = start(&server, ClientAuth::AnyCertificate).await;
+    let addr = emu.tls_addr().unwrap();
+    let pki = TestPki::generate_with("Device CA", CaKey::Rsa2048).unwrap();
+    let leaf = pki.client("alone").unwrap();
+    let own = TestPki::self_signed_client("own").unwrap();
+    emu.create_device(NewDevice::x509("Alone", &leaf.cert_pem))
+        .unwrap();
+    for (cert, expected) in [(&leaf, 0), (&own, 5)] {
+        let mut c = tls_connect(
+            addr,
+            presenting(server.ca_pem(), vec![cert.cert_der.clone()], &cert.key_pem),
+            V311,
+        )
+        .await
+        .unwrap();
+        c.connect(None).await.unwrap();
+        assert_eq!(c.recv().await, Some(connack(expected)));
+    }
     emu.shutdown();
 }

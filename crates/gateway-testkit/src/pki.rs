@@ -8,7 +8,10 @@
 //! [`TestPki::expired_client`] (issued by the CA, validity over long ago).
 //!
 //! Everything is PEM text, ready for rustls (`rustls-pki-types`' `PemObject`) or for a broker
-//! such as mosquitto after [`TestPki::write_to`]. Keys are ECDSA P-256 (rcgen's default).
+//! such as mosquitto after [`TestPki::write_to`]. Keys are ECDSA P-256 (rcgen's default);
+//! [`TestPki::generate_with`] makes a CA with another key type ([`CaKey`]: P-384, Ed25519, or
+//! RSA from one fixed test key, since *ring* cannot generate RSA keys), so every signature the
+//! CA makes uses that algorithm.
 //! Certificates are valid from 1 January 2000 to 1 January 2100 unless stated otherwise.
 //!
 //! ```
@@ -26,7 +29,8 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{
     date_time_ymd, BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, PKCS_ECDSA_P384_SHA384,
+    PKCS_ED25519,
 };
 
 /// Host name the server certificate is issued for (a DNS subject alternative name).
@@ -61,6 +65,38 @@ impl std::error::Error for PkiError {
 impl From<rcgen::Error> for PkiError {
     fn from(e: rcgen::Error) -> Self {
         Self::Rcgen(e)
+    }
+}
+
+/// The key of a CA made by [`TestPki::generate_with`], and so the signature algorithm of every
+/// certificate it issues (the server's and clients' own keys stay ECDSA P-256).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CaKey {
+    /// ECDSA P-256, signatures ecdsa-with-SHA256 (rcgen's default; [`TestPki::generate`]).
+    EcdsaP256,
+    /// ECDSA P-384, signatures ecdsa-with-SHA384.
+    EcdsaP384,
+    /// Ed25519.
+    Ed25519,
+    /// RSA 2048, signatures sha256WithRSAEncryption. *ring* cannot generate RSA keys, so this
+    /// is one fixed throw-away test key committed with the crate: every RSA CA has the same
+    /// key, so two RSA CAs are *not* unrelated (use another key type for "foreign CA" tests).
+    Rsa2048,
+}
+
+/// The fixed RSA test key behind [`CaKey::Rsa2048`] (PKCS#8, made with `openssl genpkey`);
+/// it protects nothing.
+const TEST_RSA_CA_KEY: &str = include_str!("test_rsa_ca_key.pem");
+
+impl CaKey {
+    fn key_pair(self) -> Result<KeyPair, rcgen::Error> {
+        match self {
+            Self::EcdsaP256 => KeyPair::generate(),
+            Self::EcdsaP384 => KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384),
+            Self::Ed25519 => KeyPair::generate_for(&PKCS_ED25519),
+            Self::Rsa2048 => KeyPair::from_pem(TEST_RSA_CA_KEY),
+        }
     }
 }
 
@@ -151,6 +187,12 @@ impl TestPki {
     /// Like [`TestPki::generate`] with the CA's common name chosen by the caller (handy to
     /// tell two unrelated CAs apart in a failing test's output).
     pub fn generate_named(ca_common_name: &str) -> Result<Self, PkiError> {
+        Self::generate_with(ca_common_name, CaKey::EcdsaP256)
+    }
+
+    /// Like [`TestPki::generate_named`] with a CA key of type `ca_key`: the CA certificate,
+    /// the server certificate and every client certificate are signed with that algorithm.
+    pub fn generate_with(ca_common_name: &str, ca_key: CaKey) -> Result<Self, PkiError> {
         let mut ca_params = CertificateParams::default();
         long_validity(&mut ca_params);
         ca_params.distinguished_name = dn(ca_common_name);
@@ -160,7 +202,7 @@ impl TestPki {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+        let ca = CertifiedIssuer::self_signed(ca_params, ca_key.key_pair()?)?;
         let ca_pem = ca.pem();
 
         let mut server_params = CertificateParams::default();
@@ -410,5 +452,37 @@ mod tests {
         let c = pki.client("c").unwrap();
         let chain = c.chain_pem(pki.ca_pem());
         assert_eq!(chain.matches("-----BEGIN CERTIFICATE-----").count(), 2);
+    }
+
+    #[test]
+    fn ca_key_types_sign_with_their_algorithm() {
+        // The DER of each signature AlgorithmIdentifier's OID as it appears in the certificate.
+        let cases: [(CaKey, &[u8]); 4] = [
+            (
+                CaKey::EcdsaP256,
+                &[0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x04, 0x03, 0x02],
+            ),
+            (
+                CaKey::EcdsaP384,
+                &[0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x04, 0x03, 0x03],
+            ),
+            (CaKey::Ed25519, &[0x06, 0x03, 0x2B, 0x65, 0x70]),
+            (
+                CaKey::Rsa2048,
+                &[0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x0B],
+            ),
+        ];
+        for (key, oid) in cases {
+            let pki = TestPki::generate_with("typed CA", key).unwrap();
+            let leaf = pki.client("typed").unwrap();
+            for der in [pki.ca_der(), &leaf.cert_der, &pki.server().cert_der] {
+                assert!(der.windows(oid.len()).any(|w| w == oid), "{key:?}");
+            }
+            assert_eq!(pki.chain_der(&leaf)[1], pki.ca_der());
+        }
+        // Fresh keys except RSA (one fixed key).
+        let a = TestPki::generate_with("a", CaKey::Ed25519).unwrap();
+        let b = TestPki::generate_with("b", CaKey::Ed25519).unwrap();
+        assert_ne!(a.ca_der(), b.ca_der());
     }
 }

@@ -72,16 +72,7 @@ pub fn credentials_id(credentials_value: &str) -> String {
 /// A certificate's validity period in milliseconds since the Unix epoch (`notBefore`,
 /// `notAfter`), or `None` if the DER is not a certificate this reader understands.
 pub fn validity(der: &[u8]) -> Option<(i64, i64)> {
-    let (cert, _) = read_tlv(der, 0x30)?;
-    let (mut tbs, _) = read_tlv(cert, 0x30)?;
-    // version [0] EXPLICIT, optional
-    if tbs.first() == Some(&0xA0) {
-        tbs = read_tlv(tbs, 0xA0)?.1;
-    }
-    tbs = read_tlv(tbs, 0x02)?.1; // serialNumber
-    tbs = read_tlv(tbs, 0x30)?.1; // signature AlgorithmIdentifier
-    tbs = read_tlv(tbs, 0x30)?.1; // issuer Name
-    let (validity, _) = read_tlv(tbs, 0x30)?;
+    let (validity, _) = read_tlv(from_validity(tbs_contents(der)?)?, 0x30)?;
     let (not_before, rest) = read_time(validity)?;
     let (not_after, _) = read_time(rest)?;
     Some((not_before, not_after))
@@ -117,15 +108,7 @@ pub fn first_certificate_value(pem: &str) -> Option<String> {
 /// `None` when the DER is not a certificate this bounded reader understands or the subject
 /// has no CN: ThingsBoard then has a null CN and the provisioning fails. Never panics.
 pub fn common_name(der: &[u8]) -> Option<String> {
-    let (cert, _) = read_tlv(der, 0x30)?;
-    let (mut tbs, _) = read_tlv(cert, 0x30)?;
-    if tbs.first() == Some(&0xA0) {
-        tbs = read_tlv(tbs, 0xA0)?.1;
-    }
-    tbs = read_tlv(tbs, 0x02)?.1; // serialNumber
-    tbs = read_tlv(tbs, 0x30)?.1; // signature AlgorithmIdentifier
-    tbs = read_tlv(tbs, 0x30)?.1; // issuer Name
-    tbs = read_tlv(tbs, 0x30)?.1; // validity
+    let tbs = read_tlv(from_validity(tbs_contents(der)?)?, 0x30)?.1; // validity
     let (mut subject, _) = read_tlv(tbs, 0x30)?;
     while !subject.is_empty() {
         let (rdn, rest) = read_tlv(subject, 0x31)?;
@@ -187,13 +170,7 @@ pub fn certificate_parts(der: &[u8]) -> Option<CertificateParts<'_>> {
     if !rest.is_empty() {
         return None;
     }
-    let mut tbs = tbs_contents;
-    if tbs.first() == Some(&0xA0) {
-        tbs = read_tlv(tbs, 0xA0)?.1; // version
-    }
-    tbs = read_tlv(tbs, 0x02)?.1; // serialNumber
-    tbs = read_tlv(tbs, 0x30)?.1; // signature AlgorithmIdentifier
-    tbs = read_tlv(tbs, 0x30)?.1; // issuer Name
+    let mut tbs = from_validity(tbs_contents)?;
     tbs = read_tlv(tbs, 0x30)?.1; // validity
     tbs = read_tlv(tbs, 0x30)?.1; // subject Name
     let (spki, _) = read_tlv(tbs, 0x30)?;
@@ -350,6 +327,24 @@ fn read_any(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 }
 
 /// Reads one DER element with tag `tag`; returns (contents, rest).
+/// The contents of a certificate's TBSCertificate.
+fn tbs_contents(der: &[u8]) -> Option<&[u8]> {
+    let (cert, _) = read_tlv(der, 0x30)?;
+    Some(read_tlv(cert, 0x30)?.0)
+}
+
+/// TBSCertificate contents from `validity` on (RFC 5280 §4.1): the optional `[0]` version,
+/// `serialNumber`, `signature` and `issuer` skipped.
+fn from_validity(tbs_contents: &[u8]) -> Option<&[u8]> {
+    let mut tbs = tbs_contents;
+    if tbs.first() == Some(&0xA0) {
+        tbs = read_tlv(tbs, 0xA0)?.1;
+    }
+    tbs = read_tlv(tbs, 0x02)?.1; // serialNumber
+    tbs = read_tlv(tbs, 0x30)?.1; // signature AlgorithmIdentifier
+    read_tlv(tbs, 0x30).map(|(_, rest)| rest) // issuer Name
+}
+
 fn read_tlv(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
     let (&t, rest) = input.split_first()?;
     if t != tag {

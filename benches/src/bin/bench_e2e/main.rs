@@ -11,7 +11,9 @@
 //! bench-e2e ours    --port P --qos 0|1 --count N [--inflight N] [--token T]
 //!                   [--coalesce-us N] [--batch N]
 //! bench-e2e rumqttc --port P --qos 0|1 --count N [--inflight N]
-//!     One publisher run; prints one `RESULT key=value ...` line.
+//! bench-e2e floor   --port P --qos 0|1 --count N [--inflight N] [--coalesce-us N]
+//!     One publisher run; prints one `RESULT key=value ...` line. `floor` is the wire floor:
+//!     hand-written MQTT and JSON on a blocking socket, no library (see `floor.rs`).
 //! bench-e2e emulator-server
 //!     The platform emulator on an ephemeral port, for the ingest measurement; prints
 //!     `PORT <port>`, then answers `count` on stdin with the telemetry points it stored.
@@ -22,6 +24,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod floor;
 mod publishers;
 mod runner;
 mod stats;
@@ -75,7 +78,7 @@ fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = argv.split_first() else {
         eprintln!(
-            "usage: bench-e2e run|ours|rumqttc|emulator-server [--options]; see the source header"
+            "usage: bench-e2e run|ours|rumqttc|floor|emulator-server [--options]; see the source header"
         );
         return ExitCode::from(2);
     };
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
         "run" => runner::run(&args),
         "ours" => publishers::ours(&args),
         "rumqttc" => publishers::rumqttc(&args),
+        "floor" => floor::floor(&args),
         "emulator-server" => publishers::emulator_server(),
         other => Err(format!("unknown command {other:?}")),
     };

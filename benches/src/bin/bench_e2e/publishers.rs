@@ -23,14 +23,14 @@ use crate::Args;
 /// memory; larger than the in-flight window so the window stays full).
 const OUTCOME_WINDOW: usize = 4096;
 
-struct Common {
-    port: u16,
-    qos: u8,
-    count: u64,
-    inflight: u16,
+pub(crate) struct Common {
+    pub(crate) port: u16,
+    pub(crate) qos: u8,
+    pub(crate) count: u64,
+    pub(crate) inflight: u16,
 }
 
-fn common(args: &Args) -> Result<Common, String> {
+pub(crate) fn common(args: &Args) -> Result<Common, String> {
     let port = args.get("port", 0u16)?;
     if port == 0 {
         return Err("--port is required".into());
@@ -55,14 +55,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 /// The clocks when publishing starts.
-struct Start {
+pub(crate) struct Start {
     wall_ns: u64,
     cpu_ns: u64,
     sys_ns: u64,
 }
 
 impl Start {
-    fn now() -> Self {
+    pub(crate) fn now() -> Self {
         Start {
             wall_ns: wall_ns(),
             cpu_ns: process_cpu_ns(),
@@ -71,7 +71,7 @@ impl Start {
     }
 }
 
-fn report(start: &Start, count: u64, finished: u64) {
+pub(crate) fn report(start: &Start, count: u64, finished: u64) {
     let end_ns = wall_ns();
     let cpu_ns = process_cpu_ns() - start.cpu_ns;
     let sys_ns = process_system_ns().saturating_sub(start.sys_ns);

@@ -35,6 +35,9 @@ enum Client {
     OursBatchedTcache,
     /// [`Client::Rumqttc`] with the same allocator setting.
     RumqttcTcache,
+    /// The wire floor (`floor.rs`): hand-written MQTT, no library; at QoS 1 with the same
+    /// read coalescing as ours. The most any publisher could get out of this broker.
+    Floor,
 }
 
 impl Client {
@@ -48,6 +51,7 @@ impl Client {
             Client::OursToEmulator => "ours → emulator (ingest)",
             Client::OursBatchedTcache => "ours, send_batch 256 + coalescing, large tcache",
             Client::RumqttcTcache => "rumqttc 0.25.1, large tcache",
+            Client::Floor => "wire floor (no library)",
         }
     }
 }
@@ -205,6 +209,11 @@ impl Setup {
             Client::Rumqttc | Client::RumqttcTcache => {
                 let mut c = Command::new(&self.exe);
                 c.arg("rumqttc");
+                c
+            }
+            Client::Floor => {
+                let mut c = Command::new(&self.exe);
+                c.args(["floor", "--coalesce-us", &self.coalesce_us.to_string()]);
                 c
             }
             Client::Sdk => {
@@ -367,6 +376,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
         (Client::Rumqttc, 1),
         (Client::OursCoalesced, 1),
         (Client::OursBatched, 1),
+        (Client::Floor, 1),
     ];
     if setup.tcache > 0 {
         eprintln!(
@@ -382,6 +392,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
         (Client::Ours, 0),
         (Client::Rumqttc, 0),
         (Client::OursBatched, 0),
+        (Client::Floor, 0),
     ]);
     if !args.flag("no-emulator") {
         plan.push((Client::OursToEmulator, 1));
@@ -444,9 +455,11 @@ fn print_tables(runs: &[Vec<Run>]) {
         (Client::OursBatchedTcache, 1),
         (Client::RumqttcTcache, 1),
         (Client::Sdk, 1),
+        (Client::Floor, 1),
         (Client::Ours, 0),
         (Client::OursBatched, 0),
         (Client::Rumqttc, 0),
+        (Client::Floor, 0),
         (Client::OursToEmulator, 1),
     ];
     for (client, qos) in cases {
@@ -556,6 +569,29 @@ fn print_tables(runs: &[Vec<Run>]) {
         "(anchor 4.2×)",
         &|r| Some(rate(Client::Rumqttc, 1)(r)? / rate(Client::Sdk, 1)(r)?),
     );
+    // The wire floor bounds what any publisher can reach through this broker (msg/s), and
+    // shows how far above the bare wire cost each client's CPU sits.
+    ratio(
+        "QoS 1 msg/s: wire floor / rumqttc (ceiling for any client)",
+        "–",
+        &|r| Some(rate(Client::Floor, 1)(r)? / rate(Client::Rumqttc, 1)(r)?),
+    );
+    ratio(
+        "QoS 0 msg/s: wire floor / rumqttc (ceiling for any client)",
+        "–",
+        &|r| Some(rate(Client::Floor, 0)(r)? / rate(Client::Rumqttc, 0)(r)?),
+    );
+    ratio(
+        "QoS 1 msg/s: wire floor / Python SDK (ceiling for any client)",
+        "–",
+        &|r| Some(rate(Client::Floor, 1)(r)? / rate(Client::Sdk, 1)(r)?),
+    );
+    ratio("QoS 1 CPU/msg: rumqttc / wire floor", "–", &|r| {
+        Some(cpu(Client::Rumqttc, 1)(r)? / cpu(Client::Floor, 1)(r)?)
+    });
+    ratio("QoS 1 CPU/msg: ours batched / wire floor", "–", &|r| {
+        Some(cpu(Client::OursBatched, 1)(r)? / cpu(Client::Floor, 1)(r)?)
+    });
     ratio(
         "QoS 1 msg/s: emulator ingest / mosquitto (same client)",
         "≥ 1× not required; see note",

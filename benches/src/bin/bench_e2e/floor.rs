@@ -7,10 +7,10 @@
 //! with `--coalesce-us`, waits like our read coalescing after a read while at least ¾ of the
 //! window is in flight.
 //!
-//! No client that keeps a session, tracks outcomes or checks limits can beat it, so it
-//! answers two questions of BENCHMARKS.md: how fast can *any* publisher push this broker
-//! (the ceiling of the msg/s ratios), and how far above the bare wire cost our publisher's
-//! CPU per message sits.
+//! No client that keeps a session, tracks outcomes or checks limits can spend less CPU, so
+//! it answers two questions of BENCHMARKS.md: what rate the broker allows a publisher that
+//! costs next to nothing (the msg/s ratios are the broker's), and how far above the bare
+//! wire cost our publisher's CPU per message sits.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;

@@ -13,8 +13,9 @@ use serde_json::{Map, Value};
 use crate::config::EmulatorConfig;
 use crate::error::ControlError;
 use crate::model::{
-    ClaimOutcome, ClientRpcHandler, DeviceInfo, Event, NewDevice, OtaPackage, PeerIdentity,
-    ProvisionProfile, RpcCall, RpcTicket, SessionId, Stats, TsValue, X509ChainProfile,
+    ClaimOutcome, ClientRpcHandler, Credentials, DeviceInfo, Event, NewDevice, OtaPackage,
+    PeerIdentity, ProvisionProfile, RpcCall, RpcTicket, SessionId, Stats, TsValue,
+    X509ChainProfile,
 };
 use crate::platform::{Notice, Platform};
 use crate::proto::ProtoSchemas;
@@ -178,6 +179,23 @@ impl Emulator {
     pub fn delete_device(&mut self, name: &str, now: Instant) -> Result<(), ControlError> {
         self.platform.observe(now);
         self.platform.delete_device(name, now)?;
+        self.settle([]);
+        Ok(())
+    }
+
+    /// Replaces a device's credentials (REST `POST /api/device/credentials`). As in
+    /// ThingsBoard, the device's open session is closed: a direct session gets DISCONNECT
+    /// 0x98 (MQTT 5; a plain close on 3.1.1), a gateway's session forgets the child until the
+    /// gateway announces it again. Credentials another device uses are refused with
+    /// [`ControlError::CredentialsInUse`].
+    pub fn update_device_credentials(
+        &mut self,
+        name: &str,
+        credentials: Credentials,
+        now: Instant,
+    ) -> Result<(), ControlError> {
+        self.platform.observe(now);
+        self.platform.update_credentials(name, credentials)?;
         self.settle([]);
         Ok(())
     }

@@ -129,6 +129,10 @@
 //!   group, failure on a name of another profile or at the device limit), and NOT_AUTHORIZED
 //!   at CONNECT for everything not provisioned (also an expired leaf, which is still
 //!   provisioned at the handshake).
+//! * Credentials updates ([`Emulator::update_device_credentials`], and a chain profile
+//!   re-keying a device): as `processCredentialsUpdate`, the device's open session is closed
+//!   (v5 DISCONNECT 0x98; a gateway silently forgets the child until it is announced again);
+//!   credentials of another device are refused.
 //! * Wire forms: PUBACK and DISCONNECT as Netty writes them (`40 02 id` for success, `40 04 id
 //!   rc 00` for a v5 failure, `E0 00` for a normal v5 DISCONNECT); QoS 2 PUBLISH answered with
 //!   PUBACK, QoS 2 subscriptions granted QoS 1, PUBREC/PUBREL/PUBCOMP ignored.
@@ -221,10 +225,11 @@
 //!   JSSE's own algorithm constraints on the chain (`jdk.certpath.disabledAlgorithms`) are not
 //!   modelled.
 //! * X.509 chain provisioning: the `certificateRegExPattern` runs on Rust's `regex` engine (no
-//!   look-around or back-references, Unicode classes) instead of `java.util.regex`; a
-//!   re-keyed device's open sessions are not closed (credential updates are not modelled);
-//!   no well-known-root-CA check on the profile certificate; a provisioning request
-//!   (`/provision`) naming such a profile's key gets NOT_FOUND, not ThingsBoard's failure.
+//!   look-around or back-references, Unicode classes) instead of `java.util.regex`; no
+//!   well-known-root-CA check on the profile certificate; a provisioning request
+//!   (`/provision`) naming such a profile's key gets NOT_FOUND, which is ThingsBoard's answer
+//!   for a profile without a provision secret (with one, its `Invalid provision strategy
+//!   type!` failure is not modelled).
 //! * Provisioning edge cases: the JSON step uses serde_json, stricter than Gson's lenient
 //!   parser, so JSON that only Gson accepts (unquoted names, single quotes) takes the
 //!   protobuf path here; a protobuf request with `credentialsType` `LWM2M_CREDENTIALS` or an
@@ -235,7 +240,7 @@
 //!   `checkDeviceName` throws); negative ids are refused (`AdaptorException`) where
 //!   ThingsBoard takes any `int32`.
 //! * Gateway latency metrics (`metadata` → `gatewayMetrics`), persistent RPC states, RPC
-//!   delivery-timeout close (0x98), device credentials updates, per-IP blocking, the
+//!   delivery-timeout close (0x98), per-IP blocking, the
 //!   pre-CONNACK queue, `max_string_value_length`, custom device-profile topics, MQTT 3.1
 //!   (`MQIsdp`). A child whose session-open event, or a subscription that, was refused by a
 //!   rate limit stays fully usable here; in ThingsBoard the device actor never learns of it.

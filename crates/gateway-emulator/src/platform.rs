@@ -63,6 +63,13 @@ pub(crate) enum Notice {
         /// The device.
         device: DeviceId,
     },
+    /// The credentials of `device` were replaced (direct: DISCONNECT 0x98; child: silently
+    /// dropped, as `DeviceActorMessageProcessor.processCredentialsUpdate` closes every
+    /// session of the device).
+    CredentialsUpdated {
+        /// The device.
+        device: DeviceId,
+    },
     /// `device` was renamed (a gateway keeps the child under its old name until it is
     /// re-announced; the emulator drops the child session).
     Renamed {
@@ -471,6 +478,39 @@ impl Platform {
             self.send_notification(gw, "gateway_device_deleted", params, now);
         }
         Ok(())
+    }
+
+    /// Replaces a device's credentials (REST `POST /api/device/credentials`). As in
+    /// ThingsBoard the device's session is closed (`CREDENTIALS_UPDATED`): a direct session
+    /// gets DISCONNECT 0x98, a gateway forgets the child until it is announced again.
+    pub(crate) fn update_credentials(
+        &mut self,
+        name: &str,
+        credentials: Credentials,
+    ) -> Result<(), ControlError> {
+        let id = self.lookup(name)?;
+        // `DeviceCredentialsValidator`: credentials are unique across devices.
+        if self
+            .devices
+            .values()
+            .any(|d| d.id != id && d.credentials.as_ref() == Some(&credentials))
+        {
+            return Err(ControlError::CredentialsInUse);
+        }
+        let Some(device) = self.devices.get_mut(&id) else {
+            return Err(ControlError::UnknownDevice(name.to_owned()));
+        };
+        device.credentials = Some(credentials);
+        self.close_for_credentials(id);
+        Ok(())
+    }
+
+    /// The device actor's answer to a credentials update: its session is told to close and
+    /// its subscriptions are forgotten.
+    fn close_for_credentials(&mut self, id: DeviceId) {
+        if let Some(binding) = self.bindings.remove(&id) {
+            self.notify(binding.session, Notice::CredentialsUpdated { device: id });
+        }
     }
 
     /// Renames a device; the gateway it last connected through is notified.
@@ -1335,10 +1375,17 @@ impl Platform {
             let leaf_credentials = Credentials::X509 {
                 certificate: leaf.to_owned(),
             };
-            if let Some(d) = self.devices.get_mut(&id) {
-                if matches!(d.credentials, Some(Credentials::X509 { .. })) {
+            // Saving X.509 credentials over X.509 ones publishes `CREDENTIALS_UPDATED`, which
+            // closes the device's open session (the one being opened is not bound yet).
+            let rekeyed = match self.devices.get_mut(&id) {
+                Some(d) if matches!(d.credentials, Some(Credentials::X509 { .. })) => {
                     d.credentials = Some(leaf_credentials);
+                    true
                 }
+                _ => false,
+            };
+            if rekeyed {
+                self.close_for_credentials(id);
             }
             return Some(id);
         }

@@ -27,8 +27,9 @@ use crate::config::EmulatorConfig;
 use crate::emulator::Emulator;
 use crate::error::{ControlError, StartError};
 use crate::model::{
-    ClaimOutcome, ClientRpcHandler, DeviceInfo, Event, NewDevice, OtaPackage, PeerIdentity,
-    ProvisionProfile, RpcCall, RpcOutcome, RpcTicket, SessionId, TsValue, X509ChainProfile,
+    ClaimOutcome, ClientRpcHandler, Credentials, DeviceInfo, Event, NewDevice, OtaPackage,
+    PeerIdentity, ProvisionProfile, RpcCall, RpcOutcome, RpcTicket, SessionId, TsValue,
+    X509ChainProfile,
 };
 use crate::proto::ProtoSchemas;
 use crate::ratelimit::TenantLimits;
@@ -185,6 +186,16 @@ impl EmulatorHandle {
     /// Deletes a device (sessions and gateways are told, see [`Emulator::delete_device`]).
     pub fn delete_device(&self, name: &str) -> Result<(), ControlError> {
         self.with(|e, now| e.delete_device(name, now))
+    }
+
+    /// Replaces a device's credentials; its open session is closed (see
+    /// [`Emulator::update_device_credentials`]).
+    pub fn update_device_credentials(
+        &self,
+        name: &str,
+        credentials: Credentials,
+    ) -> Result<(), ControlError> {
+        self.with(|e, now| e.update_device_credentials(name, credentials, now))
     }
 
     /// A snapshot of one device.

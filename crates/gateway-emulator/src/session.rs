@@ -268,13 +268,16 @@ impl Session {
             Notice::Drop => self.close(p),
             Notice::TakenOver { device }
             | Notice::Deleted { device }
+            | Notice::CredentialsUpdated { device }
             | Notice::Renamed { device }
                 if Some(device) != own =>
             {
                 self.children.retain(|_, c| c.device != device);
             }
             Notice::TakenOver { .. } => self.disconnect(rc::SESSION_TAKEN_OVER, p),
-            Notice::Deleted { .. } => self.disconnect(rc::ADMINISTRATIVE_ACTION, p),
+            Notice::Deleted { .. } | Notice::CredentialsUpdated { .. } => {
+                self.disconnect(rc::ADMINISTRATIVE_ACTION, p)
+            }
             Notice::Renamed { .. } => {}
             Notice::Attributes { device, update } => {
                 if Some(device) == own {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use gateway_emulator::{
-    ClientRpcAnswer, Credentials, Event, NewDevice, OtaPackage, ProvisionProfile,
+    ClientRpcAnswer, ControlError, Credentials, Event, NewDevice, OtaPackage, ProvisionProfile,
     ProvisionStrategy, RpcCall, RpcOutcome,
 };
 use gateway_proto::wire::{Packet, QoS};
@@ -204,6 +204,54 @@ fn device_deleted_is_disconnect_0x98() {
     h.emu.delete_device("Device", h.now).unwrap();
     assert_eq!(h.take(dev), vec![disconnect(0x98)]);
     assert!(h.closed(dev));
+}
+
+/// `processCredentialsUpdate`: the device's session is closed (0x98 on MQTT 5, a plain close on
+/// 3.1.1); the old token is refused afterwards and the new one connects. Credentials of
+/// another device are refused and leave the session alone.
+#[test]
+fn credentials_update_closes_the_session_and_rekeys() {
+    let mut h = Harness::new();
+    for (version, new_token) in [(V5, "NEW_TOKEN_5"), (V311, "NEW_TOKEN_3")] {
+        let dev = h.connect(version, DEV_TOKEN);
+        assert_eq!(
+            h.emu.update_device_credentials(
+                "Device",
+                Credentials::AccessToken(GW_TOKEN.into()),
+                h.now
+            ),
+            Err(ControlError::CredentialsInUse)
+        );
+        assert_eq!(h.take(dev), vec![]);
+        assert!(!h.closed(dev));
+
+        h.emu
+            .update_device_credentials("Device", Credentials::AccessToken(new_token.into()), h.now)
+            .unwrap();
+        let expected = if version == V5 {
+            vec![disconnect(0x98)]
+        } else {
+            vec![]
+        };
+        assert_eq!(h.take(dev), expected, "{version:?}");
+        assert!(h.closed(dev));
+        let (_, refused) = h.connect_with(version, "client", Some(DEV_TOKEN), None);
+        assert_ne!(refused.first(), Some(&connack(0)), "{version:?}");
+        let dev = h.connect(version, new_token);
+        h.publish_json(dev, "v1/devices/me/telemetry", json!({"t": 1}), 1);
+        assert_eq!(h.take(dev), vec![puback(1, 0)]);
+        // Back to the original token for the next round (closes this session too).
+        h.emu
+            .update_device_credentials("Device", Credentials::AccessToken(DEV_TOKEN.into()), h.now)
+            .unwrap();
+        h.pump();
+        assert!(h.closed(dev));
+    }
+    assert_eq!(
+        h.emu
+            .update_device_credentials("Nobody", Credentials::AccessToken("x".into()), h.now),
+        Err(ControlError::UnknownDevice("Nobody".into()))
+    );
 }
 
 fn provision_profile(strategy: ProvisionStrategy) -> ProvisionProfile {

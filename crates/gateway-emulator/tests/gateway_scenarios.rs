@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::*;
 use gateway_emulator::{
-    ClaimOutcome, EmulatorConfig, Event, LimitConfig, LimitedApi, NewDevice, RpcCall, RpcOutcome,
-    TenantLimits,
+    ClaimOutcome, Credentials, EmulatorConfig, Event, LimitConfig, LimitedApi, NewDevice, RpcCall,
+    RpcOutcome, TenantLimits,
 };
 use gateway_proto::wire::{Packet, QoS};
 use serde_json::json;
@@ -108,6 +108,28 @@ fn gateway_connect_creates_or_adopts_devices() {
     // The `gateway_device_deleted` RPC waits: the gateway did not subscribe to its own RPCs.
     assert_eq!(h.take(gw), vec![puback(4, 0)]);
     assert!(h.emu.device("Device A").is_some());
+}
+
+/// A child's credentials are replaced: the device actor closes the child's session, so the
+/// gateway's session stays up without a packet and forgets the child until it is announced
+/// again (ThingsBoard sends no `v1/gateway/disconnect` notice for a remote close).
+#[test]
+fn child_credentials_update_drops_only_the_child() {
+    let mut h = Harness::new();
+    let gw = h.gateway(V5);
+    h.publish_json(gw, "v1/gateway/connect", json!({"device": "A"}), 1);
+    h.publish_json(gw, "v1/gateway/connect", json!({"device": "B"}), 2);
+    assert_eq!(h.take(gw), vec![puback(1, 0), puback(2, 0)]);
+    h.emu
+        .update_device_credentials("A", Credentials::AccessToken("A_TOKEN".into()), h.now)
+        .unwrap();
+    assert_eq!(h.take(gw), vec![]);
+    assert!(!h.closed(gw));
+    assert_eq!(h.emu.connected_children("Gateway").unwrap(), vec!["B"]);
+    // Any message for it registers it again.
+    h.publish_json(gw, "v1/gateway/telemetry", json!({"A": [{"t": 1}]}), 3);
+    assert_eq!(h.take(gw), vec![puback(3, 0)]);
+    assert_eq!(h.emu.connected_children("Gateway").unwrap(), vec!["A", "B"]);
 }
 
 /// `MqttAttributesIntegrationTest.testPushAttributesGateway`.

@@ -160,6 +160,43 @@ fn creation_not_allowed_refuses_an_unknown_name_but_rekeys_a_device_of_the_profi
     assert_eq!(p, vec![connack(0x87), disconnect(0x87)]);
 }
 
+/// Saving the new leaf over the old X.509 credential publishes `CREDENTIALS_UPDATED`, and the
+/// device actor closes the session of the old certificate (0x98), not a takeover (0x8E).
+#[test]
+fn rekeying_closes_the_session_of_the_old_certificate() {
+    let pki = TestPki::generate().unwrap();
+    let mut h = Harness::new();
+    h.emu.add_x509_chain_profile(profile(&pki)).unwrap();
+    let old = pki.client("DEV-rotating").unwrap();
+    h.emu
+        .create_device(NewDevice::x509("rotating", &old.cert_pem).with_type("meters"))
+        .unwrap();
+    for version in [V5, V311] {
+        let old_peer = PeerIdentity::tls(Some(old.cert_der.clone()));
+        let (old_session, p) = h.connect_peer(version, old_peer, "c", None, None);
+        assert_eq!(p, vec![connack(0)], "{version:?}");
+        let new = pki.client("DEV-rotating").unwrap();
+        let (new_session, p) =
+            h.connect_peer(version, chain_peer(pki.chain_der(&new)), "c", None, None);
+        assert_eq!(p, vec![connack(0)], "{version:?}");
+        let expected = if version == V5 {
+            vec![disconnect(0x98)]
+        } else {
+            vec![]
+        };
+        assert_eq!(h.take(old_session), expected, "{version:?}");
+        assert!(h.closed(old_session));
+        h.publish_json(new_session, "v1/devices/me/telemetry", json!({"kwh": 1}), 1);
+        assert_eq!(h.take(new_session), vec![puback(1, 0)]);
+        // Back to the old certificate for the next round.
+        h.emu
+            .update_device_credentials("rotating", Credentials::x509_pem(&old.cert_pem), h.now)
+            .unwrap();
+        h.pump();
+        assert!(h.closed(new_session));
+    }
+}
+
 #[test]
 fn an_existing_name_with_other_credentials_or_in_another_profile_is_not_taken_over() {
     let pki = TestPki::generate().unwrap();

@@ -20,6 +20,10 @@ pub struct EmulatorConfig {
     pub provision_close_delay: Duration,
     /// `maxInflightMessages` reported by `getSessionLimits` (100).
     pub max_inflight_messages: u64,
+    /// `transport.mqtt.gateway_metrics_report_interval_sec` (60 s): how often the latency
+    /// metrics gateways send in telemetry `metadata` are stored as the gateway's
+    /// `gatewayMetrics` telemetry (at a fixed rate from start-up).
+    pub gateway_metrics_report_interval: Duration,
     /// `transport.json.type_cast_enabled` (true): numeric strings in telemetry and attributes
     /// are stored as numbers.
     pub type_cast_enabled: bool,
@@ -46,6 +50,7 @@ impl Default for EmulatorConfig {
             client_rpc_timeout: Duration::from_secs(60),
             provision_close_delay: Duration::from_secs(60),
             max_inflight_messages: 100,
+            gateway_metrics_report_interval: Duration::from_secs(60),
             type_cast_enabled: true,
             send_ack_on_validation_exception: false,
             skip_validity_check_for_client_cert: false,

@@ -129,6 +129,10 @@
 //!   group, failure on a name of another profile or at the device limit), and NOT_AUTHORIZED
 //!   at CONNECT for everything not provisioned (also an expired leaf, which is still
 //!   provisioned at the handshake).
+//! * Gateway latency metrics (`GatewayMetricsService`): the `metadata` of gateway telemetry
+//!   elements, per gateway and connector, stored every
+//!   [`EmulatorConfig::gateway_metrics_report_interval`] as the gateway's `gatewayMetrics`
+//!   telemetry with ThingsBoard's arithmetic (see the `gateway_metrics` module).
 //! * Credentials updates ([`Emulator::update_device_credentials`], and a chain profile
 //!   re-keying a device): as `processCredentialsUpdate`, the device's open session is closed
 //!   (v5 DISCONNECT 0x98; a gateway silently forgets the child until it is announced again);
@@ -239,7 +243,7 @@
 //!   is refused whole (ThingsBoard has already handed the earlier entries on when
 //!   `checkDeviceName` throws); negative ids are refused (`AdaptorException`) where
 //!   ThingsBoard takes any `int32`.
-//! * Gateway latency metrics (`metadata` → `gatewayMetrics`), persistent RPC states, RPC
+//! * Persistent RPC states, RPC
 //!   delivery-timeout close (0x98), per-IP blocking, the
 //!   pre-CONNACK queue, `max_string_value_length`, custom device-profile topics, MQTT 3.1
 //!   (`MQIsdp`). A child whose session-open event, or a subscription that, was refused by a
@@ -254,6 +258,7 @@ mod config;
 mod convert;
 mod emulator;
 mod error;
+mod gateway_metrics;
 mod model;
 mod platform;
 mod proto;

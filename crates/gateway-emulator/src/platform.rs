@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use gateway_proto::payload::{
     AttributeUpdate, CredentialsType, CredentialsValue, ProvisionRequest, ProvisionResponse,
+    TelemetryEntry,
 };
 use gateway_proto::wire::Connect;
 use gateway_proto::PROVISION_IDENTITY;
@@ -18,6 +19,7 @@ use serde_json::{Map, Value};
 use crate::config::EmulatorConfig;
 use crate::convert::typed_map;
 use crate::error::ControlError;
+use crate::gateway_metrics::{GatewayMetrics, Sample, GATEWAY_METRICS_KEY};
 use crate::model::{
     ClaimOutcome, ClientRpcAnswer, ClientRpcCall, ClientRpcHandler, Credentials, DeviceId,
     DeviceInfo, Event, LimitedApi, NewDevice, OtaPackage, ProvisionProfile, ProvisionStrategy,
@@ -237,6 +239,8 @@ pub struct Platform {
     latest: Instant,
     pub(crate) outbox: VecDeque<(SessionId, Notice)>,
     events: VecDeque<Event>,
+    /// Gateway latency metrics awaiting their report.
+    gateway_metrics: GatewayMetrics,
     pub(crate) stats: Stats,
 }
 
@@ -254,6 +258,11 @@ impl Platform {
     /// An empty platform. `epoch_ms` is the wall-clock time (ms since the Unix epoch) at
     /// `now`; receive timestamps are derived from it.
     pub(crate) fn new(config: EmulatorConfig, now: Instant, epoch_ms: i64) -> Self {
+        let gateway_metrics = GatewayMetrics::new(
+            now,
+            config.gateway_metrics_report_interval,
+            config.bounds.max_keys_per_device,
+        );
         Self {
             config,
             start: now,
@@ -279,6 +288,7 @@ impl Platform {
             latest: now,
             outbox: VecDeque::new(),
             events: VecDeque::new(),
+            gateway_metrics,
             stats: Stats::default(),
         }
     }
@@ -458,6 +468,7 @@ impl Platform {
             return Err(ControlError::UnknownDevice(name.to_owned()));
         };
         self.by_name.remove(name);
+        self.gateway_metrics.remove(id);
         self.device_buckets.remove(&id);
         self.gateway_buckets.remove(&id);
         self.gateway_device_buckets.remove(&id);
@@ -847,6 +858,27 @@ impl Platform {
                 series.pop_front();
             }
         }
+    }
+
+    /// `GatewayMetricsService.process`: the `metadata` of one device's converted telemetry
+    /// elements, sent through `gateway` and received at `server_ms`.
+    pub(crate) fn record_gateway_metrics(
+        &mut self,
+        gateway: DeviceId,
+        entries: &[TelemetryEntry],
+        server_ms: i64,
+    ) {
+        let samples = entries.iter().filter_map(|e| {
+            e.metadata.as_ref().map(|m| Sample {
+                connector: &m.connector,
+                received_ts: m.received_ts,
+                published_ts: m.published_ts,
+            })
+        });
+        let dropped = self
+            .gateway_metrics
+            .record(gateway, samples, server_ms, self.latest);
+        self.stats.dropped_keys += dropped;
     }
 
     /// Stores client-side attributes (typed, numeric strings cast to numbers when
@@ -1568,8 +1600,15 @@ impl Platform {
 
     // ---- time ----------------------------------------------------------------------------------
 
-    /// Expires RPCs whose deadline passed.
+    /// Expires RPCs whose deadline passed; reports gateway metrics when due.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        let ts = self.wall_ms(now);
+        let type_cast = self.config.type_cast_enabled;
+        for (gateway, value) in self.gateway_metrics.take_due(now) {
+            let mut kv = Map::new();
+            kv.insert(GATEWAY_METRICS_KEY.to_owned(), value);
+            self.store_telemetry(gateway, ts, &kv, type_cast);
+        }
         let mut done = Vec::new();
         for d in self.devices.values_mut() {
             d.rpcs.retain(|rpc| {
@@ -1597,11 +1636,12 @@ impl Platform {
         }
     }
 
-    /// The earliest RPC expiry.
+    /// The earliest RPC expiry or gateway metrics report.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         self.devices
             .values()
             .flat_map(|d| d.rpcs.iter().map(|r| r.expires))
+            .chain(self.gateway_metrics.poll_timeout())
             .min()
     }
 }

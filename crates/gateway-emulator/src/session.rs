@@ -1106,6 +1106,11 @@ impl Session {
                 }
                 continue;
             };
+            // `processPostTelemetryMsg`: metrics are fed right after conversion, before the
+            // transport service (and its rate limits) sees the message.
+            if let Stored::Telemetry(entries) = &stored {
+                p.record_gateway_metrics(gateway, entries, wall_ms);
+            }
             if p.check_rate(Sender::Child { gateway }, &name, points, now) != RateCheck::Ok {
                 if !ack_sent && !lost {
                     self.puback(pkid, rc::QUOTA_EXCEEDED);
@@ -1204,6 +1209,9 @@ impl Session {
                 entry_failed = true;
                 continue;
             };
+            if let Stored::Telemetry(entries) = &stored {
+                p.record_gateway_metrics(gateway, entries, wall_ms);
+            }
             if p.check_rate(Sender::Child { gateway }, &name, points, now) != RateCheck::Ok {
                 return self.fail_child_rate(pkid, p);
             }

@@ -9,9 +9,10 @@ use std::time::Duration;
 use gateway_emulator::{
     ClientRpcAnswer, Event as EmuEvent, NewDevice, ProtoSchemas, RpcCall, RpcOutcome,
 };
-use gateway_proto::payload::ClientRpcResponse;
+use gateway_proto::payload::{ClientRpcResponse, TelemetryEntry, TelemetryMetadata};
 use gateway_proto::{
-    AttributeScope, Command, Config, Credentials, Event, ReasonCode, RequestError, RequestId, Role,
+    AttributeScope, Command, Config, Credentials, Event, GatewayCommand, ReasonCode, RequestError,
+    RequestId, Role,
 };
 use serde_json::{json, Map, Value};
 
@@ -289,6 +290,30 @@ fn device_limit_refuses_the_connect_and_keeps_the_session() {
     );
     assert!(!l.conn.is_sub_device_registered("Second"));
     assert_eq!(l.conn.state(), gateway_proto::State::Connected);
+}
+
+/// Latency `metadata` the client attaches to gateway telemetry reaches the platform's gateway
+/// metrics: the next report (60 s) stores `gatewayMetrics` on the gateway, per connector.
+#[test]
+fn telemetry_metadata_becomes_the_gateways_latency_metrics() {
+    let mut l = gateway_link(gateway_config());
+    let mut entry = TelemetryEntry::at(1_000, values(json!({"t": 1})));
+    entry.metadata = Some(TelemetryMetadata {
+        connector: "modbus".into(),
+        received_ts: 1_700_000_000_000,
+        published_ts: 1_700_000_000_025,
+    });
+    l.command(Command::Gateway(GatewayCommand::Telemetry {
+        device: "Pump".into(),
+        entries: vec![entry],
+    }));
+    assert_eq!(l.emu.telemetry("Pump").unwrap()["t"].len(), 1);
+    l.advance(Duration::from_secs(61));
+    let stored = &l.emu.telemetry("Gateway").unwrap()["gatewayMetrics"];
+    let modbus = &stored[0].value["modbus"];
+    assert_eq!(modbus["avgGwLatency"], json!(25));
+    assert_eq!(modbus["minGwLatency"], json!(25));
+    assert_eq!(modbus["maxGwLatency"], json!(25));
 }
 
 #[test]

@@ -132,6 +132,79 @@ fn child_credentials_update_drops_only_the_child() {
     assert_eq!(h.emu.connected_children("Gateway").unwrap(), vec!["A", "B"]);
 }
 
+/// `testPushMetricsGateway`: telemetry elements with `metadata` feed the gateway's latency
+/// metrics, stored as its `gatewayMetrics` telemetry at the next report (fixed rate from
+/// start-up, 60 s), per connector; the metadata itself is not stored on the device.
+#[test]
+fn push_metrics_gateway() {
+    let mut h = Harness::new();
+    let gw = h.gateway(V5);
+    h.advance(Duration::from_secs(10));
+    // The server receives at EPOCH_MS + 10 s.
+    let now = EPOCH_MS + 10_000;
+    let meta = |connector: &str, received: i64, published: i64| json!({"connector": connector, "receivedTs": received, "publishedTs": published});
+    h.publish_json(
+        gw,
+        "v1/gateway/telemetry",
+        json!({
+            "A": [{"ts": 1, "values": {"t": 1}, "metadata": meta("modbus", now - 50, now - 20)}],
+            "B": [
+                {"ts": 2, "values": {"t": 2}, "metadata": meta("modbus", now - 40, now - 30)},
+                {"ts": 3, "values": {"t": 3}, "metadata": meta("opcua", now - 5, now - 4)},
+                {"ts": 4, "values": {"t": 4}}
+            ]
+        }),
+        1,
+    );
+    assert_eq!(h.take(gw), vec![puback(1, 0)]);
+    assert_eq!(h.emu.telemetry("B").unwrap()["t"].len(), 3);
+    assert!(!h.emu.telemetry("B").unwrap().contains_key("metadata"));
+    assert!(h.emu.telemetry("Gateway").unwrap().is_empty());
+
+    h.advance(Duration::from_secs(49));
+    assert!(h.emu.telemetry("Gateway").unwrap().is_empty());
+    h.advance(Duration::from_secs(1));
+    let stored = &h.emu.telemetry("Gateway").unwrap()["gatewayMetrics"];
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].ts, EPOCH_MS + 60_000);
+    assert_eq!(
+        stored[0].value,
+        json!({
+            // Gateway latencies 30 and 10; transport latencies 20 and 30.
+            "modbus": {"avgGwLatency": 20, "minGwLatency": 10, "maxGwLatency": 30,
+                       "avgTransportLatency": 25, "minTransportLatency": 20,
+                       "maxTransportLatency": 30},
+            "opcua": {"avgGwLatency": 1, "minGwLatency": 1, "maxGwLatency": 1,
+                      "avgTransportLatency": 4, "minTransportLatency": 4,
+                      "maxTransportLatency": 4}
+        })
+    );
+    // Reported data starts over: nothing new at the next tick.
+    h.advance(Duration::from_secs(60));
+    assert_eq!(
+        h.emu.telemetry("Gateway").unwrap()["gatewayMetrics"].len(),
+        1
+    );
+
+    // Metadata missing a field fails that device's conversion (v5: PUBACK 0x99) and feeds
+    // nothing; the other device's metadata still counts.
+    h.publish_json(
+        gw,
+        "v1/gateway/telemetry",
+        json!({
+            "A": [{"ts": 5, "values": {"t": 5}, "metadata": {"connector": "modbus", "receivedTs": 1}}],
+            "B": [{"ts": 6, "values": {"t": 6}, "metadata": meta("bacnet", now, now + 2)}]
+        }),
+        2,
+    );
+    assert_eq!(h.take(gw), vec![puback(2, 0x99)]);
+    h.advance(Duration::from_secs(60));
+    let stored = &h.emu.telemetry("Gateway").unwrap()["gatewayMetrics"];
+    assert_eq!(stored.len(), 2);
+    let latest = stored[1].value.as_object().unwrap();
+    assert_eq!(latest.keys().collect::<Vec<_>>(), vec!["bacnet"]);
+}
+
 /// `MqttAttributesIntegrationTest.testPushAttributesGateway`.
 #[test]
 fn push_attributes_gateway() {

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use gateway_proto::payload::{
     AttributeResult, Claim, DisconnectNotice, GatewayAttributeRequest, GatewayAttributeResponse,
     GatewayAttributeUpdate, GatewayNotification, GatewayRpcRequest, GatewayTelemetry, Payload,
-    TelemetryEntry,
+    TelemetryEntry, TelemetryMetadata,
 };
 use gateway_proto::topic::{self, IdTopicKind, TopicFamily};
 use gateway_proto::wire::{self, Packet, ProtocolVersion, QoS};
@@ -246,7 +246,14 @@ pub fn command_for(cmd: &Cmd, n: usize, rpcs: &[(Option<String>, u64)]) -> Optio
             let mut devices = std::collections::BTreeMap::new();
             for (i, name) in DEVICES.iter().enumerate() {
                 if mask & (1 << i) != 0 {
-                    devices.insert((*name).to_owned(), vec![TelemetryEntry::now(values(n))]);
+                    // With gateway latency metadata: the emulator feeds its gateway metrics.
+                    let mut entry = TelemetryEntry::now(values(n));
+                    entry.metadata = Some(TelemetryMetadata {
+                        connector: format!("connector {i}"),
+                        received_ts: n as i64,
+                        published_ts: n as i64 + 5,
+                    });
+                    devices.insert((*name).to_owned(), vec![entry]);
                 }
             }
             Command::Gateway(GatewayCommand::TelemetryBatch(GatewayTelemetry { devices }))

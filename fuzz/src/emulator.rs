@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use gateway_emulator::{
-    ClientRpcAnswer, Emulator, EmulatorConfig, LimitConfig, NewDevice, Output, ProvisionProfile,
-    ProvisionStrategy, RpcCall, SessionId, TenantLimits,
+    ClientRpcAnswer, Credentials, Emulator, EmulatorConfig, LimitConfig, NewDevice, Output,
+    ProvisionProfile, ProvisionStrategy, RpcCall, SessionId, TenantLimits,
 };
 use gateway_proto::wire::{self, Packet, ProtocolVersion};
 use serde_json::{json, Map};
@@ -152,7 +152,7 @@ impl Fuzz {
 
     fn control(&mut self) {
         let now = self.now;
-        let _ = match self.rng.below(12) {
+        let _ = match self.rng.below(13) {
             0 | 1 => self
                 .emu
                 .send_rpc("Child", RpcCall::two_way("m", json!({"a": 1})), now)
@@ -187,6 +187,16 @@ impl Fuzz {
             10 => {
                 self.emu.set_max_devices(Some(4));
                 Ok(())
+            }
+            11 => {
+                // A credentials update closes the device's session (direct or child).
+                let token = ["DEV_TOKEN", "DEV_TOKEN_2"][self.rng.below(2) as usize];
+                let name = ["Dev", "Child"][self.rng.below(2) as usize];
+                self.emu.update_device_credentials(
+                    name,
+                    Credentials::AccessToken(token.into()),
+                    now,
+                )
             }
             _ => {
                 let ids: Vec<SessionId> = self.open.keys().copied().collect();

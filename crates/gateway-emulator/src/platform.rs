@@ -861,13 +861,14 @@ impl Platform {
     }
 
     /// `GatewayMetricsService.process`: the `metadata` of one device's converted telemetry
-    /// elements, sent through `gateway` and received at `server_ms`.
+    /// elements, sent through `gateway` and received at `now`.
     pub(crate) fn record_gateway_metrics(
         &mut self,
         gateway: DeviceId,
         entries: &[TelemetryEntry],
-        server_ms: i64,
+        now: Instant,
     ) {
+        let server_ms = self.wall_ms(now);
         let samples = entries.iter().filter_map(|e| {
             e.metadata.as_ref().map(|m| Sample {
                 connector: &m.connector,
@@ -877,7 +878,7 @@ impl Platform {
         });
         let dropped = self
             .gateway_metrics
-            .record(gateway, samples, server_ms, self.latest);
+            .record(gateway, samples, server_ms, now);
         self.stats.dropped_keys += dropped;
     }
 

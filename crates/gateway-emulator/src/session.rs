@@ -1109,7 +1109,7 @@ impl Session {
             // `processPostTelemetryMsg`: metrics are fed right after conversion, before the
             // transport service (and its rate limits) sees the message.
             if let Stored::Telemetry(entries) = &stored {
-                p.record_gateway_metrics(gateway, entries, wall_ms);
+                p.record_gateway_metrics(gateway, entries, now);
             }
             if p.check_rate(Sender::Child { gateway }, &name, points, now) != RateCheck::Ok {
                 if !ack_sent && !lost {
@@ -1210,7 +1210,7 @@ impl Session {
                 continue;
             };
             if let Stored::Telemetry(entries) = &stored {
-                p.record_gateway_metrics(gateway, entries, wall_ms);
+                p.record_gateway_metrics(gateway, entries, now);
             }
             if p.check_rate(Sender::Child { gateway }, &name, points, now) != RateCheck::Ok {
                 return self.fail_child_rate(pkid, p);

@@ -27,6 +27,10 @@ pub struct EmulatorConfig {
     /// `transport.json.type_cast_enabled` (true): numeric strings in telemetry and attributes
     /// are stored as numbers.
     pub type_cast_enabled: bool,
+    /// `transport.json.max_string_value_length` (0 = no limit): a JSON telemetry or attribute
+    /// value that is a string longer than this (in UTF-16 units, Java's `String.length()`)
+    /// fails the conversion, like any other invalid payload (a gateway: that device only).
+    pub max_string_value_length: usize,
     /// The device profile's `sendAckOnValidationException` (false): on MQTT 3.1.1 an invalid
     /// payload is acknowledged with a plain PUBACK instead of closing the connection.
     /// ThingsBoard sets this per device profile: this is the value for every profile that
@@ -52,6 +56,7 @@ impl Default for EmulatorConfig {
             max_inflight_messages: 100,
             gateway_metrics_report_interval: Duration::from_secs(60),
             type_cast_enabled: true,
+            max_string_value_length: 0,
             send_ack_on_validation_exception: false,
             skip_validity_check_for_client_cert: false,
             quirks: Quirks::default(),

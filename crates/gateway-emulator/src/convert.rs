@@ -23,6 +23,19 @@ pub fn typed_map(values: &Map<String, Value>, type_cast: bool) -> Map<String, Va
         .collect()
 }
 
+/// `JsonConverter.parseProtoValues` / `parseValues` with `maxStringValueLength`: every
+/// string value of `values` (top level only) is at most `max` UTF-16 units long (`max` 0: no
+/// limit).
+pub fn strings_within(values: &Map<String, Value>, max: usize) -> bool {
+    max == 0
+        || values.values().all(|v| match v {
+            // UTF-8 is never shorter in bytes than UTF-16 in units, so short strings need no
+            // count.
+            Value::String(s) => s.len() <= max || s.encode_utf16().count() <= max,
+            _ => true,
+        })
+}
+
 /// Apache `NumberUtils.isParsable`: optional leading `-`, digits, at most one `.` that is
 /// neither first nor last.
 fn is_parsable(s: &str) -> bool {
@@ -74,5 +87,20 @@ mod tests {
         );
         assert_eq!(typed_value(&json!({"a":1}), true), Some(json!({"a":1})));
         assert_eq!(typed_value(&json!(true), true), Some(json!(true)));
+    }
+
+    #[test]
+    fn string_length_counts_utf16_units_of_top_level_strings() {
+        let values = |v: Value| v.as_object().cloned().unwrap();
+        let v = values(json!({"a": "abcd", "n": 123456, "o": {"long": "xxxxxxxxxx"}}));
+        assert!(strings_within(&v, 0));
+        assert!(strings_within(&v, 4));
+        assert!(!strings_within(&v, 3));
+        // "é" is 2 bytes but 1 unit; "😀" is 4 bytes and 2 units.
+        assert!(strings_within(&values(json!({"s": "éé"})), 2));
+        assert!(strings_within(&values(json!({"s": "😀"})), 2));
+        assert!(!strings_within(&values(json!({"s": "😀😀"})), 3));
+        // Numeric strings are checked before any type cast.
+        assert!(!strings_within(&values(json!({"s": "12345"})), 4));
     }
 }

@@ -129,6 +129,11 @@
 //!   group, failure on a name of another profile or at the device limit), and NOT_AUTHORIZED
 //!   at CONNECT for everything not provisioned (also an expired leaf, which is still
 //!   provisioned at the handshake).
+//! * `transport.json.max_string_value_length`
+//!   ([`EmulatorConfig::max_string_value_length`], off by default as in ThingsBoard): a longer
+//!   top-level string value, counted in UTF-16 units before any numeric cast, fails the JSON
+//!   conversion of device telemetry and attributes, or of that one device on the gateway API
+//!   (the protobuf adaptors are not limited here).
 //! * Gateway latency metrics (`GatewayMetricsService`): the `metadata` of gateway telemetry
 //!   elements, per gateway and connector, stored every
 //!   [`EmulatorConfig::gateway_metrics_report_interval`] as the gateway's `gatewayMetrics`
@@ -245,7 +250,7 @@
 //!   ThingsBoard takes any `int32`.
 //! * Persistent RPC states, RPC
 //!   delivery-timeout close (0x98), per-IP blocking, the
-//!   pre-CONNACK queue, `max_string_value_length`, custom device-profile topics, MQTT 3.1
+//!   pre-CONNACK queue, custom device-profile topics, MQTT 3.1
 //!   (`MQIsdp`). A child whose session-open event, or a subscription that, was refused by a
 //!   rate limit stays fully usable here; in ThingsBoard the device actor never learns of it.
 //! * JSON multi-device messages are processed in key order (serde_json maps are sorted), not

@@ -24,6 +24,7 @@ use gateway_proto::wire::{
 use gateway_proto::ProtocolVersion;
 use serde_json::{json, Map, Value};
 
+use crate::convert::strings_within;
 use crate::model::{ClientRpcAnswer, ClientRpcCall, DeviceId, PeerIdentity, SessionId};
 use crate::platform::{Auth, CreateError, Notice, Platform, RateCheck, Refusal, Sender};
 use crate::proto::{self, JsonCompatibility};
@@ -930,7 +931,12 @@ impl Session {
                 match parsed {
                     Err(e) => self.fail(error(&e), qos, pkid, p),
                     Ok(devices) => {
+                        let max = p.config.max_string_value_length;
                         let items = devices.into_iter().map(|(device, entries)| {
+                            // The JSON adaptor's string limit fails that device's conversion.
+                            let entries = entries.filter(|entries| {
+                                proto || entries.iter().all(|e| strings_within(&e.values, max))
+                            });
                             let points = entries.as_ref().map_or(0, |entries| {
                                 entries.iter().map(|e| data_points(&e.values)).sum::<u64>()
                             });
@@ -953,7 +959,9 @@ impl Session {
                     Ok(devices) => {
                         // DTS `process(PostAttributeMsg)`: each device's key count is
                         // charged as data points, like telemetry.
+                        let max = p.config.max_string_value_length;
                         let items = devices.into_iter().map(|(d, m)| {
+                            let m = m.filter(|m| proto || strings_within(m, max));
                             let points = m.as_ref().map_or(0, data_points);
                             (d, points, m.map(Stored::Attributes))
                         });
@@ -1266,6 +1274,8 @@ impl Session {
             && p.proto_schemas(device)
                 .is_some_and(|s| s.json_compatibility() != JsonCompatibility::Off);
         let adaptor_error = |_| ();
+        // Which adaptor took the payload: the JSON one applies `max_string_value_length`.
+        let mut via_json = !proto;
         macro_rules! parse_or_fail {
             ($ty:ty, $proto_json:expr) => {{
                 let mut parsed = if proto {
@@ -1277,6 +1287,7 @@ impl Session {
                 };
                 if parsed.is_err() && json_fallback {
                     parsed = <$ty>::parse(payload).map_err(|_| ());
+                    via_json = parsed.is_ok();
                 }
                 match parsed {
                     Ok(v) => v,
@@ -1284,6 +1295,7 @@ impl Session {
                 }
             }};
         }
+        let max_string = p.config.max_string_value_length;
         macro_rules! or_fail {
             ($result:expr) => {
                 match $result {
@@ -1302,6 +1314,14 @@ impl Session {
         match kind {
             UplinkTopic::DeviceTelemetry { .. } => {
                 let t = parse_or_fail!(DeviceTelemetry, proto::adaptor::telemetry_json);
+                if via_json
+                    && !t
+                        .entries
+                        .iter()
+                        .all(|e| strings_within(&e.values, max_string))
+                {
+                    return self.fail(Failure::Adaptor, qos, pkid, p);
+                }
                 let points = t
                     .entries
                     .iter()
@@ -1321,6 +1341,9 @@ impl Session {
             }
             UplinkTopic::DeviceAttributes { .. } => {
                 let a = parse_or_fail!(ClientAttributes, proto::adaptor::attributes_json);
+                if via_json && !strings_within(&a.values, max_string) {
+                    return self.fail(Failure::Adaptor, qos, pkid, p);
+                }
                 // DTS `process(PostAttributeMsg)`: the key count is charged as data points.
                 rate!(data_points(&a.values));
                 p.store_client_attributes(device, &a.values, p.config.type_cast_enabled);

@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use gateway_emulator::{
-    ClientRpcAnswer, ControlError, Credentials, Event, NewDevice, OtaPackage, ProvisionProfile,
-    ProvisionStrategy, RpcCall, RpcOutcome,
+    ClientRpcAnswer, ControlError, Credentials, EmulatorConfig, Event, NewDevice, OtaPackage,
+    ProvisionProfile, ProvisionStrategy, RpcCall, RpcOutcome,
 };
 use gateway_proto::wire::{Packet, QoS};
 use serde_json::{json, Map, Value};
@@ -252,6 +252,44 @@ fn credentials_update_closes_the_session_and_rekeys() {
             .update_device_credentials("Nobody", Credentials::AccessToken("x".into()), h.now),
         Err(ControlError::UnknownDevice("Nobody".into()))
     );
+}
+
+/// `transport.json.max_string_value_length`: a longer string value fails the JSON conversion
+/// (v5: PUBACK 0x99; 3.1.1: the connection closes), counted in UTF-16 units; nested strings
+/// and other types are not limited.
+#[test]
+fn max_string_value_length_fails_the_conversion() {
+    let mut config = EmulatorConfig::default();
+    config.max_string_value_length = 5;
+    let mut h = Harness::with_config(config);
+    let dev = h.connect(V5, DEV_TOKEN);
+    h.publish_json(
+        dev,
+        "v1/devices/me/telemetry",
+        json!({"s": "12345", "o": {"x": "long string"}}),
+        1,
+    );
+    h.publish_json(dev, "v1/devices/me/telemetry", json!({"s": "123456"}), 2);
+    h.publish_json(dev, "v1/devices/me/attributes", json!({"a": "abcdef"}), 3);
+    h.publish_json(dev, "v1/devices/me/attributes", json!({"a": "ééééé"}), 4);
+    assert_eq!(
+        h.take(dev),
+        vec![puback(1, 0), puback(2, 0x99), puback(3, 0x99), puback(4, 0)]
+    );
+    // The string was checked before the numeric cast: "12345" stored as a number.
+    assert_eq!(
+        h.emu.latest_telemetry("Device").unwrap()["s"].value,
+        json!(12345)
+    );
+    assert_eq!(
+        h.emu.client_attributes("Device").unwrap()["a"],
+        json!("ééééé")
+    );
+
+    let dev3 = h.connect(V311, DEV_TOKEN);
+    h.publish_json(dev3, "v1/devices/me/telemetry", json!({"s": "😀😀😀"}), 5);
+    assert_eq!(h.take(dev3), vec![]);
+    assert!(h.closed(dev3));
 }
 
 fn provision_profile(strategy: ProvisionStrategy) -> ProvisionProfile {

@@ -205,6 +205,36 @@ fn push_metrics_gateway() {
     assert_eq!(latest.keys().collect::<Vec<_>>(), vec!["bacnet"]);
 }
 
+/// `max_string_value_length` on the gateway API: the device whose values hold a longer string
+/// fails its conversion (v5: one PUBACK 0x99), the others are stored.
+#[test]
+fn max_string_value_length_fails_only_that_device() {
+    let mut config = EmulatorConfig::default();
+    config.max_string_value_length = 3;
+    let mut h = Harness::with_config(config);
+    let gw = h.gateway(V5);
+    h.publish_json(
+        gw,
+        "v1/gateway/telemetry",
+        json!({"A": [{"s": "abc"}], "B": [{"ts": 1, "values": {"s": "abcd"}}]}),
+        1,
+    );
+    h.publish_json(
+        gw,
+        "v1/gateway/attributes",
+        json!({"A": {"a": "abcd"}, "B": {"a": 12345}}),
+        2,
+    );
+    assert_eq!(h.take(gw), vec![puback(1, 0x99), puback(2, 0x99)]);
+    assert_eq!(
+        h.emu.latest_telemetry("A").unwrap()["s"].value,
+        json!("abc")
+    );
+    assert!(h.emu.telemetry("B").unwrap().is_empty());
+    assert!(h.emu.client_attributes("A").unwrap().is_empty());
+    assert_eq!(h.emu.client_attributes("B").unwrap()["a"], json!(12345));
+}
+
 /// `MqttAttributesIntegrationTest.testPushAttributesGateway`.
 #[test]
 fn push_attributes_gateway() {

@@ -19,6 +19,7 @@ use std::time::Duration;
 use gateway_benches::{DEVICES, TELEMETRY_TOPIC, TS0};
 
 use crate::publishers::{common, report, Start};
+use crate::raw_mqtt::{connect_packet, put_remaining_length};
 use crate::Args;
 
 /// Bytes gathered before a write.
@@ -83,18 +84,8 @@ pub(crate) fn floor(args: &Args) -> Result<(), String> {
 /// CONNECT (3.1.1, clean session, keep-alive 60 s, user name = the bench token), then the
 /// CONNACK.
 fn connect(stream: &mut TcpStream) -> Result<(), String> {
-    let client_id = b"bench-floor";
-    let user = b"BENCH_TOKEN";
-    let mut body = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x82, 0x00, 60];
-    for field in [&client_id[..], &user[..]] {
-        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
-        body.extend_from_slice(field);
-    }
-    let mut packet = vec![0x10];
-    put_remaining_length(&mut packet, body.len());
-    packet.extend_from_slice(&body);
     stream
-        .write_all(&packet)
+        .write_all(&connect_packet("bench-floor", Some("BENCH_TOKEN"), 60))
         .map_err(|e| format!("CONNECT: {e}"))?;
     let mut connack = [0u8; 4];
     stream
@@ -104,20 +95,6 @@ fn connect(stream: &mut TcpStream) -> Result<(), String> {
         return Err(format!("refused: CONNACK {connack:02x?}"));
     }
     Ok(())
-}
-
-fn put_remaining_length(out: &mut Vec<u8>, mut len: usize) {
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if len == 0 {
-            break;
-        }
-    }
 }
 
 /// Message `i`: `{"Device N":[{"ts":T,"values":{"humidity":61,"temperature":23.5}}]}` on the

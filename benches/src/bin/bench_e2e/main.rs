@@ -26,6 +26,7 @@
 
 mod floor;
 mod publishers;
+mod raw_mqtt;
 mod runner;
 mod stats;
 mod subscriber;

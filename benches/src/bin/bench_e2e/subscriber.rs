@@ -8,6 +8,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::raw_mqtt::{connect_packet, put_remaining_length};
 use crate::stats::wall_ns;
 
 #[derive(Default)]
@@ -37,40 +38,15 @@ pub(crate) struct Seen {
     pub(crate) first_payload: Vec<u8>,
 }
 
-fn connect_packet(client_id: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 0]);
-    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
-    body.extend_from_slice(client_id.as_bytes());
-    let mut p = vec![0x10];
-    put_len(&mut p, body.len());
-    p.extend_from_slice(&body);
-    p
-}
-
 fn subscribe_packet(topic: &str) -> Vec<u8> {
     let mut body = vec![0, 1];
     body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
     body.extend_from_slice(topic.as_bytes());
     body.push(0);
     let mut p = vec![0x82];
-    put_len(&mut p, body.len());
+    put_remaining_length(&mut p, body.len());
     p.extend_from_slice(&body);
     p
-}
-
-fn put_len(out: &mut Vec<u8>, mut len: usize) {
-    loop {
-        let mut b = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if len == 0 {
-            break;
-        }
-    }
 }
 
 /// One frame at the start of `buf`: (first byte, header length, body length), if whole.
@@ -93,7 +69,7 @@ impl Subscriber {
             TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("subscriber: {e}"))?;
         stream.set_nodelay(true).ok();
         stream
-            .write_all(&connect_packet("bench-counter"))
+            .write_all(&connect_packet("bench-counter", None, 0))
             .and_then(|()| stream.write_all(&subscribe_packet(topic)))
             .map_err(|e| format!("subscriber: {e}"))?;
         // CONNACK (4 bytes) and SUBACK (5 bytes).

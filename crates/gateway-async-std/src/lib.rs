@@ -177,8 +177,24 @@ pub fn driver(
     Ok((client, events, startup, run(driver, commands, options, tls)))
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+/// A transport: plain TCP, or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Shuts the socket's sending side (a FIN after what was written). `close` does not:
+    /// async-io's `poll_close` only flushes, and futures-rustls only adds its close_notify.
+    fn shutdown_write(&self) -> io::Result<()>;
+}
+
+impl Io for Async<TcpStream> {
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.get_ref().shutdown(std::net::Shutdown::Write)
+    }
+}
+
+impl Io for futures_rustls::client::TlsStream<Async<TcpStream>> {
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.get_ref().0.shutdown_write()
+    }
+}
 
 /// Resolves `host` (see the crate documentation) and dials each address in turn.
 async fn dial_tcp(host: &str, port: u16) -> io::Result<Async<TcpStream>> {
@@ -266,6 +282,17 @@ async fn write_all_or_stall(
     within(stall, stream.flush()).await
 }
 
+/// After the sending side is closed: reads and discards until the server closes its side (or
+/// fails), for at most `linger`, so that dropping the stream does not reset a connection
+/// whose last bytes the server has not read yet (`ClientOptions::close_linger`).
+async fn linger(stream: &mut Box<dyn Io>, buf: &mut [u8], linger: std::time::Duration) {
+    let drain = async { while matches!(stream.read(buf).await, Ok(n) if n > 0) {} };
+    future::or(drain, async {
+        Timer::after(linger).await;
+    })
+    .await;
+}
+
 /// Reads from the transport; pending forever when there is none. Cancel-safe: dropped
 /// before it completes, it has read nothing.
 async fn read_some(io: &mut Option<Box<dyn Io>>, buf: &mut [u8]) -> io::Result<usize> {
@@ -330,8 +357,13 @@ async fn run(
                 }
                 Action::Close => {
                     if let Some(mut stream) = io.take() {
-                        // Best effort: the peer may already be gone.
+                        // Best effort: the peer may already be gone. The TLS close_notify,
+                        // then the FIN.
                         let _ = stream.close().await;
+                        let _ = stream.shutdown_write();
+                        if driver.closed_for_good() {
+                            linger(&mut stream, &mut buf, options.close_linger).await;
+                        }
                     }
                 }
                 _ => {}

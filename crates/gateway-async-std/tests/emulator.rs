@@ -42,6 +42,7 @@ on_both_executors!(
     round_trip_over_mutual_tls_with_x509_authentication,
     provisions_then_connects_and_takes_a_firmware_update,
     a_stalled_write_fails_the_transport,
+    the_last_close_loses_nothing_written,
     a_qos1_burst_with_read_coalescing_is_delivered_in_order,
     batches_are_answered_per_command_and_stored_in_order,
 );
@@ -186,6 +187,14 @@ async fn a_stalled_write_fails_the_transport() {
         .await
         .unwrap();
     scenario::write_stall_fails_the_transport(&client, &events).await;
+}
+
+/// The last close loses nothing written before it, even when the server reads late and
+/// speaks after the DISCONNECT (`ClientOptions::close_linger`).
+async fn the_last_close_loses_nothing_written() {
+    let peer = gateway_testkit::late_reader_peer::LateReaderPeer::start(true).unwrap();
+    let (client, _events) = connect(scenario::late_reader_options(&peer)).await.unwrap();
+    scenario::close_delivers_everything_written(&client, peer).await;
 }
 
 /// A QoS 1 burst through a small in-flight window with read coalescing on: everything is

@@ -225,11 +225,20 @@ impl Transport {
     /// Ends the transport: a TLS close_notify (best effort), then both directions of the
     /// socket, which makes the reader thread's blocked read return.
     fn shutdown(mut self) {
+        self.close_sending();
+        if let Err(e) = self.socket.shutdown(Shutdown::Both) {
+            tracing::debug!(error = %e, "socket shutdown");
+        }
+    }
+
+    /// Ends the sending side only: a TLS close_notify (best effort), then the socket's write
+    /// half; the reader thread keeps reading until the server closes its side.
+    fn close_sending(&mut self) {
         if let Some(tls) = self.tls.as_mut() {
             tls.send_close_notify();
             let _ = flush_tls(tls, &mut self.socket);
         }
-        if let Err(e) = self.socket.shutdown(Shutdown::Both) {
+        if let Err(e) = self.socket.shutdown(Shutdown::Write) {
             tracing::debug!(error = %e, "socket shutdown");
         }
     }
@@ -467,6 +476,7 @@ impl Runner {
                 match action {
                     Action::Write(bytes) => self.write(&bytes),
                     Action::Open => self.open(),
+                    Action::Close if self.driver.closed_for_good() => self.linger_and_close(),
                     Action::Close => self.drop_transport(),
                     _ => {}
                 }
@@ -660,6 +670,30 @@ impl Runner {
             .spawn(move || read_loop(socket, generation, wakes, capacity))?;
         self.readers.push(reader);
         Ok(())
+    }
+
+    /// The last close (`ClientOptions::close_linger`): the sending side is shut down, then
+    /// what the reader thread still delivers is discarded until the server closes its side,
+    /// the read fails or the linger ends; only then is the socket dropped, so that the
+    /// kernel does not reset a connection whose last bytes the server has not read yet.
+    fn linger_and_close(&mut self) {
+        let Some(mut transport) = self.transport.take() else {
+            return;
+        };
+        transport.close_sending();
+        let generation = self.generation;
+        self.generation = self.generation.wrapping_add(1);
+        let until = Instant::now() + self.options.close_linger;
+        while let Some(left) = remaining(until) {
+            match self.wakes.recv_timeout(left) {
+                Ok(Wake::Closed(g) | Wake::Failed(g, _)) if g == generation => break,
+                // The server's last bytes, older transports' wake-ups and requests (the
+                // connection is closed for good: they get their answer when it stops).
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        transport.shutdown();
     }
 
     /// Ends the current transport, if any; its reader thread then ends and whatever it still

@@ -345,6 +345,18 @@ fn a_stalled_write_fails_the_transport() {
     ));
 }
 
+/// The last close loses nothing written before it, even when the server reads late and
+/// speaks after the DISCONNECT (`ClientOptions::close_linger`).
+#[test]
+fn the_last_close_loses_nothing_written() {
+    let peer = gateway_testkit::late_reader_peer::LateReaderPeer::start(true).unwrap();
+    let (client, _events) = connect(scenario::late_reader_options(&peer)).unwrap();
+    block_on(scenario::close_delivers_everything_written(
+        &client.to_async(),
+        peer,
+    ));
+}
+
 /// A QoS 1 burst through a small in-flight window with read coalescing on (the driver thread
 /// pauses before taking the next wake-up): everything is delivered in order and a request
 /// made meanwhile is answered.

@@ -36,7 +36,10 @@ pub enum Action {
     /// Dial a new transport (TCP, then TLS if configured) and report the result with
     /// [`Driver::transport_opened`] or [`Driver::transport_failed`].
     Open,
-    /// Close the transport (after the writes before it). Read nothing more from it.
+    /// Close the transport (after the writes before it). Nothing read from it any more goes
+    /// to the driver; when [`Driver::closed_for_good`], shut down the sending side and read
+    /// and discard until the server closes, for at most [`ClientOptions::close_linger`], so
+    /// that the kernel does not reset the connection over unread bytes.
     Close,
 }
 
@@ -394,6 +397,14 @@ impl Driver {
             && self.actions.is_empty()
             && self.write.is_empty()
             && self.backlog.is_empty()
+    }
+
+    /// Whether the core has closed the connection for good (no reconnect follows): a
+    /// transport close polled now is the last one, and the adapter lingers on it (see
+    /// [`ClientOptions::close_linger`]) instead of dropping the transport at once.
+    #[must_use]
+    pub fn closed_for_good(&self) -> bool {
+        self.conn.state() == State::Closed
     }
 
     /// Whether at least three quarters of the in-flight window await their PUBACK (see

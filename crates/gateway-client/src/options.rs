@@ -54,6 +54,16 @@ pub struct ClientOptions {
     /// is bounded: a large write over a slow link is fine while bytes move. Default 30 s;
     /// honoured by every adapter.
     pub write_stall_timeout: std::time::Duration,
+    /// After the last close (`close`, or every client handle dropped), how long the adapter
+    /// keeps reading, and discarding, what the server still sends until it closes its side.
+    /// A socket closed while received bytes wait unread is reset by the kernel, and a reset
+    /// throws away whatever the kernel had not sent yet: without this wait, the tail of what
+    /// was written just before the DISCONNECT (QoS 0 messages whose outcome already said
+    /// sent, the DISCONNECT itself) could be lost whenever the server was slower to read than
+    /// the client to write. ThingsBoard and mosquitto close their side on DISCONNECT, so the
+    /// wait usually lasts one round trip; this bounds it for a server that does not. Zero:
+    /// close at once. Default 2 s; honoured by every adapter.
+    pub close_linger: std::time::Duration,
 }
 
 impl ClientOptions {
@@ -75,6 +85,7 @@ impl ClientOptions {
             read_buffer: 64 * 1024,
             read_coalescing: None,
             write_stall_timeout: std::time::Duration::from_secs(30),
+            close_linger: std::time::Duration::from_secs(2),
         }
     }
 

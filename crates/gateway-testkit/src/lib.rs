@@ -10,10 +10,14 @@
 //!   mosquitto (protocol versions, password refusal, TLS, mutual TLS, broker restart).
 //! * [`stalled_peer`]: a peer that answers CONNECT and then never reads again; with
 //!   [`scenario::write_stall_fails_the_transport`] every adapter shows it does not hang on it.
+//! * [`late_reader_peer`]: a peer that reads late and sends a byte after the client closed;
+//!   with [`scenario::close_delivers_everything_written`] every adapter shows that its last
+//!   close loses nothing it wrote.
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "scenario")]
 pub mod broker_suite;
+pub mod late_reader_peer;
 pub mod mosquitto;
 pub mod pki;
 #[cfg(feature = "scenario")]

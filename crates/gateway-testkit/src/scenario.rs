@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gateway_client::{
-    Client, ClientEvent, ClientOptions, Delivery, Events, TlsOptions, TransportError,
+    Answer, Client, ClientEvent, ClientOptions, Delivery, Events, TlsOptions, TransportError,
 };
 use gateway_emulator::{
     ClaimOutcome, ClientRpcAnswer, EmulatorConfig, EmulatorHandle, NewDevice, OtaPackage,
@@ -26,6 +26,7 @@ use gateway_proto::{
 };
 use serde_json::{json, Map, Value};
 
+use crate::late_reader_peer::{LateReaderPeer, Received};
 use crate::stalled_peer::StalledPeer;
 
 /// The gateway's access token in [`Platform::start`].
@@ -633,6 +634,63 @@ pub async fn write_stall_fails_the_transport(client: &Client, events: &Events) {
             std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
         ),
         "the transport failed with {kind:?}, not a write stall"
+    );
+}
+
+/// How long a client of [`LateReaderPeer`] lingers after its last close: far longer than the
+/// close takes when the client shuts its sending side, as it must.
+const LATE_READER_LINGER: Duration = Duration::from_secs(20);
+
+/// Options for a client of `peer` (no `getSessionLimits` wait: the peer never answers it;
+/// a long [`ClientOptions::close_linger`]).
+pub fn late_reader_options(peer: &LateReaderPeer) -> ClientOptions {
+    let mut config = Config::new(Credentials::AccessToken("LATE_TOKEN".into()));
+    config.limits.session_limits_wait = None;
+    let mut options = ClientOptions::with_config("127.0.0.1", peer.addr().port(), config);
+    options.close_linger = LATE_READER_LINGER;
+    options
+}
+
+/// Writes 64 QoS 0 messages of 1 KiB, far more than [`LateReaderPeer`]'s receive window, and
+/// closes while the peer is not reading yet; the peer then sends a byte. Every message and
+/// the DISCONNECT must still arrive: an adapter that drops its socket right after the
+/// DISCONNECT gets its unsent bytes thrown away by the reset its kernel answers that byte
+/// with (`ClientOptions::close_linger`).
+pub async fn close_delivers_everything_written(client: &Client, peer: LateReaderPeer) {
+    const MESSAGES: usize = 64;
+    let payload = Bytes::from(vec![b'x'; 1024]);
+    for _ in 0..MESSAGES {
+        let outcome = client
+            .send(Command::Publish {
+                topic: "v1/devices/me/telemetry".into(),
+                payload: payload.clone(),
+                qos: QoS::AtMostOnce,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            within("a QoS 0 outcome", outcome).await,
+            Ok(Answer::Delivered(Delivery::Transmitted))
+        );
+    }
+    let closing = std::time::Instant::now();
+    within("close", client.close()).await;
+    // The peer closes once it has read the client's end of stream: a client that never shuts
+    // its sending side waits out its whole linger instead.
+    assert!(
+        closing.elapsed() < LATE_READER_LINGER / 4,
+        "close took {:?}: the client did not end its sending side",
+        closing.elapsed()
+    );
+    let received = peer.received().unwrap();
+    assert_eq!(
+        received,
+        Received {
+            publishes: MESSAGES,
+            disconnect: true,
+            error: None,
+        },
+        "what the peer got after the client closed"
     );
 }
 

@@ -158,6 +158,14 @@ async fn write_all_or_stall(
         .map_err(|_| stalled())?
 }
 
+/// After the sending side is shut down: reads and discards until the server closes its side
+/// (or fails), for at most `linger`, so that dropping the stream does not reset a connection
+/// whose last bytes the server has not read yet (`ClientOptions::close_linger`).
+async fn linger(stream: &mut Box<dyn Io>, buf: &mut [u8], linger: std::time::Duration) {
+    let drain = async { while matches!(stream.read(buf).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(linger, drain).await;
+}
+
 /// Reads from the transport; pending forever when there is none.
 async fn read_some(io: &mut Option<Box<dyn Io>>, buf: &mut [u8]) -> std::io::Result<usize> {
     match io {
@@ -223,6 +231,9 @@ async fn run(
                     if let Some(mut stream) = io.take() {
                         // Best effort: the peer may already be gone.
                         let _ = stream.shutdown().await;
+                        if driver.closed_for_good() {
+                            linger(&mut stream, &mut buf, options.close_linger).await;
+                        }
                     }
                 }
                 _ => {}

@@ -102,6 +102,15 @@ async fn a_stalled_write_fails_the_transport() {
     scenario::write_stall_fails_the_transport(&client, &events).await;
 }
 
+/// The last close loses nothing written before it, even when the server reads late and
+/// speaks after the DISCONNECT (`ClientOptions::close_linger`).
+#[tokio::test]
+async fn the_last_close_loses_nothing_written() {
+    let peer = gateway_testkit::late_reader_peer::LateReaderPeer::start(true).unwrap();
+    let (client, _events) = connect(scenario::late_reader_options(&peer)).await.unwrap();
+    scenario::close_delivers_everything_written(&client, peer).await;
+}
+
 /// A QoS 1 burst through a small in-flight window with read coalescing on: everything is
 /// delivered in order and a request made meanwhile is answered.
 #[tokio::test]

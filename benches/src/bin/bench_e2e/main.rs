@@ -20,7 +20,8 @@
 //! ```
 //!
 //! Every run is bounded: a publisher that has not finished within its time limit is killed
-//! and reported, and the subscriber gives up after 10 s without progress.
+//! and reported, and the subscriber gives up after 10 s without progress. `run` exits with
+//! an error, after its tables, when any run lost a message.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -18,6 +18,7 @@ use crate::model::{
     X509ChainProfile,
 };
 use crate::platform::{Notice, Platform};
+use crate::profile_topics::ProfileTopics;
 use crate::proto::ProtoSchemas;
 use crate::ratelimit::TenantLimits;
 use crate::session::{Output, Session, SessionInfo};
@@ -241,6 +242,24 @@ impl Emulator {
     /// Profiles never set use [`EmulatorConfig::send_ack_on_validation_exception`].
     pub fn set_profile_send_ack_on_validation_exception(&mut self, profile: &str, on: bool) {
         self.platform.set_profile_ack_on_validation(profile, on);
+    }
+
+    /// Gives the device profile (device type) `profile` its own telemetry and attributes
+    /// topics, as an MQTT device profile's `deviceTelemetryTopic` and `deviceAttributesTopic`
+    /// do in ThingsBoard. Its devices' publishes are then checked against the attributes
+    /// filter first, then the telemetry filter, before any other Device API topic (a filter
+    /// that matches an RPC topic takes it); `v1/devices/me/telemetry` and
+    /// `v1/devices/me/attributes` are unknown topics for them unless a filter matches. The
+    /// payload is the profile's format (JSON, or protobuf with [`Self::set_profile_protobuf`]).
+    /// The attributes subscription topic stays `v1/devices/me/attributes`, and the v2 topics
+    /// are unaffected. Sessions already open follow the change.
+    pub fn set_profile_topics(&mut self, profile: &str, topics: ProfileTopics) {
+        self.platform.set_profile_topics(profile, Some(topics));
+    }
+
+    /// The ThingsBoard default topics again for `profile` (see [`Self::set_profile_topics`]).
+    pub fn set_profile_default_topics(&mut self, profile: &str) {
+        self.platform.set_profile_topics(profile, None);
     }
 
     /// Makes the device profile (device type) `profile` PROTOBUF with `schemas`, as

@@ -33,6 +33,9 @@ pub enum ControlError {
     /// Another device profile already has this certificate ("Device profile with such
     /// certificate already exists!"); the name of that profile.
     ProfileCertificateInUse(String),
+    /// A device profile topic filter is empty or does not convert to a regular expression
+    /// (the message).
+    InvalidTopicFilter(String),
 }
 
 impl fmt::Display for ControlError {
@@ -53,6 +56,7 @@ impl fmt::Display for ControlError {
             Self::ProfileCertificateInUse(profile) => {
                 write!(f, "device profile {profile:?} already has this certificate")
             }
+            Self::InvalidTopicFilter(e) => write!(f, "invalid topic filter: {e}"),
         }
     }
 }

@@ -129,6 +129,11 @@
 //!   group, failure on a name of another profile or at the device limit), and NOT_AUTHORIZED
 //!   at CONNECT for everything not provisioned (also an expired leaf, which is still
 //!   provisioned at the handshake).
+//! * MQTT device profiles' own telemetry and attributes topics ([`ProfileTopics`],
+//!   [`Emulator::set_profile_topics`]): `MqttTopicFilterFactory`'s matching (`#`, `+`, `/#`,
+//!   no other escaping, whole-topic match), the attributes filter before the telemetry filter
+//!   before every fixed topic, and the default v1 data topics unknown while a profile has its
+//!   own.
 //! * `transport.json.max_string_value_length`
 //!   ([`EmulatorConfig::max_string_value_length`], off by default as in ThingsBoard): a longer
 //!   top-level string value, counted in UTF-16 units before any numeric cast, fails the JSON
@@ -250,7 +255,7 @@
 //!   ThingsBoard takes any `int32`.
 //! * Persistent RPC states, RPC
 //!   delivery-timeout close (0x98), per-IP blocking, the
-//!   pre-CONNACK queue, custom device-profile topics, MQTT 3.1
+//!   pre-CONNACK queue, a custom attributes subscription topic, MQTT 3.1
 //!   (`MQIsdp`). A child whose session-open event, or a subscription that, was refused by a
 //!   rate limit stays fully usable here; in ThingsBoard the device actor never learns of it.
 //! * JSON multi-device messages are processed in key order (serde_json maps are sorted), not
@@ -266,6 +271,7 @@ mod error;
 mod gateway_metrics;
 mod model;
 mod platform;
+mod profile_topics;
 mod proto;
 mod qos2;
 mod ratelimit;
@@ -282,6 +288,7 @@ pub use model::{
     DeviceInfo, Event, LimitedApi, NewDevice, OtaPackage, PeerIdentity, ProvisionProfile,
     ProvisionStrategy, RpcCall, RpcOutcome, RpcTicket, SessionId, Stats, TsValue, X509ChainProfile,
 };
+pub use profile_topics::ProfileTopics;
 pub use proto::{JsonCompatibility, ProtoSchemas, SchemaError, SchemaErrorKind, SchemaRole};
 pub use ratelimit::{LimitConfig, TenantLimits};
 pub use server::EmulatorHandle;

@@ -25,6 +25,7 @@ use crate::model::{
     DeviceInfo, Event, LimitedApi, NewDevice, OtaPackage, ProvisionProfile, ProvisionStrategy,
     RpcCall, RpcOutcome, RpcTicket, SessionId, Stats, TsValue, X509ChainProfile,
 };
+use crate::profile_topics::ProfileTopics;
 use crate::proto::ProtoSchemas;
 use crate::ratelimit::{EntityLimits, TenantLimits};
 
@@ -235,6 +236,8 @@ pub struct Platform {
     profile_ack_on_validation: HashMap<String, bool>,
     /// Device profiles whose transport payload type is PROTOBUF, by profile name.
     profile_protobuf: HashMap<String, ProtoSchemas>,
+    /// Device profiles with their own telemetry and attributes topics, by profile name.
+    profile_topics: HashMap<String, ProfileTopics>,
     /// The latest instant an input carried: the clock of control calls that carry none.
     latest: Instant,
     pub(crate) outbox: VecDeque<(SessionId, Notice)>,
@@ -285,6 +288,7 @@ impl Platform {
             auth_unavailable: false,
             profile_ack_on_validation: HashMap::new(),
             profile_protobuf: HashMap::new(),
+            profile_topics: HashMap::new(),
             latest: now,
             outbox: VecDeque::new(),
             events: VecDeque::new(),
@@ -603,6 +607,26 @@ impl Platform {
         self.devices
             .get(&device)
             .and_then(|d| self.profile_protobuf.get(&d.device_type))
+    }
+
+    /// Gives a device profile its own telemetry and attributes topics, or the defaults again
+    /// with `None`.
+    pub(crate) fn set_profile_topics(&mut self, profile: &str, topics: Option<ProfileTopics>) {
+        match topics {
+            Some(t) => {
+                self.profile_topics.insert(profile.to_owned(), t);
+            }
+            None => {
+                self.profile_topics.remove(profile);
+            }
+        }
+    }
+
+    /// The topic filters of `device`'s profile, when it has its own.
+    pub(crate) fn profile_topics(&self, device: DeviceId) -> Option<&ProfileTopics> {
+        self.devices
+            .get(&device)
+            .and_then(|d| self.profile_topics.get(&d.device_type))
     }
 
     /// When an attribute was last updated (wall-clock ms), 0 if unknown.

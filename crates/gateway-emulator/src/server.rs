@@ -31,6 +31,7 @@ use crate::model::{
     PeerIdentity, ProvisionProfile, RpcCall, RpcOutcome, RpcTicket, SessionId, TsValue,
     X509ChainProfile,
 };
+use crate::profile_topics::ProfileTopics;
 use crate::proto::ProtoSchemas;
 use crate::ratelimit::TenantLimits;
 use crate::session::{Output, SessionInfo};
@@ -277,6 +278,17 @@ impl EmulatorHandle {
     /// [`Emulator::set_profile_send_ack_on_validation_exception`]).
     pub fn set_profile_send_ack_on_validation_exception(&self, profile: &str, on: bool) {
         self.with(|e, _| e.set_profile_send_ack_on_validation_exception(profile, on));
+    }
+
+    /// Gives a device profile its own telemetry and attributes topics (see
+    /// [`Emulator::set_profile_topics`]).
+    pub fn set_profile_topics(&self, profile: &str, topics: ProfileTopics) {
+        self.with(|e, _| e.set_profile_topics(profile, topics));
+    }
+
+    /// The default topics again for `profile` (see [`Emulator::set_profile_default_topics`]).
+    pub fn set_profile_default_topics(&self, profile: &str) {
+        self.with(|e, _| e.set_profile_default_topics(profile));
     }
 
     /// Makes a device profile PROTOBUF (see [`Emulator::set_profile_protobuf`]).

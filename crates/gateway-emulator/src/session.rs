@@ -27,6 +27,7 @@ use serde_json::{json, Map, Value};
 use crate::convert::strings_within;
 use crate::model::{ClientRpcAnswer, ClientRpcCall, DeviceId, PeerIdentity, SessionId};
 use crate::platform::{Auth, CreateError, Notice, Platform, RateCheck, Refusal, Sender};
+use crate::profile_topics::ProfileTopics;
 use crate::proto::{self, JsonCompatibility};
 
 /// MQTT's own limit on the remaining length; outgoing packets have no other limit (§5).
@@ -1262,7 +1263,7 @@ impl Session {
             Sender::Device(device)
         };
         let device_name = p.name_of(device).unwrap_or_default().to_owned();
-        let Some(kind) = topic::classify_uplink(name) else {
+        let Some(kind) = device_uplink(p.profile_topics(device), name) else {
             // §6.2: unknown topic → PUBACK 0x90 (plain on v3), session kept.
             return self.puback(pkid, rc::TOPIC_NAME_INVALID);
         };
@@ -1681,6 +1682,32 @@ enum Stored {
     Telemetry(Vec<pl::TelemetryEntry>),
     Attributes(Map<String, Value>),
     Claim(pl::Claim),
+}
+
+/// What a device's PUBLISH on `topic` is (`processDevicePublish`): the profile's attributes
+/// filter first, then its telemetry filter (both v1-family: the profile's payload format),
+/// then the fixed topics, of which the default v1 telemetry and attributes topics only count
+/// while the profile has no filters of its own.
+fn device_uplink(filters: Option<&ProfileTopics>, topic: &str) -> Option<UplinkTopic> {
+    let Some(filters) = filters else {
+        return topic::classify_uplink(topic);
+    };
+    let family = TopicFamily::V1;
+    if filters.attributes.matches(topic) {
+        return Some(UplinkTopic::DeviceAttributes { family });
+    }
+    if filters.telemetry.matches(topic) {
+        return Some(UplinkTopic::DeviceTelemetry { family });
+    }
+    match topic::classify_uplink(topic)? {
+        UplinkTopic::DeviceAttributes {
+            family: TopicFamily::V1,
+        }
+        | UplinkTopic::DeviceTelemetry {
+            family: TopicFamily::V1,
+        } => None,
+        other => Some(other),
+    }
 }
 
 /// Parses a multi-device gateway message. On a per-device conversion failure the other devices

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use common::*;
 use gateway_emulator::{
     ClientRpcAnswer, ControlError, Credentials, EmulatorConfig, Event, NewDevice, OtaPackage,
-    ProvisionProfile, ProvisionStrategy, RpcCall, RpcOutcome,
+    ProfileTopics, ProvisionProfile, ProvisionStrategy, RpcCall, RpcOutcome,
 };
 use gateway_proto::wire::{Packet, QoS};
 use serde_json::{json, Map, Value};
@@ -290,6 +290,82 @@ fn max_string_value_length_fails_the_conversion() {
     h.publish_json(dev3, "v1/devices/me/telemetry", json!({"s": "😀😀😀"}), 5);
     assert_eq!(h.take(dev3), vec![]);
     assert!(h.closed(dev3));
+}
+
+/// An MQTT device profile's own topics (`deviceTelemetryTopic` / `deviceAttributesTopic`):
+/// matched with wildcards, attributes first, then telemetry, before the fixed topics (so
+/// `v1/devices/me/telemetry` is an unknown topic for such a device, and a catch-all filter
+/// takes even an RPC topic); the v2 topics are unaffected; back to the defaults on request.
+#[test]
+fn profile_topics_replace_the_v1_data_topics() {
+    let mut h = Harness::new();
+    h.emu
+        .create_device(NewDevice::device("Meter", "METER_TOKEN").with_type("meters"))
+        .unwrap();
+    h.emu.set_profile_topics(
+        "meters",
+        ProfileTopics::new("sensors/+/telemetry", "sensors/+/attributes").unwrap(),
+    );
+    let dev = h.connect(V5, "METER_TOKEN");
+    h.publish_json(dev, "sensors/m1/telemetry", json!({"kwh": 1}), 1);
+    h.publish_json(dev, "sensors/m1/attributes", json!({"model": "X"}), 2);
+    h.publish_json(dev, "v1/devices/me/telemetry", json!({"kwh": 2}), 3);
+    h.publish_json(dev, "sensors/a/b/telemetry", json!({"kwh": 3}), 4);
+    h.publish_json(dev, "v2/t", json!({"kwh": 4}), 5);
+    // The profile's filter decides, and its payload checks apply as on the v1 topic.
+    h.publish(dev, "sensors/m1/telemetry", b"not json", 6);
+    assert_eq!(
+        h.take(dev),
+        vec![
+            puback(1, 0),
+            puback(2, 0),
+            puback(3, 0x90),
+            puback(4, 0x90),
+            puback(5, 0),
+            puback(6, 0x99)
+        ]
+    );
+    let kwh: Vec<Value> = h.emu.telemetry("Meter").unwrap()["kwh"]
+        .iter()
+        .map(|p| p.value.clone())
+        .collect();
+    assert_eq!(kwh, vec![json!(1), json!(4)]);
+    assert_eq!(
+        h.emu.client_attributes("Meter").unwrap()["model"],
+        json!("X")
+    );
+    // Another profile's devices keep the default topics.
+    let other = h.connect(V5, DEV_TOKEN);
+    h.publish_json(other, "v1/devices/me/telemetry", json!({"t": 1}), 1);
+    h.publish_json(other, "sensors/m1/telemetry", json!({"t": 2}), 2);
+    assert_eq!(h.take(other), vec![puback(1, 0), puback(2, 0x90)]);
+
+    // A catch-all telemetry filter comes before the RPC topics: a client-side RPC request
+    // is stored as telemetry and never answered.
+    h.emu
+        .set_profile_topics("meters", ProfileTopics::new("#", "attrs").unwrap());
+    h.publish_json(
+        dev,
+        "v1/devices/me/rpc/request/7",
+        json!({"method": "getTime", "params": {}}),
+        7,
+    );
+    // The attributes filter is checked first, so `#` does not take its topic.
+    h.publish_json(dev, "attrs", json!({"colour": "red"}), 10);
+    assert_eq!(h.take(dev), vec![puback(7, 0), puback(10, 0)]);
+    assert_eq!(
+        h.emu.client_attributes("Meter").unwrap()["colour"],
+        json!("red")
+    );
+    assert_eq!(
+        h.emu.latest_telemetry("Meter").unwrap()["method"].value,
+        json!("getTime")
+    );
+
+    h.emu.set_profile_default_topics("meters");
+    h.publish_json(dev, "v1/devices/me/telemetry", json!({"kwh": 5}), 8);
+    h.publish_json(dev, "sensors/m1/telemetry", json!({"kwh": 6}), 9);
+    assert_eq!(h.take(dev), vec![puback(8, 0), puback(9, 0x90)]);
 }
 
 fn provision_profile(strategy: ProvisionStrategy) -> ProvisionProfile {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use gateway_emulator::{
     ClientRpcAnswer, Credentials, Emulator, EmulatorConfig, LimitConfig, NewDevice, Output,
-    ProvisionProfile, ProvisionStrategy, RpcCall, SessionId, TenantLimits,
+    ProfileTopics, ProvisionProfile, ProvisionStrategy, RpcCall, SessionId, TenantLimits,
 };
 use gateway_proto::wire::{self, Packet, ProtocolVersion};
 use serde_json::{json, Map};
@@ -152,7 +152,7 @@ impl Fuzz {
 
     fn control(&mut self) {
         let now = self.now;
-        let _ = match self.rng.below(13) {
+        let _ = match self.rng.below(14) {
             0 | 1 => self
                 .emu
                 .send_rpc("Child", RpcCall::two_way("m", json!({"a": 1})), now)
@@ -186,6 +186,17 @@ impl Fuzz {
             }
             10 => {
                 self.emu.set_max_devices(Some(4));
+                Ok(())
+            }
+            12 => {
+                // The devices' profile gets its own topics, or the defaults back.
+                if self.rng.below(2) == 0 {
+                    if let Ok(topics) = ProfileTopics::new("+/+/telemetry", "v1/devices/me/#") {
+                        self.emu.set_profile_topics("default", topics);
+                    }
+                } else {
+                    self.emu.set_profile_default_topics("default");
+                }
                 Ok(())
             }
             11 => {

@@ -591,42 +591,35 @@ impl Platform {
 
     /// Makes a device profile PROTOBUF with `schemas`, or JSON again with `None`.
     pub(crate) fn set_profile_protobuf(&mut self, profile: &str, schemas: Option<ProtoSchemas>) {
-        match schemas {
-            Some(s) => {
-                self.profile_protobuf.insert(profile.to_owned(), s);
-            }
-            None => {
-                self.profile_protobuf.remove(profile);
-            }
-        }
+        set_or_clear(&mut self.profile_protobuf, profile, schemas);
     }
 
     /// The schemas of `device`'s profile when its payload type is PROTOBUF (DSC
     /// `updateDynamicMessageDescriptors`); `None` for a JSON profile.
     pub(crate) fn proto_schemas(&self, device: DeviceId) -> Option<&ProtoSchemas> {
-        self.devices
-            .get(&device)
-            .and_then(|d| self.profile_protobuf.get(&d.device_type))
+        self.of_profile(&self.profile_protobuf, device)
     }
 
     /// Gives a device profile its own telemetry and attributes topics, or the defaults again
     /// with `None`.
     pub(crate) fn set_profile_topics(&mut self, profile: &str, topics: Option<ProfileTopics>) {
-        match topics {
-            Some(t) => {
-                self.profile_topics.insert(profile.to_owned(), t);
-            }
-            None => {
-                self.profile_topics.remove(profile);
-            }
-        }
+        set_or_clear(&mut self.profile_topics, profile, topics);
     }
 
     /// The topic filters of `device`'s profile, when it has its own.
     pub(crate) fn profile_topics(&self, device: DeviceId) -> Option<&ProfileTopics> {
+        self.of_profile(&self.profile_topics, device)
+    }
+
+    /// A per-profile setting for `device`, looked up by its profile (device type).
+    fn of_profile<'a, T>(
+        &'a self,
+        settings: &'a HashMap<String, T>,
+        device: DeviceId,
+    ) -> Option<&'a T> {
         self.devices
             .get(&device)
-            .and_then(|d| self.profile_topics.get(&d.device_type))
+            .and_then(|d| settings.get(&d.device_type))
     }
 
     /// When an attribute was last updated (wall-clock ms), 0 if unknown.
@@ -1668,6 +1661,18 @@ impl Platform {
             .flat_map(|d| d.rpcs.iter().map(|r| r.expires))
             .chain(self.gateway_metrics.poll_timeout())
             .min()
+    }
+}
+
+/// Sets a per-profile setting, or removes it with `None` (the profile's default again).
+fn set_or_clear<T>(settings: &mut HashMap<String, T>, profile: &str, value: Option<T>) {
+    match value {
+        Some(v) => {
+            settings.insert(profile.to_owned(), v);
+        }
+        None => {
+            settings.remove(profile);
+        }
     }
 }
 

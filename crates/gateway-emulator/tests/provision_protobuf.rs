@@ -307,19 +307,19 @@ fn protobuf_failures_are_a_status_only() {
     assert_eq!(answer, [0x08, 0x02]);
 }
 
+/// The JSON provisioning request for device "J" with the profile's key and secret.
+fn json_request_for_j() -> Vec<u8> {
+    json!({"deviceName": "J", "provisionDeviceKey": KEY, "provisionDeviceSecret": SECRET,
+           "token": "J_TOKEN"})
+    .to_string()
+    .into_bytes()
+}
+
 #[test]
 fn a_json_request_still_gets_json() {
     let mut h = harness();
     let id = provision_session(&mut h, V5);
-    let answer = ask(
-        &mut h,
-        id,
-        json!({"deviceName": "J", "provisionDeviceKey": KEY, "provisionDeviceSecret": SECRET,
-               "token": "J_TOKEN"})
-        .to_string()
-        .as_bytes(),
-        1,
-    );
+    let answer = ask(&mut h, id, &json_request_for_j(), 1);
     assert_eq!(
         serde_json::from_slice::<Value>(&answer).unwrap(),
         json!({"credentialsValue": "J_TOKEN", "credentialsType": "ACCESS_TOKEN", "status": "SUCCESS"})
@@ -348,15 +348,7 @@ fn after_a_protobuf_request_the_session_answers_in_protobuf() {
     let id = provision_session(&mut h, V5);
     let answer = ask(&mut h, id, &request("P", "WRONG").encode_to_vec(), 1);
     assert_eq!(answer, [0x08, 0x02]);
-    let answer = ask(
-        &mut h,
-        id,
-        json!({"deviceName": "J", "provisionDeviceKey": KEY, "provisionDeviceSecret": SECRET,
-               "token": "J_TOKEN"})
-        .to_string()
-        .as_bytes(),
-        2,
-    );
+    let answer = ask(&mut h, id, &json_request_for_j(), 2);
     assert_eq!(
         decode(&answer),
         success(CredentialsType::AccessToken, "J_TOKEN")

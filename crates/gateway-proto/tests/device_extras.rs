@@ -82,6 +82,15 @@ fn request() -> ProvisionRequest {
     }
 }
 
+/// [`request`] asking for an access token of its own choosing, `WANTED`.
+fn token_request() -> ProvisionRequest {
+    ProvisionRequest {
+        credentials_type: Some(CredentialsType::AccessToken),
+        token: Some("WANTED".into()),
+        ..request()
+    }
+}
+
 fn provisioning(version: ProtocolVersion, request: ProvisionRequest) -> Harness {
     let mut c = Config::provisioning(request);
     c.protocol = version;
@@ -183,9 +192,7 @@ fn assert_finished(h: &mut Harness) {
 #[test]
 fn provisioning_sends_one_request_reports_the_token_and_closes() {
     for version in [V5, V3] {
-        let mut req = request();
-        req.credentials_type = Some(CredentialsType::AccessToken);
-        req.token = Some("WANTED".into());
+        let req = token_request();
         let mut h = provisioning(version, req.clone());
         let sent = provision_session(&mut h);
         assert_eq!(
@@ -274,9 +281,7 @@ fn provisioning_failures_are_typed() {
 #[test]
 fn provisioning_over_protobuf_sends_protobuf_and_reads_the_protobuf_answer() {
     for version in [V5, V3] {
-        let mut req = request();
-        req.credentials_type = Some(CredentialsType::AccessToken);
-        req.token = Some("WANTED".into());
+        let req = token_request();
         let mut h = provisioning_protobuf(version, req.clone());
         let sent = provision_session(&mut h);
         // ProvisionDeviceRequestMsg: deviceName = 1, credentials message = 3 {key = 1,
